@@ -1,0 +1,330 @@
+"""Schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option names its schema first in its defaults list (for example
+``conf/model/minilm_l6.yaml`` starts with ``- text_model_schema``), so its node
+is typed: an unknown key or a wrong type fails at composition, naming the key.
+Every key a user may set is documented here. :func:`validate` adds the checks
+that span groups (budget kind vs method, paths that must exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the fix."""
+
+
+# ---------------------------------------------------------------- models
+@dataclass
+class TextModelConfig:
+    """A BERT-family text classifier (BERT, DistilBERT, MiniLM)."""
+
+    name: str = MISSING
+    """Option name, e.g. ``minilm_l6``."""
+    family: str = "bert"
+    """``bert`` (BERT, MiniLM) or ``distilbert``: which state-dict layout to load."""
+    weights: str = "hub"
+    """``embedded`` (weights shipped in a Python package), ``hub`` (Hugging Face id or local
+    folder in ``path``) or ``random`` (architecture from ``path``'s config, random init)."""
+    path: str = ""
+    """Hub id or local folder; for ``embedded``, the package that ships the folder."""
+    max_length: int = 128
+    """Tokenizer truncation length."""
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+
+@dataclass
+class VitModelConfig:
+    """A ViT/DeiT image classifier: timm weights, or a small ViT trained from scratch."""
+
+    name: str = MISSING
+    weights: str = "hub"
+    """``hub`` (timm pretrained ``timm_name``), ``file`` (a timm state dict at ``path``)
+    or ``scratch`` (random init with the architecture below)."""
+    timm_name: str = ""
+    """timm model name for ``hub``/``file`` weights, e.g. ``deit_tiny_patch16_224``."""
+    path: str = ""
+    """State-dict file for ``weights=file``."""
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    hidden_size: int = 192
+    num_layers: int = 12
+    num_heads: int = 3
+    ffn_dim: int = 768
+    dropout: float = 0.0
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class CnnModelConfig:
+    """A CNN used as timm builds it (PWLQ's natural target)."""
+
+    name: str = MISSING
+    timm_name: str = MISSING
+    weights: str = "hub"
+    """``embedded`` (state dict shipped in a Python package), ``hub``, ``file`` or ``random``."""
+    path: str = ""
+    """Package (``embedded``) or state-dict file (``file``)."""
+    image_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+# ---------------------------------------------------------------- datasets
+@dataclass
+class TextDatasetConfig:
+    """A text classification (or regression) task."""
+
+    name: str = MISSING
+    source: str = MISSING
+    """``tweets`` | ``bbc_news`` (embedded packages) | ``glue``."""
+    glue_task: str = ""
+    """For ``source=glue``: sst2, mrpc, qqp, mnli, stsb."""
+    data_dir: str = ""
+    """For ``glue``: a local folder of ``train``/``validation`` files (csv/tsv/json) used instead of the hub."""
+    num_labels: int = 2
+    """Classes; 1 means regression (STS-B)."""
+    max_length: int = 0
+    """Tokenizer truncation length (0 = the model's ``max_length``)."""
+    metric: str = "accuracy"
+    """``accuracy``, ``f1`` or ``pearson``."""
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_train_examples: int = 0
+    """Use at most this many training examples (0 = all)."""
+    max_eval_examples: int = 0
+    """Use at most this many validation/test examples (0 = all)."""
+    split_seed: int = 0
+    """Seed of the deterministic train/val/test split of the embedded sets."""
+    sample_size: int = 2048
+    """Examples in the calibration/sample loader of post-training methods."""
+    num_workers: int = 0
+
+
+@dataclass
+class ImageDatasetConfig:
+    """An image classification set, or unlabelled calibration photos."""
+
+    name: str = MISSING
+    source: str = MISSING
+    """``digits`` | ``photos`` (embedded) | ``imagenet`` | ``folder`` (an ImageFolder tree at ``path``)."""
+    path: str = ""
+    """Root folder for ``imagenet``/``folder`` (with ``train``/``val`` subfolders)."""
+    num_labels: int = 10
+    """Classes (0 for unlabelled photos)."""
+    metric: str = "accuracy"
+    """``accuracy``; for unlabelled photos, ``agreement`` with the full-precision model."""
+    image_size: int = 0
+    """Input resolution; 0 = the model's."""
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    split_seed: int = 0
+    sample_size: int = 512
+    """Images in the calibration/sample loader."""
+    crops_per_image: int = 100
+    """For ``photos``: random crops taken from each bundled photo (deterministic)."""
+    num_workers: int = 0
+
+
+# ---------------------------------------------------------------- methods
+@dataclass
+class DenseMethodConfig:
+    """Fine-tune (or train from scratch) and evaluate, with no compression."""
+
+    name: str = "dense"
+    train: bool = True
+    """False evaluates the loaded weights as they are."""
+    epochs: float = 1.0
+    """Training epochs (fractions allowed: 0.5 = half an epoch)."""
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    """Linear warm-up fraction of the steps, then linear decay to zero."""
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    """Keep the input embeddings fixed (faster on CPU, often no loss for small sets)."""
+    budgets: list[str] = field(default_factory=lambda: ["none"])
+    """Budget kinds this method can take."""
+
+
+# ---------------------------------------------------------------- the rest
+@dataclass
+class BudgetConfig:
+    """What the compressed model must fit: a ratio of the dense model, or bits."""
+
+    kind: str = "none"
+    """``none`` | ``flops`` | ``latency`` | ``tokens`` | ``bits``."""
+    target: float = 1.0
+    """Ratio of the dense model in (0, 1] for flops/latency/tokens; bit width for bits."""
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how Lightning runs."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    limit_train_batches: float = 1.0
+    limit_eval_batches: float = 1.0
+    """Fraction (≤1.0) or count (>1) of batches; for smoke tests."""
+    progress_bar: bool = True
+    deterministic: bool = False
+    log_every_n_steps: int = 20
+
+
+@dataclass
+class LoggerConfig:
+    """Where the run is mirrored besides its local ``record.json``."""
+
+    kind: str = "wandb"
+    """``wandb`` | ``csv`` | ``none``."""
+    project: str = "trimlab"
+    entity: str = ""
+    mode: str = "offline"
+    """W&B mode, passed per run: ``offline`` (default), ``online`` or ``disabled``."""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MeasureConfig:
+    """How the dense and compressed models are measured (same process, same machine)."""
+
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    warmup: int = 3
+    repeats: int = 10
+    """Timed repeats; the median is reported."""
+    threads: int = 0
+    """Threads for timing (0 = torch's default)."""
+    flops_batches: int = 4
+    """Evaluation batches whose FLOPs are counted and averaged."""
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    """Root of run folders (``runs/<run_id>``) and caches."""
+    cache_dir: str = "${paths.output_dir}/cache"
+    """Fine-tuned checkpoints (by config hash), latency tables."""
+
+
+@dataclass
+class TrimlabConfig:
+    """The composed run: model × dataset × method × budget (+ how and where)."""
+
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: Any = MISSING
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    force: bool = False
+    """Run again even if this config's run folder says completed."""
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
+    "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
+    "method": {"dense_schema": DenseMethodConfig},
+    "budget": {"budget_schema": BudgetConfig},
+    "trainer": {"trainer_schema": TrainerConfig},
+    "logger": {"logger_schema": LoggerConfig},
+}
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="trimlab_schema", node=TrimlabConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=name, node=node)
+
+
+BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
+MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "hub", "file", "random")}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span groups or touch the disk; raise :class:`ConfigError` before any expensive work."""
+    budget = cfg.budget
+    if budget.kind not in BUDGET_KINDS:
+        raise ConfigError(f"budget.kind={budget.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+    accepted = list(cfg.method.budgets)
+    if budget.kind not in accepted:
+        raise ConfigError(
+            f"method={cfg.method.name} cannot take a {budget.kind!r} budget; it accepts {', '.join(accepted)}. "
+            f"Choose e.g. budget={_budget_example(accepted[0])}, or a method that takes {budget.kind} budgets."
+        )
+    if budget.kind in ("flops", "latency", "tokens") and not 0.0 < budget.target <= 1.0:
+        raise ConfigError(f"budget.target={budget.target} must be a ratio in (0, 1] for a {budget.kind} budget")
+    if budget.kind == "bits" and not (2 <= budget.target <= 16 and float(budget.target).is_integer()):
+        raise ConfigError(f"budget.target={budget.target} must be a whole number of bits in [2, 16]")
+    _validate_model(cfg.model)
+    _validate_dataset(cfg.dataset, cfg.model)
+    if cfg.logger.kind not in ("wandb", "csv", "none"):
+        raise ConfigError(f"logger.kind={cfg.logger.kind!r} is not one of wandb, csv, none")
+    if cfg.logger.mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not one of offline, online, disabled")
+
+
+def _budget_example(kind: str) -> str:
+    return {"none": "none", "flops": "flops_60", "latency": "latency_70", "tokens": "tokens_50", "bits": "bits_4"}[kind]
+
+
+def model_kind(model: DictConfig) -> str:
+    """``text``, ``vit`` or ``cnn``, from which schema the option uses."""
+    if "family" in model:
+        return "text"
+    if "patch_size" in model:
+        return "vit"
+    return "cnn"
+
+
+def dataset_kind(dataset: DictConfig) -> str:
+    """``text`` or ``image``."""
+    return "text" if "glue_task" in dataset else "image"
+
+
+def _validate_model(model: DictConfig) -> None:
+    kind = model_kind(model)
+    if model.weights not in MODEL_WEIGHTS[kind]:
+        raise ConfigError(f"model.weights={model.weights!r} is not one of {', '.join(MODEL_WEIGHTS[kind])} for model={model.name}")
+    if kind == "text" and model.family not in ("bert", "distilbert"):
+        raise ConfigError(f"model.family={model.family!r} is not one of bert, distilbert")
+    if model.weights == "file" and not Path(model.path).is_file():
+        raise ConfigError(f"model.path={model.path!r} does not exist; point model.path at a state-dict file")
+    if kind == "text" and model.weights in ("hub", "random") and not model.path:
+        raise ConfigError(f"model.path is empty; set a Hugging Face id or local folder for model={model.name}")
+
+
+def _validate_dataset(dataset: DictConfig, model: DictConfig) -> None:
+    dkind, mkind = dataset_kind(dataset), model_kind(model)
+    if (dkind == "text") != (mkind == "text"):
+        raise ConfigError(f"dataset={dataset.name} is a {dkind} set but model={model.name} is a {mkind} model")
+    if dkind == "image" and dataset.source in ("imagenet", "folder"):
+        root = Path(dataset.path) if dataset.path else None
+        if root is None or not root.is_dir():
+            raise ConfigError(
+                f"dataset.path={dataset.path!r} is not a folder; point dataset.path at an ImageFolder root with train/ and val/"
+            )
+    if dkind == "text" and dataset.source == "glue" and dataset.data_dir and not Path(dataset.data_dir).is_dir():
+        raise ConfigError(f"dataset.data_dir={dataset.data_dir!r} is not a folder; unset it to load GLUE from the hub")
