@@ -133,7 +133,7 @@ class Attention(nn.Module):
         """Return the attention output ``[B, N, D]`` and, if asked, the probabilities ``[B, H, N, N]``."""
         b, n, _ = x.shape
         if self.num_heads == 0:
-            return self.proj.bias.expand(b, n, -1), None
+            return self.proj(x.new_zeros(b, n, 0)), None
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         mask = state.attention_mask()
         bias = self._bias(state)
@@ -330,16 +330,21 @@ class Encoder(nn.Module):
 
 
 def _sliced_linear(linear: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
-    """A new Linear holding a copy of the selected output rows / input columns of ``linear``."""
-    weight = linear.weight
-    bias = linear.bias
+    """A new Linear holding a copy of the selected output rows / input columns of ``linear``.
+
+    The new layer takes the sliced tensors as its parameters instead of being
+    initialised (an init would be wasted work, and warns for a layer with no heads left).
+    """
+    weight = linear.weight.detach()
+    bias = None if linear.bias is None else linear.bias.detach()
     if rows is not None:
         weight = weight[rows]
         bias = bias[rows] if bias is not None else None
     if cols is not None:
         weight = weight[:, cols]
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    out.weight.copy_(weight)
+    out = nn.Linear(1, 1, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    out.in_features, out.out_features = weight.shape[1], weight.shape[0]
+    out.weight = nn.Parameter(weight.clone(), requires_grad=linear.weight.requires_grad)
     if bias is not None:
-        out.bias.copy_(bias)
+        out.bias = nn.Parameter(bias.clone(), requires_grad=linear.bias.requires_grad)
     return out
