@@ -1,0 +1,154 @@
+"""``RunRecord``: the one local file per run that tables are built from.
+
+The run id is a short hash of the resolved config without paths and logging
+knobs, so the same experiment always lands in the same folder and a finished
+run is never done twice (dora's idea). Records are written atomically, so a
+crash never leaves a half-written ``record.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from trimlab.config import ConfigError
+
+RECORD_FILE = "record.json"
+IGNORED_FOR_ID = ("paths", "logger", "force", "hydra")
+"""Top-level keys that do not change what a run computes."""
+IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
+
+
+def config_hash(node: Any, length: int = 10) -> str:
+    """Short stable hash of a (resolved) config node or plain container."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    blob = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:length]
+
+
+def run_id(cfg: DictConfig) -> str:
+    """The id of a run: hash of everything that changes its result."""
+    data = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_FOR_ID}
+    data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
+    return config_hash(data)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+@dataclass
+class RunRecord:
+    """Everything a table or dashboard needs about one run."""
+
+    run_id: str
+    status: str
+    """``running``, ``completed`` or ``failed``."""
+    model: str
+    dataset: str
+    method: str
+    budget: dict[str, Any]
+    seed: int
+    config: dict[str, Any]
+    dense: dict[str, Any] = field(default_factory=dict)
+    """Metrics of the uncompressed model: task metric, flops, params, latency."""
+    compressed: dict[str, Any] = field(default_factory=dict)
+    """The same metrics after the method."""
+    ratios: dict[str, float] = field(default_factory=dict)
+    """compressed / dense (flops, params, latency) and speedups."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each stage (fine-tune, method steps, measurement)."""
+    method_cost_s: float = 0.0
+    """Wall seconds the method itself took (without the dense fine-tune)."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Name → path (relative to the run folder) of masks, plots, thresholds."""
+    environment: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_record(run_dir: Path, record: RunRecord) -> Path:
+    """Write ``record.json`` atomically (temp file + rename in the same folder)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RECORD_FILE
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".record.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record.to_dict(), f, indent=2, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: Path) -> RunRecord:
+    """Load a record; a corrupt file raises :class:`ConfigError` naming it."""
+    try:
+        data = json.loads(path.read_text())
+        return RunRecord(**data)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ConfigError(f"{path} is not a valid trimlab record ({err}); delete it to rerun that run") from err
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment() -> dict[str, Any]:
+    """Versions, hardware and git commit, so a number can be traced to where it was made."""
+    import torch
+
+    versions = {}
+    for pkg in ("trimlab", "torch", "lightning", "transformers", "timm", "hydra-core"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = ""
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+        "git_commit": _git_commit(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -1,0 +1,91 @@
+"""Mirrors a run to W&B (offline by default) or CSV; the local record stays the source of truth.
+
+One tracker per run, always finished (in the run's ``finally``), so multirun
+jobs never share a W&B run. The W&B mode is passed per run, never through the
+process environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab.results.record import RunRecord
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, so dashboards can group by any key."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name, sep))
+        else:
+            flat[name] = value
+    return flat
+
+
+def record_summary(record: RunRecord) -> dict[str, Any]:
+    """The stable summary keys of a run (documented in the README)."""
+    summary = {"status": record.status, "method_cost_s": record.method_cost_s}
+    summary.update(flatten({"dense": record.dense, "compressed": record.compressed, "ratio": record.ratios}))
+    summary.update(flatten({"stage_s": record.stages}))
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+
+
+class Tracker:
+    """The Lightning logger of a run plus the end-of-run summary."""
+
+    def __init__(self, logger: Logger | None) -> None:
+        self.logger = logger
+
+    def log_record(self, record: RunRecord) -> None:
+        if self.logger is None:
+            return
+        summary = record_summary(record)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "summary"):
+            experiment.summary.update(summary)
+        else:
+            self.logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            self.logger.save()
+
+    def finish(self, status: str = "success") -> None:
+        if self.logger is None:
+            return
+        self.logger.finalize(status)
+        experiment = getattr(self.logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:
+    """Build the tracker the ``logger`` group asks for."""
+    kind = cfg.logger.kind
+    if kind == "none":
+        return Tracker(None)
+    if kind == "csv":
+        return Tracker(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    from lightning.pytorch.loggers import WandbLogger
+
+    config = flatten(OmegaConf.to_container(cfg, resolve=True))
+    logger = WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity or None,
+        id=run_id,
+        name=f"{cfg.model.name}-{cfg.dataset.name}-{cfg.method.name}-{cfg.budget.kind}{cfg.budget.target:g}",
+        save_dir=str(run_dir),
+        mode=cfg.logger.mode,
+        tags=list(cfg.logger.tags),
+        group=f"{cfg.model.name}-{cfg.dataset.name}",
+        job_type=cfg.method.name,
+        config=config,
+        resume="allow",
+        settings={"silent": True},
+    )
+    logger.experiment  # start the run now, so its id and folder exist before training
+    return Tracker(logger)
