@@ -140,12 +140,15 @@ class ImageDatasetConfig:
 
 # ---------------------------------------------------------------- methods
 @dataclass
-class DenseMethodConfig:
-    """Fine-tune (or train from scratch) and evaluate, with no compression."""
+class FinetuneConfig:
+    """How the dense starting model is made: fine-tuned from its weights, trained from scratch, or used as loaded.
 
-    name: str = "dense"
-    train: bool = True
-    """False evaluates the loaded weights as they are."""
+    The result is cached by a hash of model × dataset × this recipe × seed, so every
+    method on the same model and dataset starts from the same checkpoint.
+    """
+
+    enabled: bool = True
+    """False evaluates the loaded weights as they are (e.g. ImageNet weights on photos)."""
     epochs: float = 1.0
     """Training epochs (fractions allowed: 0.5 = half an epoch)."""
     lr: float = 5e-5
@@ -155,6 +158,13 @@ class DenseMethodConfig:
     label_smoothing: float = 0.0
     freeze_embeddings: bool = False
     """Keep the input embeddings fixed (faster on CPU, often no loss for small sets)."""
+
+
+@dataclass
+class DenseMethodConfig:
+    """No compression: evaluate and measure the dense (fine-tuned) model."""
+
+    name: str = "dense"
     budgets: list[str] = field(default_factory=lambda: ["none"])
     """Budget kinds this method can take."""
 
@@ -230,6 +240,7 @@ class TrimlabConfig:
     model: Any = MISSING
     dataset: Any = MISSING
     method: Any = MISSING
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -244,6 +255,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
     "method": {"dense_schema": DenseMethodConfig},
+    "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},
     "logger": {"logger_schema": LoggerConfig},

@@ -1,0 +1,53 @@
+"""Compression methods, each behind the same small interface so ``run.py`` stays method-agnostic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+from torch import nn
+
+from trimlab.config import ConfigError
+
+
+@dataclass
+class MethodContext:
+    """What a method may use besides the model: config, data, where to write, and how to build a trainer."""
+
+    cfg: DictConfig
+    datamodule: Any
+    run_dir: Path
+    make_trainer: Callable[..., Any]
+
+
+@dataclass
+class MethodResult:
+    """The compressed model and what the method wants recorded."""
+
+    model: nn.Module
+    stats: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per step of the method."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Name → path relative to the run folder."""
+
+
+class Method(Protocol):
+    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+        """Raise :class:`ConfigError` for a setting this method cannot run, before any expensive work."""
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+        """Compress (or train) ``model`` and return the result."""
+
+
+def build_method(cfg: DictConfig) -> Method:
+    from trimlab.methods.dense import DenseMethod
+
+    registry: dict[str, Callable[[DictConfig], Method]] = {"dense": DenseMethod}
+    name = cfg.method.name
+    if name not in registry:
+        raise ConfigError(f"method={name} is not implemented; choose one of {', '.join(sorted(registry))}")
+    return registry[name](cfg.method)

@@ -1,0 +1,288 @@
+"""The run pipeline, method-agnostic.
+
+compose → validate → build model, data, method → dense model (fine-tuned, cached
+by config hash) → measure → method → measure the result in the same process →
+``record.json`` (+ W&B).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from trimlab.config import ConfigError, validate
+from trimlab.data import build_datamodule
+from trimlab.measure.flops import mean_flops_per_example
+from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
+from trimlab.measure.size import count_params, model_size_bytes
+from trimlab.methods import MethodContext, build_method
+from trimlab.models.build import build_model
+from trimlab.results.record import RECORD_FILE, RunRecord, config_hash, environment, now, read_record, run_id, write_record
+from trimlab.results.summary import print_summary
+from trimlab.results.tracking import Tracker, open_tracker
+from trimlab.training import ClassifierModule, steps_for
+
+log = logging.getLogger(__name__)
+
+DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
+    """Run one experiment; a completed run with the same config is returned without rerunning."""
+    validate(cfg)
+    rid = run_id(cfg)
+    run_dir = run_dir or Path(cfg.paths.output_dir) / "runs" / rid
+    previous = run_dir / RECORD_FILE
+    if previous.exists() and not cfg.force:
+        record = read_record(previous)
+        if record.status == "completed":
+            log.info("run %s already completed (%s); skipping. Pass force=true to run it again.", rid, previous)
+            print_summary(record)
+            return record
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
+    datamodule = build_datamodule(cfg.dataset, built, cfg.seed)
+    method = build_method(cfg)
+    method.check(cfg, built.model, datamodule)
+    checkpoint = dense_checkpoint_path(cfg)
+    if cfg.finetune.enabled and checkpoint.exists():
+        load_checkpoint(built.model, checkpoint)
+
+    record = RunRecord(
+        run_id=rid,
+        status="running",
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        method=cfg.method.name,
+        budget=OmegaConf.to_container(cfg.budget, resolve=True),
+        seed=cfg.seed,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        environment=environment(),
+        started_at=now(),
+    )
+    write_record(run_dir, record)
+    tracker = open_tracker(cfg, rid, run_dir)
+    status = "failed"
+    try:
+        _execute(cfg, record, built.model, datamodule, method, checkpoint, tracker, run_dir)
+        record.status = status = "completed"
+        record.finished_at = now()
+        write_record(run_dir, record)
+        tracker.log_record(record)
+    except BaseException:
+        record.status = "failed"
+        record.error = traceback.format_exc()
+        record.finished_at = now()
+        write_record(run_dir, record)
+        raise
+    finally:
+        tracker.finish("success" if status == "completed" else "failed")
+    print_summary(record)
+    return record
+
+
+def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir) -> None:
+    datamodule.setup("fit")
+
+    def make_trainer(**overrides: Any) -> pl.Trainer:
+        return build_trainer(cfg, tracker, run_dir, **overrides)
+
+    start = time.perf_counter()
+    if cfg.finetune.enabled and not checkpoint.exists():
+        finetune(cfg, model, datamodule, make_trainer)
+        save_checkpoint(model, checkpoint)
+    record.stages["finetune"] = time.perf_counter() - start
+
+    dense = copy.deepcopy(model).eval()
+    start = time.perf_counter()
+    record.dense = evaluate(cfg, dense, datamodule, make_trainer, reference=dense)
+    record.stages["measure_dense"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = method.apply(model, MethodContext(cfg, datamodule, run_dir, make_trainer))
+    record.method_cost_s = time.perf_counter() - start
+    record.stages.update(result.stages)
+    record.artifacts.update(result.artifacts)
+
+    if cfg.method.name == "dense":
+        compressed = dense
+        record.compressed = dict(record.dense)
+    else:
+        compressed = result.model.eval()
+        start = time.perf_counter()
+        record.compressed = evaluate(cfg, compressed, datamodule, make_trainer, reference=dense)
+        record.stages["measure_compressed"] = time.perf_counter() - start
+    record.compressed.update(result.stats)
+    record.ratios = compare(cfg, dense, compressed, datamodule, record)
+
+
+def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides: Any) -> pl.Trainer:
+    """A Trainer with the run's hardware settings; the run's tracker is its logger."""
+    t = cfg.trainer
+    kwargs: dict[str, Any] = dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_eval_batches,
+        limit_test_batches=t.limit_eval_batches,
+        enable_progress_bar=t.progress_bar,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=tracker.logger if tracker.logger is not None else False,
+        default_root_dir=str(run_dir),
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any) -> None:
+    """Fine-tune (or train from scratch) the dense model with the ``finetune`` recipe."""
+    ft = cfg.finetune
+    module = ClassifierModule(
+        model,
+        datamodule.num_labels,
+        datamodule.metric,
+        lr=ft.lr,
+        weight_decay=ft.weight_decay,
+        warmup_ratio=ft.warmup_ratio,
+        label_smoothing=ft.label_smoothing,
+        freeze_embeddings=ft.freeze_embeddings,
+    )
+    batches = len(datamodule.train_dataloader())
+    limit = cfg.trainer.limit_train_batches
+    if limit <= 1.0:
+        batches = max(1, int(batches * limit))
+    else:
+        batches = min(batches, int(limit))
+    trainer = make_trainer(max_steps=steps_for(ft.epochs, batches), max_epochs=-1)
+    log.info("fine-tuning %s on %s for %.2g epochs (%d steps)", cfg.model.name, cfg.dataset.name, ft.epochs, trainer.max_steps)
+    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+
+
+def evaluate(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module) -> dict[str, Any]:
+    """Task metric on the test split, FLOPs per example, parameters and size."""
+    module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
+    results = make_trainer(logger=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    metric = float(results[0][f"test/{datamodule.metric}"])
+    flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=cfg.measure.flops_batches)
+    return {
+        "metric": metric,
+        "metric_name": datamodule.metric,
+        "flops": float(flops),
+        "params": count_params(model),
+        "size_mb": model_size_bytes(model) / 2**20,
+    }
+
+
+def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule: Any, record: RunRecord) -> dict[str, float]:
+    """Latency side by side (interleaved, same inputs, same process) and the compressed/dense ratios."""
+    ratios = {
+        "flops": record.compressed["flops"] / record.dense["flops"],
+        "params": record.compressed["params"] / record.dense["params"],
+        "metric_delta": record.compressed["metric"] - record.dense["metric"],
+    }
+    m = cfg.measure
+    for batch_size in m.latency_batch_sizes:
+        batch = first_examples(datamodule.test_dataloader(), batch_size)
+        if compressed is dense:
+            a = measure_latency(dense, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
+            b = a
+        else:
+            a, b = compare_latency(dense, compressed, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
+        _store_latency(record.dense, a)
+        _store_latency(record.compressed, b)
+        ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
+    return ratios
+
+
+def _store_latency(metrics: dict[str, Any], result: LatencyResult) -> None:
+    b = result.batch_size
+    metrics[f"latency_ms_b{b}"] = result.median_s * 1e3
+    metrics[f"throughput_b{b}"] = result.throughput
+    metrics["threads"] = result.threads
+
+
+def first_examples(loader: Iterable[Mapping[str, Tensor]], n: int) -> dict[str, Tensor]:
+    """The first ``n`` examples of a loader as one batch (right-padding sequence tensors to a common length)."""
+    parts: list[Mapping[str, Tensor]] = []
+    count = 0
+    for batch in loader:
+        parts.append(batch)
+        count += len(next(iter(batch.values())))
+        if count >= n:
+            break
+    out: dict[str, Tensor] = {}
+    for key in parts[0]:
+        tensors = [p[key] for p in parts]
+        if tensors[0].ndim == 2 and key != "pixel_values":
+            length = max(t.shape[1] for t in tensors)
+            tensors = [F.pad(t, (0, length - t.shape[1])) for t in tensors]
+        out[key] = torch.cat(tensors)[:n]
+    if "attention_mask" in out:
+        length = int(out["attention_mask"].sum(1).max())
+        out = {k: v[:, :length] if v.ndim == 2 and k != "labels" else v for k, v in out.items()}
+    return out
+
+
+def dense_checkpoint_path(cfg: DictConfig) -> Path:
+    """Where the dense model of this model × dataset × recipe × seed is cached."""
+    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
+    key = config_hash(
+        {
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "dataset": dataset,
+            "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
+            "seed": cfg.seed,
+            "precision": cfg.trainer.precision,
+            "limit_train_batches": cfg.trainer.limit_train_batches,
+        }
+    )
+    return Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.dataset.name}-{key}.pt"
+
+
+def save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Save atomically, so an interrupted save never leaves a corrupt cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a cached dense checkpoint; a corrupt or mismatched file is a :class:`ConfigError` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 — unpickling, truncation and shape errors all need the same fix
+        raise ConfigError(
+            f"cached checkpoint {path} is corrupt or does not fit model={model.__class__.__name__} ({str(err)[:200]}); "
+            "delete it to fine-tune again"
+        ) from err

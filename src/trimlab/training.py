@@ -1,0 +1,117 @@
+"""The LightningModule that trains and evaluates a classifier; training methods extend it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+
+
+def task_metric(metric: str, num_labels: int) -> torchmetrics.Metric:
+    """The torchmetrics object behind a dataset's ``metric`` key."""
+    if metric == "accuracy" or metric == "agreement":
+        return torchmetrics.classification.MulticlassAccuracy(num_classes=max(num_labels, 2), average="micro")
+    if metric == "f1":
+        return torchmetrics.classification.BinaryF1Score()
+    if metric == "pearson":
+        return torchmetrics.PearsonCorrCoef()
+    raise ValueError(f"unknown metric {metric!r}; use accuracy, f1, pearson or agreement")
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy (or MSE for one label) training with AdamW and linear warm-up/decay.
+
+    For ``metric="agreement"`` (unlabelled data) the targets are the top-1
+    predictions of ``reference``, the full-precision model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_labels: int,
+        metric: str,
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        freeze_embeddings: bool = False,
+        reference: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_labels = num_labels
+        self.metric_name = metric
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.label_smoothing = label_smoothing
+        self.reference = reference
+        self.val_metric = task_metric(metric, num_labels)
+        self.test_metric = task_metric(metric, num_labels)
+        if freeze_embeddings and hasattr(model, "embeddings"):
+            for p in model.embeddings.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.model(batch).logits
+
+    def targets(self, batch: Mapping[str, Tensor]) -> Tensor:
+        if self.metric_name == "agreement":
+            ref = self.reference if self.reference is not None else self.model
+            with torch.no_grad():
+                return ref(batch).logits.argmax(-1)
+        return batch["labels"]
+
+    def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.task_loss(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str) -> None:
+        logits = self(batch)
+        targets = self.targets(batch)
+        preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
+        metric.update(preds, targets)
+        self.log(f"{prefix}/{self.metric_name}", metric, prog_bar=True, batch_size=len(targets))
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric, "test")
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name or "token" in name or "pos_embed" in name else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.warmup_ratio)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def steps_for(epochs: float, batches_per_epoch: int) -> int:
+    """Optimizer steps for a (possibly fractional) number of epochs."""
+    return max(1, math.ceil(epochs * batches_per_epoch))

@@ -1,0 +1,28 @@
+"""Shared fixtures: Hydra composition of the packaged configs, as the CLI composes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab.cli import register_resolvers
+
+
+@pytest.fixture
+def compose_cfg(tmp_path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose ``config.yaml`` with overrides; outputs go to a temporary folder."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("trimlab.conf", version_base="1.3"):
+
+        def _compose(*overrides: str) -> DictConfig:
+            cfg = compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+            OmegaConf.set_struct(cfg, True)
+            return cfg
+
+        yield _compose
+    GlobalHydra.instance().clear()

