@@ -1,0 +1,1 @@
+"""Fisher post-training pruning of heads and FFN neurons (Kwon et al. 2022)."""
