@@ -84,7 +84,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
         record.status = status = "completed"
         record.finished_at = now()
         write_record(run_dir, record)
-        tracker.log_record(record)
+        tracker.log_record(record, run_dir)
     except BaseException:
         record.status = "failed"
         record.error = traceback.format_exc()

@@ -45,8 +45,9 @@ class Method(Protocol):
 
 def build_method(cfg: DictConfig) -> Method:
     from trimlab.methods.dense import DenseMethod
+    from trimlab.methods.fisher_prune.callback import FisherPruneMethod
 
-    registry: dict[str, Callable[[DictConfig], Method]] = {"dense": DenseMethod}
+    registry: dict[str, Callable[[DictConfig], Method]] = {"dense": DenseMethod, "fisher_prune": FisherPruneMethod}
     name = cfg.method.name
     if name not in registry:
         raise ConfigError(f"method={name} is not implemented; choose one of {', '.join(sorted(registry))}")

@@ -43,13 +43,15 @@ class Tracker:
     def __init__(self, logger: Logger | None) -> None:
         self.logger = logger
 
-    def log_record(self, record: RunRecord) -> None:
+    def log_record(self, record: RunRecord, run_dir: Path) -> None:
+        """The summary, and on W&B the method's files: images as media, the rest as one artifact."""
         if self.logger is None:
             return
         summary = record_summary(record)
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "summary"):
             experiment.summary.update(summary)
+            _log_wandb_files(experiment, record, run_dir)
         else:
             self.logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             self.logger.save()
@@ -61,6 +63,20 @@ class Tracker:
         experiment = getattr(self.logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+def _log_wandb_files(experiment: Any, record: RunRecord, run_dir: Path) -> None:
+    import wandb
+
+    images = {name: wandb.Image(str(run_dir / path)) for name, path in record.artifacts.items() if path.endswith(".png")}
+    if images:
+        experiment.log(images)
+    files = [path for path in record.artifacts.values() if not path.endswith(".png")]
+    if files:
+        artifact = wandb.Artifact(f"{record.run_id}-{record.method}", type=record.method)
+        for path in files:
+            artifact.add_file(str(run_dir / path))
+        experiment.log_artifact(artifact)
 
 
 def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:

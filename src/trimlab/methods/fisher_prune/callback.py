@@ -1,0 +1,197 @@
+"""Fisher pruning as a Lightning Callback: the model is pruned in ``setup``, then the trainer validates it.
+
+Stages (each timed and recorded): Fisher gradients of the masks on the sample
+set → search under the FLOPs or latency budget → rearrangement → mask tuning
+→ folding the tuned masks into the weights and removing pruned heads and
+neurons, so the model is physically smaller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trimlab.config import ConfigError
+from trimlab.measure.flops import head_cost, neuron_cost
+from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
+from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
+from trimlab.methods.fisher_prune.plot import plot_masks
+from trimlab.methods.fisher_prune.rearrange import rearrange
+from trimlab.methods.fisher_prune.search import Masks, check_latency_budget, milder_target, search_flops, search_latency
+from trimlab.methods.fisher_prune.tune import fold_masks, tune_masks
+from trimlab.models.classifier import TransformerClassifier
+from trimlab.training import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+class FisherPruning(pl.Callback):
+    """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget``."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        budget: DictConfig,
+        samples: DataLoader,
+        num_labels: int,
+        seq_len: float,
+        cache_dir: Path,
+        run_dir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.budget = budget
+        self.samples = samples
+        self.num_labels = num_labels
+        self.seq_len = seq_len
+        self.cache_dir = Path(cache_dir)
+        self.run_dir = Path(run_dir)
+        self.done = False
+        self.stats: dict[str, Any] = {}
+        self.stages: dict[str, float] = {}
+        self.artifacts: dict[str, str] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.done and stage in ("validate", "test"):
+            self.prune(pl_module.model)
+            self.done = True
+
+    def _timed(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.stages[name] = time.perf_counter() - start
+        return result
+
+    def prune(self, model: TransformerClassifier) -> None:
+        """All stages, in place."""
+        spec = model.encoder.spec
+        search = self._searcher(model)  # a latency table is measured (or read) before the expensive stages
+        batches = list(self.samples)
+        grads = self._timed("fisher", collect_mask_gradients, model, batches, self.num_labels)
+        heads_imp, neurons_imp = grads.head_importance(), grads.neuron_importance()
+        masks = self._timed("search", search, heads_imp, neurons_imp, self.budget.target)
+        searched = masks.counts()
+        if self.cfg.rearrange:
+            masks = self._timed("rearrange", lambda: Masks(rearrange(masks.heads, grads.heads), rearrange(masks.neurons, grads.neurons)))
+        if self.cfg.tune:
+            teacher = search(heads_imp, neurons_imp, milder_target(self.budget.target, self.cfg.teacher_steps))
+            masks, report = self._timed("tune", tune_masks, model, batches, masks, teacher, self.cfg.damping, self.cfg.max_scale)
+            self.stats.update(tuned_layers=report.tuned_layers, tune_stopped=report.stopped)
+        self._timed("remove", fold_masks, model, masks)
+        heads, neurons = masks.counts()
+        dense_cost = spec.num_layers * (spec.num_heads * self._head_cost(spec) + spec.ffn_dim * neuron_cost(self.seq_len, spec.hidden_size))
+        kept_cost = sum(heads) * self._head_cost(spec) + sum(neurons) * neuron_cost(self.seq_len, spec.hidden_size)
+        self.stats.update(
+            heads_per_layer=heads,
+            neurons_per_layer=neurons,
+            searched_heads_per_layer=searched[0],
+            searched_neurons_per_layer=searched[1],
+            encoder_flops_ratio_at_avg_len=kept_cost / dense_cost,
+            avg_seq_len=self.seq_len,
+            num_samples=sum(len(next(iter(b.values()))) for b in batches),
+        )
+        self._write_artifacts(masks, heads_imp, neurons_imp)
+        log.info("pruned to %d/%d heads, %d/%d neurons", sum(heads), spec.num_layers * spec.num_heads, sum(neurons), spec.num_layers * spec.ffn_dim)
+
+    def _head_cost(self, spec) -> float:
+        return head_cost(self.seq_len, spec.hidden_size, spec.dim_per_head)
+
+    def _searcher(self, model: TransformerClassifier):
+        spec = model.encoder.spec
+        if self.budget.kind == "flops":
+            costs = (self._head_cost(spec), neuron_cost(self.seq_len, spec.hidden_size))
+            return lambda h, n, target: search_flops(h, n, *costs, target)
+        if self.budget.kind != "latency":
+            raise ConfigError(f"method=fisher_prune takes flops or latency budgets, not {self.budget.kind!r}")
+        tables, cached = self._timed("latency_lut", layer_latency, model, self.cfg, self.seq_len, self.cache_dir)
+        attention, ffn = tables.attention.fit(), tables.ffn.fit()
+        self.stats.update(latency_lut_cached=cached, latency_fit={"attention": vars(attention), "ffn": vars(ffn)})
+        return lambda h, n, target: search_latency(h, n, attention, ffn, target)
+
+    def _write_artifacts(self, masks: Masks, heads_imp: torch.Tensor, neurons_imp: torch.Tensor) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        masks_path = self.run_dir / "masks.json"
+        masks_path.write_text(
+            json.dumps(
+                {
+                    "heads": masks.heads.tolist(),
+                    "neurons_kept": [row.nonzero().flatten().tolist() for row in masks.neurons],
+                    "head_importance": heads_imp.tolist(),
+                }
+            )
+        )
+        plot_path = self.run_dir / "masks.png"
+        plot_masks(masks, heads_imp, neurons_imp, plot_path)
+        self.artifacts.update(masks=masks_path.name, masks_plot=plot_path.name)
+
+
+def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float, cache_dir: Path) -> tuple[LayerLatency, bool]:
+    """This machine's latency tables for the model's layer shape (cached under ``cache_dir/latency_lut``)."""
+    spec = model.encoder.spec
+    return cached_layer_latency(
+        Path(cache_dir) / "latency_lut",
+        hidden=spec.hidden_size,
+        heads=spec.num_heads,
+        head_dim=spec.dim_per_head,
+        ffn_dim=spec.ffn_dim,
+        activation=spec.activation,
+        batch_size=cfg.lut_batch_size,
+        seq_len=max(1, round(seq_len)),
+        ffn_points=cfg.lut_ffn_points,
+    )
+
+
+def sequence_length(model: TransformerClassifier, datamodule: Any) -> float:
+    """Tokens per example the FLOPs costs are priced at: the mean training length (text) or the patch count + 1."""
+    if hasattr(datamodule, "avg_train_length"):
+        return datamodule.avg_train_length()
+    return float(model.embeddings.num_patches + model.num_protected)
+
+
+class FisherPruneMethod:
+    """Runs :class:`FisherPruning` in a validate run, so the pruned model's val metric is logged at once."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+        if not isinstance(model, TransformerClassifier):
+            raise ConfigError(
+                f"method=fisher_prune prunes attention heads and FFN neurons; model={cfg.model.name} is not a "
+                "Transformer. Use a BERT or ViT model, or method=pwlq for CNNs."
+            )
+        if cfg.dataset.sample_size < 1 or self.cfg.batch_size < 1:
+            raise ConfigError("dataset.sample_size and method.batch_size must be positive for method=fisher_prune")
+        if self.cfg.teacher_steps < 1:
+            raise ConfigError(f"method.teacher_steps={self.cfg.teacher_steps} must be at least 1 (1 = dense teacher)")
+        if cfg.budget.kind == "latency":  # measure (or read) the latency table now, to reject a target it cannot reach
+            spec = model.encoder.spec
+            tables, _ = layer_latency(model, self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
+            check_latency_budget(
+                cfg.budget.target, spec.num_layers, spec.num_heads, spec.ffn_dim, tables.attention.fit(), tables.ffn.fit()
+            )
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+        dm = ctx.datamodule
+        callback = FisherPruning(
+            self.cfg,
+            ctx.cfg.budget,
+            dm.sample_dataloader(batch_size=self.cfg.batch_size),
+            dm.num_labels,
+            sequence_length(model, dm),
+            Path(ctx.cfg.paths.cache_dir),
+            ctx.run_dir,
+        )
+        module = ClassifierModule(model, dm.num_labels, dm.metric)
+        trainer = ctx.make_trainer(callbacks=[callback], logger=False)
+        trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
+        return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
