@@ -31,7 +31,8 @@ def test_every_group_has_options():
 
 def test_default_is_the_embedded_experiment(compose_cfg):
     cfg = compose_cfg()
-    assert (cfg.model.name, cfg.dataset.name, cfg.method.name, cfg.budget.kind) == ("minilm_l6", "tweets", "dense", "none")
+    assert (cfg.model.name, cfg.dataset.name, cfg.method.name, cfg.budget.kind) == ("minilm_l6", "tweets", "fisher_prune", "flops")
+    assert cfg.budget.target == pytest.approx(0.6)
     assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
     validate(cfg)
 
@@ -57,7 +58,7 @@ def test_wrong_type_fails_at_composition_naming_it(compose_cfg):
 
 def test_method_that_cannot_take_the_budget(compose_cfg):
     with pytest.raises(ConfigError, match="method=dense cannot take a 'flops' budget; it accepts none"):
-        validate(compose_cfg("budget=flops_60"))
+        validate(compose_cfg("method=dense", "budget=flops_60"))
 
 
 @pytest.mark.parametrize("override,match", [
