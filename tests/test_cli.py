@@ -150,7 +150,7 @@ def test_failed_run_records_the_traceback_and_reraises(
 
 def test_latency_budget_prunes_with_a_cached_table(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     cfg = compose_cfg(
-        "experiment=smoke", "budget=latency_70", "finetune=none", "method.lut_batch_size=2", "method.lut_ffn_points=4",
+        "experiment=smoke", "budget=latency_70", "method.lut_batch_size=2", "method.lut_ffn_points=4",
         "method.tune=false", "dataset.sample_size=32", "dataset.max_eval_examples=32",
     )
     record = run(cfg)
@@ -166,4 +166,19 @@ def test_unreachable_latency_budget_fails_before_fine_tuning(compose_cfg: Callab
     )
     with pytest.raises(ConfigError, match="raise budget.target"):
         run(cfg)
+    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["budget.target=0.0001"], "below the FLOPs of the embeddings and classifier"),
+        (["finetune=none"], "needs a model trained on the task"),
+    ],
+)
+def test_pruning_that_cannot_work_fails_before_fine_tuning(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        run(compose_cfg("experiment=smoke", *overrides))
     assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.pt"))

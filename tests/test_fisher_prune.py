@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,6 +43,33 @@ def toy_batches(n: int = 4, seed: int = 1) -> list[dict[str, torch.Tensor]]:
 def test_fisher_is_the_sum_of_squared_batch_gradients() -> None:
     grads = torch.tensor([[[1.0, -2.0]], [[3.0, 0.5]]])
     assert fisher_importance(grads).tolist() == [[10.0, 4.25]]
+
+
+class LinearWithMasks(torch.nn.Module):
+    """y = Σ_i m_i w_i x_i over 2 "heads" and 3 "neurons": the Fisher of the masks has a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.25, -0.75]))
+        self.encoder = SimpleNamespace(layers=[None], heads_per_layer=[2], neurons_per_layer=[3])
+
+    def forward(self, batch, head_mask, neuron_mask):
+        masks = torch.cat([head_mask[0], neuron_mask[0]])
+        return SimpleNamespace(logits=(batch["x"] * masks * self.w).sum(1, keepdim=True))
+
+
+def test_fisher_of_a_linear_model_equals_its_closed_form() -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(4, 5, generator=gen), "labels": torch.randn(4, generator=gen)} for _ in range(3)]
+    model = LinearWithMasks()
+    grads = collect_mask_gradients(model, batches, num_labels=1, progress=False)
+    w = model.w.detach()
+    closed = torch.zeros(5)
+    for b in batches:
+        residual = (b["x"] * w).sum(1) - b["labels"]  # all masks at 1
+        closed += (2 * (residual[:, None] * b["x"] * w).mean(0)) ** 2  # d mean((y - t)^2) / d m_i, squared
+    torch.testing.assert_close(grads.head_importance()[0], closed[:2])
+    torch.testing.assert_close(grads.neuron_importance()[0], closed[2:])
 
 
 def test_mask_gradients_match_finite_differences() -> None:
@@ -285,3 +313,18 @@ def test_ablation_experiment_is_a_grid_over_the_stages() -> None:
     GlobalHydra.instance().clear()
     assert cfg.method.name == "fisher_prune" and cfg.budget.target == pytest.approx(0.6)
     assert dict(cfg.hydra.sweeper.params) == {"method.rearrange": "false,true", "method.tune": "false,true"}
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_block_output_from_captured_ffn_inputs_equals_a_rerun(norm_first: bool) -> None:
+    from trimlab.methods.fisher_prune.tune import _ffn_output
+
+    torch.manual_seed(0)
+    block = Encoder(EncoderSpec(1, 16, HEADS, FFN, norm_first=norm_first)).layers[0].eval()
+    state = TokenState(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), torch.arange(5).expand(2, 5))
+    binary = (torch.arange(FFN) % 3 != 0).float()
+    tuned = binary * (torch.rand(FFN) + 0.5)
+    with torch.no_grad():
+        _, cap = _run_block(block, state, 0, torch.ones(HEADS), binary, 1)
+        expected = block(state, 0, torch.ones(HEADS), tuned, None, 1, True).hidden
+        torch.testing.assert_close(_ffn_output(block, cap.ffn_residual, cap.ffn_hidden, tuned), expected)

@@ -57,23 +57,18 @@ def bert_batch(vocab: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask}
 
 
-def test_bert_base_from_config_matches_transformers() -> None:
+@pytest.mark.parametrize(
+    "family,reference_class,config",
+    [
+        ("bert", BertForSequenceClassification, BertConfig(num_labels=3)),  # BERT-base shape
+        ("distilbert", DistilBertForSequenceClassification, DistilBertConfig(num_labels=2)),
+    ],
+)
+def test_random_hub_architecture_matches_transformers(family: str, reference_class: type, config: object) -> None:
     torch.manual_seed(0)
-    reference = BertForSequenceClassification(BertConfig(num_labels=3)).eval()
-    ours = text_classifier_from_hf(reference, "bert", num_labels=3).eval()
-    batch = bert_batch(reference.config.vocab_size)
-    with torch.no_grad():
-        expected = reference(**batch, output_hidden_states=True)
-        got = ours(batch)
-    assert max_diff_on_valid(got.encoder.hidden, expected.hidden_states[-1], batch["attention_mask"]) <= BOUND
-    assert float((got.logits - expected.logits).abs().max()) <= BOUND
-
-
-def test_distilbert_from_config_matches_transformers() -> None:
-    torch.manual_seed(0)
-    reference = DistilBertForSequenceClassification(DistilBertConfig(num_labels=2)).eval()
-    ours = text_classifier_from_hf(reference, "distilbert", num_labels=2).eval()
-    batch = bert_batch(reference.config.vocab_size)
+    reference = reference_class(config).eval()
+    ours = text_classifier_from_hf(reference, family, num_labels=config.num_labels).eval()
+    batch = bert_batch(config.vocab_size)
     with torch.no_grad():
         expected = reference(**batch, output_hidden_states=True)
         got = ours(batch)

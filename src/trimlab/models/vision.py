@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import timm
 import torch
 from omegaconf import DictConfig
-from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -21,6 +20,7 @@ from trimlab.config import ConfigError
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
+from trimlab.models.weight_sources import load_timm_file
 
 
 def vit_classifier(
@@ -135,13 +135,7 @@ def build_vit(cfg: DictConfig, num_labels: int) -> TransformerClassifier:
             ) from exc
     elif cfg.weights == "file":
         net = timm.create_model(cfg.timm_name, pretrained=False)
-        try:
-            load_checkpoint(net, cfg.path, strict=True)
-        except Exception as exc:  # noqa: BLE001 — missing, corrupt or mismatched file: same fix
-            raise ConfigError(
-                f"could not load {cfg.path!r} into timm {cfg.timm_name!r}: {exc}. "
-                f"Point model.path at an intact {cfg.timm_name} state dict (.pth or .safetensors)."
-            ) from exc
+        load_timm_file(net, cfg.path, cfg.timm_name)
     else:
         raise ConfigError(f"model.weights={cfg.weights!r} is not one of hub, file, scratch for a ViT")
     if net.patch_embed.img_size[0] != cfg.image_size:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trimlab.config import ConfigError
-from trimlab.measure.flops import head_cost, neuron_cost
+from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
@@ -30,6 +30,7 @@ from trimlab.methods.fisher_prune.rearrange import rearrange
 from trimlab.methods.fisher_prune.search import Masks, check_latency_budget, milder_target, search_flops, search_latency
 from trimlab.methods.fisher_prune.tune import fold_masks, tune_masks
 from trimlab.models.classifier import TransformerClassifier
+from trimlab.models.encoder import EncoderSpec
 from trimlab.training import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class FisherPruning(pl.Callback):
             self.stats.update(tuned_layers=report.tuned_layers, tune_stopped=report.stopped)
         self._timed("remove", fold_masks, model, masks)
         heads, neurons = masks.counts()
-        dense_cost = spec.num_layers * (spec.num_heads * self._head_cost(spec) + spec.ffn_dim * neuron_cost(self.seq_len, spec.hidden_size))
-        kept_cost = sum(heads) * self._head_cost(spec) + sum(neurons) * neuron_cost(self.seq_len, spec.hidden_size)
+        dense_cost = encoder_flops(spec, spec.num_layers * spec.num_heads, spec.num_layers * spec.ffn_dim, self.seq_len)
+        kept_cost = encoder_flops(spec, sum(heads), sum(neurons), self.seq_len)
         self.stats.update(
             heads_per_layer=heads,
             neurons_per_layer=neurons,
@@ -102,14 +103,11 @@ class FisherPruning(pl.Callback):
         self._write_artifacts(masks, heads_imp, neurons_imp)
         log.info("pruned to %d/%d heads, %d/%d neurons", sum(heads), spec.num_layers * spec.num_heads, sum(neurons), spec.num_layers * spec.ffn_dim)
 
-    def _head_cost(self, spec) -> float:
-        return head_cost(self.seq_len, spec.hidden_size, spec.dim_per_head)
-
     def _searcher(self, model: TransformerClassifier):
         spec = model.encoder.spec
         if self.budget.kind == "flops":
-            costs = (self._head_cost(spec), neuron_cost(self.seq_len, spec.hidden_size))
-            return lambda h, n, target: search_flops(h, n, *costs, target)
+            costs = (encoder_flops(spec, 1, 0, self.seq_len), encoder_flops(spec, 0, 1, self.seq_len))
+            return lambda h, n, target: search_flops(h, n, *costs, encoder_flops_target(model, target, self.seq_len))
         if self.budget.kind != "latency":
             raise ConfigError(f"method=fisher_prune takes flops or latency budgets, not {self.budget.kind!r}")
         tables, cached = self._timed("latency_lut", layer_latency, model, self.cfg, self.seq_len, self.cache_dir)
@@ -132,6 +130,29 @@ class FisherPruning(pl.Callback):
         plot_path = self.run_dir / "masks.png"
         plot_masks(masks, heads_imp, neurons_imp, plot_path)
         self.artifacts.update(masks=masks_path.name, masks_plot=plot_path.name)
+
+
+def encoder_flops(spec: EncoderSpec, heads: int, neurons: int, seq_len: float) -> float:
+    """Analytic FLOPs of ``heads`` attention heads and ``neurons`` FFN neurons at sequence length ``seq_len``."""
+    return heads * head_cost(seq_len, spec.hidden_size, spec.dim_per_head) + neurons * neuron_cost(seq_len, spec.hidden_size)
+
+
+def encoder_flops_target(model: TransformerClassifier, target: float, seq_len: float) -> float:
+    """The encoder's share of a whole-model FLOPs ``target``: the embeddings and head cannot shrink.
+
+    Raises :class:`ConfigError` when ``target`` is below what they cost alone.
+    """
+    spec = model.encoder.spec
+    encoder = encoder_flops(spec, spec.num_layers * spec.num_heads, spec.num_layers * spec.ffn_dim, seq_len)
+    fixed = fixed_flops(model)
+    share = (target * (encoder + fixed) - fixed) / encoder
+    if share <= 0:
+        raise ConfigError(
+            f"budget.target={target:g} is below the FLOPs of the embeddings and classifier alone "
+            f"({fixed / (encoder + fixed):.3f} of the dense model), which pruning heads and neurons cannot remove; "
+            "raise budget.target"
+        )
+    return share
 
 
 def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float, cache_dir: Path) -> tuple[LayerLatency, bool]:
@@ -173,9 +194,20 @@ class FisherPruneMethod:
             raise ConfigError("dataset.sample_size and method.batch_size must be positive for method=fisher_prune")
         if self.cfg.teacher_steps < 1:
             raise ConfigError(f"method.teacher_steps={self.cfg.teacher_steps} must be at least 1 (1 = dense teacher)")
+        if not cfg.finetune.enabled and (
+            cfg.model.weights in ("random", "scratch", "embedded") or (cfg.model.weights != "hub" and cfg.dataset.num_labels > 0)
+        ):
+            raise ConfigError(
+                f"method=fisher_prune needs a model trained on the task, but finetune is off and model={cfg.model.name} "
+                f"(weights={cfg.model.weights}) has no {cfg.dataset.name} classifier; use finetune=text "
+                "(or finetune=vit_scratch), or point model.path at a fine-tuned checkpoint"
+            )
+        seq_len = sequence_length(model, datamodule)
+        if cfg.budget.kind == "flops":
+            encoder_flops_target(model, cfg.budget.target, seq_len)
         if cfg.budget.kind == "latency":  # measure (or read) the latency table now, to reject a target it cannot reach
             spec = model.encoder.spec
-            tables, _ = layer_latency(model, self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
+            tables, _ = layer_latency(model, self.cfg, seq_len, Path(cfg.paths.cache_dir))
             check_latency_budget(
                 cfg.budget.target, spec.num_layers, spec.num_heads, spec.ffn_dim, tables.attention.fit(), tables.ffn.fit()
             )

@@ -78,6 +78,16 @@ def _run_block(
     return out, _Captured(state.hidden, seen["context"], seen["ffn_residual"], seen["ffn_hidden"])
 
 
+def _ffn_output(block: Block, residual: Tensor, hidden: Tensor, neuron_mask: Tensor) -> Tensor:
+    """The block's output from its captured FFN inputs under a new neuron mask, without rerunning attention.
+
+    ``hidden`` was captured under a 0/1 mask, so scaling it by the new mask
+    gives the new masked activations; the rest is :class:`Block`'s FFN half.
+    """
+    out = residual + torch.nn.functional.linear(hidden * neuron_mask.to(hidden.dtype), block.ffn.fc2.weight, block.ffn.fc2.bias)
+    return out if block.norm_first else block.norm2(out)
+
+
 def _rows(x: Tensor, valid: Tensor, cls_only: bool) -> Tensor:
     """Real tokens only (or the class token only), flattened to ``[tokens, D]``."""
     return x[:, 0] if cls_only else x[valid]
@@ -147,8 +157,10 @@ def tune_masks(
             w2 = fc2.weight[:, kept_neurons]  # [D, K]
             ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64)
             atb = torch.zeros(len(kept_neurons), dtype=torch.float64)
+            ffn_inputs = []
             for state, target in zip(student_states, ffn_targets):
                 _, cap = _run_block(block, state, i, tuned.heads[i], tuned.neurons[i], num_protected)
+                ffn_inputs.append((cap.ffn_residual, cap.ffn_hidden))
                 acts = _rows(cap.ffn_hidden, state.valid, cls_only)[:, kept_neurons]
                 rhs = target - _rows(cap.ffn_residual, state.valid, cls_only)
                 ata += (acts.t() @ acts).double()  # float32 products per batch, summed in float64
@@ -160,10 +172,14 @@ def tune_masks(
                 break
             tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype)
             report.scales[f"neurons_{i}"] = scales.tolist()
-
-        student_states = [
-            block(state, i, tuned.heads[i], tuned.neurons[i], None, num_protected, True) for state in student_states
-        ]
+            student_states = [
+                TokenState(_ffn_output(block, residual, hidden, tuned.neurons[i]), state.valid, state.positions)
+                for state, (residual, hidden) in zip(student_states, ffn_inputs)
+            ]
+        else:
+            student_states = [
+                block(state, i, tuned.heads[i], tuned.neurons[i], None, num_protected, True) for state in student_states
+            ]
         report.tuned_layers = i + 1
     if report.stopped:
         log.warning("mask tuning stopped at %s; later layers keep binary masks", report.stopped)
