@@ -100,7 +100,7 @@ class FisherPruning(pl.Callback):
             avg_seq_len=self.seq_len,
             num_samples=sum(len(next(iter(b.values()))) for b in batches),
         )
-        self._write_artifacts(masks, heads_imp, neurons_imp)
+        self._write_artifacts(masks, heads_imp)
         log.info("pruned to %d/%d heads, %d/%d neurons", sum(heads), spec.num_layers * spec.num_heads, sum(neurons), spec.num_layers * spec.ffn_dim)
 
     def _searcher(self, model: TransformerClassifier):
@@ -115,7 +115,7 @@ class FisherPruning(pl.Callback):
         self.stats.update(latency_lut_cached=cached, latency_fit={"attention": vars(attention), "ffn": vars(ffn)})
         return lambda h, n, target: search_latency(h, n, attention, ffn, target)
 
-    def _write_artifacts(self, masks: Masks, heads_imp: torch.Tensor, neurons_imp: torch.Tensor) -> None:
+    def _write_artifacts(self, masks: Masks, heads_imp: torch.Tensor) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         masks_path = self.run_dir / "masks.json"
         masks_path.write_text(
@@ -128,7 +128,7 @@ class FisherPruning(pl.Callback):
             )
         )
         plot_path = self.run_dir / "masks.png"
-        plot_masks(masks, heads_imp, neurons_imp, plot_path)
+        plot_masks(masks, plot_path)
         self.artifacts.update(masks=masks_path.name, masks_plot=plot_path.name)
 
 

@@ -8,12 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 — the backend must be chosen first
-from torch import Tensor  # noqa: E402
-
 from trimlab.methods.fisher_prune.search import Masks  # noqa: E402
 
 
-def plot_masks(masks: Masks, head_importance: Tensor, neuron_importance: Tensor, path: Path) -> None:
+def plot_masks(masks: Masks, path: Path) -> None:
     """Left: mask value of every head (0 = removed); right: kept neurons per layer out of the full width."""
     layers, heads = masks.heads.shape
     width = masks.neurons.shape[1]
