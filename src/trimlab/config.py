@@ -197,6 +197,33 @@ class FisherPruneConfig:
     """FFN widths timed for the latency table (evenly spaced up to the full width)."""
 
 
+@dataclass
+class QuantizeConfig:
+    """Post-training quantization of every Conv2d and Linear (Fang et al. 2020): PWLQ or the uniform baseline.
+
+    ``budget=bits_N`` sets the weight bits. The calibration set is ``dataset.sample_size`` examples.
+    """
+
+    name: str = "pwlq"
+    budgets: list[str] = field(default_factory=lambda: ["bits"])
+    """Budget kinds this method can take."""
+    scheme: str = "pwlq"
+    """``pwlq`` (piecewise linear, searched breakpoint) or ``uniform``."""
+    per_channel: bool = True
+    """One range (and breakpoint) per output channel; false: one per tensor."""
+    symmetric: bool = True
+    """Uniform scheme only: symmetric [−m, m] grid; false: asymmetric [min, max]."""
+    bias_correction: bool = True
+    """Restore each channel's weight mean and std after quantization."""
+    act_bits: int = 0
+    """Bits of every quantized layer's input activations (0 = full precision)."""
+    first_last_bits: int = 8
+    """Bits of the first and last quantized layers (0 = the budget's bits)."""
+    top_k: int = 10
+    """Activation range = median of the top_k largest / smallest calibration values."""
+    calib_batch_size: int = 32
+
+
 # ---------------------------------------------------------------- the rest
 @dataclass
 class BudgetConfig:
@@ -282,7 +309,7 @@ class TrimlabConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
-    "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig},
+    "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig},
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},

@@ -46,8 +46,14 @@ class Method(Protocol):
 def build_method(cfg: DictConfig) -> Method:
     from trimlab.methods.dense import DenseMethod
     from trimlab.methods.fisher_prune.callback import FisherPruneMethod
+    from trimlab.methods.pwlq.callback import QuantizeMethod
 
-    registry: dict[str, Callable[[DictConfig], Method]] = {"dense": DenseMethod, "fisher_prune": FisherPruneMethod}
+    registry: dict[str, Callable[[DictConfig], Method]] = {
+        "dense": DenseMethod,
+        "fisher_prune": FisherPruneMethod,
+        "pwlq": QuantizeMethod,
+        "uniform_ptq": QuantizeMethod,
+    }
     name = cfg.method.name
     if name not in registry:
         raise ConfigError(f"method={name} is not implemented; choose one of {', '.join(sorted(registry))}")

@@ -1,0 +1,127 @@
+"""Post-training quantization as a Lightning Callback: weights by PWLQ or uniform, activations by calibration.
+
+Every Conv2d and Linear is quantized in place (fake quantization: the
+weights are replaced by their quantized values, activations pass through
+quantize-dequantize hooks), so any model, CNN or Transformer, pruned or not,
+takes it. The first and last layers can keep more bits, as the paper does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trimlab.config import ConfigError
+from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.pwlq.calibrate import calibrate_ranges, install_activation_quantizers
+from trimlab.methods.pwlq.quantizer import bias_correct, pwlq_quantize, uniform_quantize
+from trimlab.training import ClassifierModule
+
+SCHEMES = ("pwlq", "uniform")
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear with weights, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.numel() > 0}
+
+
+class PostTrainingQuantization(pl.Callback):
+    """Quantizes ``pl_module.model`` once, when a validate/test run sets up."""
+
+    def __init__(self, cfg: DictConfig, bits: int, samples: DataLoader, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.bits = int(bits)
+        self.samples = samples
+        self.run_dir = Path(run_dir)
+        self.done = False
+        self.stats: dict[str, Any] = {}
+        self.stages: dict[str, float] = {}
+        self.artifacts: dict[str, str] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.done and stage in ("validate", "test"):
+            self.quantize(pl_module.model)
+            self.done = True
+
+    def layer_bits(self, index: int, count: int) -> int:
+        edge = index in (0, count - 1)
+        return int(self.cfg.first_last_bits) if edge and self.cfg.first_last_bits > 0 else self.bits
+
+    @torch.no_grad()
+    def quantize(self, model: nn.Module) -> None:
+        """Weights first, then activation ranges calibrated on the weight-quantized model."""
+        layers = quantizable_layers(model)
+        start = time.perf_counter()
+        per_layer: dict[str, dict[str, Any]] = {}
+        stored_bits = 0
+        for index, (name, module) in enumerate(layers.items()):
+            bits = self.layer_bits(index, len(layers))
+            w = module.weight.data
+            if self.cfg.scheme == "pwlq":
+                q, breakpoints = pwlq_quantize(w, bits, self.cfg.per_channel)
+            else:
+                q, breakpoints = uniform_quantize(w, bits, self.cfg.per_channel, self.cfg.symmetric), None
+            if self.cfg.bias_correction:
+                q = bias_correct(w, q, self.cfg.per_channel)
+            per_layer[name] = {
+                "bits": bits,
+                "relative_mse": float((q - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-30)),
+                "mean_breakpoint_over_max": None
+                if breakpoints is None
+                else float((breakpoints / w.reshape(len(breakpoints), -1).abs().amax(1).clamp_min(1e-12)).mean()),
+            }
+            module.weight.data = q
+            stored_bits += w.numel() * bits
+        self.stages["weights"] = time.perf_counter() - start
+        if self.cfg.act_bits > 0:
+            start = time.perf_counter()
+            ranges = calibrate_ranges(model, layers, self.samples, self.cfg.top_k)
+            install_activation_quantizers(layers, ranges, self.cfg.act_bits)
+            for name, (low, high) in ranges.items():
+                per_layer[name]["act_range"] = [low, high]
+            self.stages["calibrate"] = time.perf_counter() - start
+        quantized = sum(m.weight.numel() for m in layers.values())
+        other = sum(p.numel() for p in model.parameters()) - quantized
+        self.stats.update(
+            weight_bits=self.bits,
+            act_bits=int(self.cfg.act_bits),
+            scheme=self.cfg.scheme,
+            size_mb_quantized=(stored_bits / 8 + other * 4) / 2**20,
+            mean_relative_mse=sum(v["relative_mse"] for v in per_layer.values()) / max(1, len(per_layer)),
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "quantization.json").write_text(json.dumps(per_layer, indent=1))
+        self.artifacts["quantization"] = "quantization.json"
+
+
+class QuantizeMethod:
+    """Runs :class:`PostTrainingQuantization` in a validate run (``method=pwlq`` or ``method=uniform_ptq``)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+        if self.cfg.scheme not in SCHEMES:
+            raise ConfigError(f"method.scheme={self.cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
+        if self.cfg.act_bits != 0 and not 2 <= self.cfg.act_bits <= 16:
+            raise ConfigError(f"method.act_bits={self.cfg.act_bits} must be 0 (full precision) or in [2, 16]")
+        if not quantizable_layers(model):
+            raise ConfigError(f"model={cfg.model.name} has no Conv2d or Linear layer to quantize")
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+        dm = ctx.datamodule
+        callback = PostTrainingQuantization(
+            self.cfg, int(ctx.cfg.budget.target), dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir
+        )
+        module = ClassifierModule(model, dm.num_labels, dm.metric)
+        trainer = ctx.make_trainer(callbacks=[callback], logger=False)
+        trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
+        return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
