@@ -87,7 +87,7 @@ def main() -> None:
         pruned = copy.deepcopy(dense)
         callback = FisherPruning(method, budget, samples, dm.num_labels, seq_len, Path(cfg.paths.cache_dir), run_dir / f"{target:g}-{stages}")
         start = time.perf_counter()
-        callback.prune(pruned)
+        callback.compress(pruned)
         prune_seconds = time.perf_counter() - start
         pruned.eval()
         result = evaluate(cfg, pruned, dm, make_trainer, reference=dense)

@@ -293,7 +293,7 @@ def test_callback_prunes_a_vit_to_the_budget(tmp_path) -> None:
         OmegaConf.structured(FisherPruneConfig()), OmegaConf.create({"kind": "flops", "target": 0.5}), batches,
         num_labels=3, seq_len=17.0, cache_dir=tmp_path, run_dir=tmp_path / "run",
     )
-    callback.prune(model)
+    callback.compress(model)
     assert callback.stats["encoder_flops_ratio_at_avg_len"] <= 0.5
     assert sum(model.encoder.heads_per_layer) == sum(callback.stats["heads_per_layer"]) < 12
     assert model(batches[0]).logits.shape == (8, 3)

@@ -58,7 +58,7 @@ def test_callback_quantizes_every_layer_with_its_bits(scheme: str, tmp_path) -> 
     before = model(batches(1)[0]).logits
     cfg = OmegaConf.structured(QuantizeConfig(scheme=scheme, act_bits=8, bias_correction=False))
     callback = PostTrainingQuantization(cfg, 3, batches(), tmp_path)
-    callback.quantize(model)
+    callback.compress(model)
     middle = model.net[2].weight
     levels = 2 ** (3 + (scheme == "pwlq")) - 1  # PWLQ: a 3-bit centre grid plus 3-bit tails
     assert all(len(torch.unique(row)) <= levels for row in middle.reshape(8, -1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import timm
-import torch
 from omegaconf import DictConfig
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn

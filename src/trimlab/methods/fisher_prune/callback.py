@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 from trimlab.config import ConfigError
 from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.post_training import PostTrainingCallback, compress_and_validate
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
 from trimlab.methods.fisher_prune.plot import plot_masks
@@ -31,12 +31,11 @@ from trimlab.methods.fisher_prune.search import Masks, check_latency_budget, mil
 from trimlab.methods.fisher_prune.tune import fold_masks, tune_masks
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import EncoderSpec
-from trimlab.training import ClassifierModule
 
 log = logging.getLogger(__name__)
 
 
-class FisherPruning(pl.Callback):
+class FisherPruning(PostTrainingCallback):
     """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget``."""
 
     def __init__(
@@ -49,6 +48,7 @@ class FisherPruning(pl.Callback):
         cache_dir: Path,
         run_dir: Path,
     ) -> None:
+        super().__init__()
         self.cfg = cfg
         self.budget = budget
         self.samples = samples
@@ -56,15 +56,6 @@ class FisherPruning(pl.Callback):
         self.seq_len = seq_len
         self.cache_dir = Path(cache_dir)
         self.run_dir = Path(run_dir)
-        self.done = False
-        self.stats: dict[str, Any] = {}
-        self.stages: dict[str, float] = {}
-        self.artifacts: dict[str, str] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.done and stage in ("validate", "test"):
-            self.prune(pl_module.model)
-            self.done = True
 
     def _timed(self, name: str, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -72,7 +63,7 @@ class FisherPruning(pl.Callback):
         self.stages[name] = time.perf_counter() - start
         return result
 
-    def prune(self, model: TransformerClassifier) -> None:
+    def compress(self, model: TransformerClassifier) -> None:
         """All stages, in place."""
         spec = model.encoder.spec
         search = self._searcher(model)  # a latency table is measured (or read) before the expensive stages
@@ -223,7 +214,4 @@ class FisherPruneMethod:
             Path(ctx.cfg.paths.cache_dir),
             ctx.run_dir,
         )
-        module = ClassifierModule(model, dm.num_labels, dm.metric)
-        trainer = ctx.make_trainer(callbacks=[callback], logger=False)
-        trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
-        return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
+        return compress_and_validate(callback, model, ctx)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -21,9 +20,9 @@ from torch.utils.data import DataLoader
 
 from trimlab.config import ConfigError
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.post_training import PostTrainingCallback, compress_and_validate
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, install_activation_quantizers
 from trimlab.methods.pwlq.quantizer import bias_correct, pwlq_quantize, uniform_quantize
-from trimlab.training import ClassifierModule
 
 SCHEMES = ("pwlq", "uniform")
 
@@ -33,30 +32,22 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.numel() > 0}
 
 
-class PostTrainingQuantization(pl.Callback):
+class PostTrainingQuantization(PostTrainingCallback):
     """Quantizes ``pl_module.model`` once, when a validate/test run sets up."""
 
     def __init__(self, cfg: DictConfig, bits: int, samples: DataLoader, run_dir: Path) -> None:
+        super().__init__()
         self.cfg = cfg
         self.bits = int(bits)
         self.samples = samples
         self.run_dir = Path(run_dir)
-        self.done = False
-        self.stats: dict[str, Any] = {}
-        self.stages: dict[str, float] = {}
-        self.artifacts: dict[str, str] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.done and stage in ("validate", "test"):
-            self.quantize(pl_module.model)
-            self.done = True
 
     def layer_bits(self, index: int, count: int) -> int:
         edge = index in (0, count - 1)
         return int(self.cfg.first_last_bits) if edge and self.cfg.first_last_bits > 0 else self.bits
 
     @torch.no_grad()
-    def quantize(self, model: nn.Module) -> None:
+    def compress(self, model: nn.Module) -> None:
         """Weights first, then activation ranges calibrated on the weight-quantized model."""
         layers = quantizable_layers(model)
         start = time.perf_counter()
@@ -121,7 +112,4 @@ class QuantizeMethod:
         callback = PostTrainingQuantization(
             self.cfg, int(ctx.cfg.budget.target), dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir
         )
-        module = ClassifierModule(model, dm.num_labels, dm.metric)
-        trainer = ctx.make_trainer(callbacks=[callback], logger=False)
-        trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
-        return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
+        return compress_and_validate(callback, model, ctx)
