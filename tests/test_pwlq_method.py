@@ -80,3 +80,44 @@ def test_uniform_8_bit_run_on_efficientnet_photos(compose_cfg) -> None:
     assert record.status == "completed" and record.compressed["metric_name"] == "agreement"
     assert record.dense["metric"] == 1.0 and 0.5 < record.compressed["metric"] <= 1.0
     assert record.compressed["size_mb_quantized"] < record.dense["size_mb"] / 3
+
+
+def test_output_bias_correction_removes_the_mean_output_shift() -> None:
+    from trimlab.methods.pwlq.calibrate import correct_output_bias, mean_inputs
+    from trimlab.methods.pwlq.quantizer import uniform_quantize
+
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 4)
+    model = CnnClassifier(nn.Sequential(nn.Flatten(), linear))
+    data = [{"pixel_values": torch.randn(32, 16) + 1.5} for _ in range(4)]
+    with torch.no_grad():
+        before = torch.cat([model(b).logits for b in data]).mean(0)
+        means = mean_inputs(model, {"net.1": linear}, data)
+        w = linear.weight.data.clone()
+        linear.weight.data = uniform_quantize(w, 3)
+        shifted = torch.cat([model(b).logits for b in data]).mean(0)
+        correct_output_bias(linear, w, means["net.1"])
+        after = torch.cat([model(b).logits for b in data]).mean(0)
+    assert (shifted - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_output_bias_correction_of_a_conv_away_from_borders(groups: int) -> None:
+    from trimlab.methods.pwlq.calibrate import correct_output_bias, mean_inputs
+    from trimlab.methods.pwlq.quantizer import uniform_quantize
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, groups=groups)  # no padding: every output position is interior
+    model = CnnClassifier(conv)
+    data = [{"pixel_values": torch.randn(8, 4, 6, 6) + torch.arange(4.0).view(1, 4, 1, 1)} for _ in range(3)]
+    with torch.no_grad():
+        before = torch.cat([model(b).logits for b in data]).mean(dim=(0, 2, 3))
+        means = mean_inputs(model, {"net": conv}, data)
+        w = conv.weight.data.clone()
+        conv.weight.data = uniform_quantize(w, 3)
+        shifted = torch.cat([model(b).logits for b in data]).mean(dim=(0, 2, 3))
+        correct_output_bias(conv, w, means["net"])
+        after = torch.cat([model(b).logits for b in data]).mean(dim=(0, 2, 3))
+    # exact up to the mean input of each receptive field differing from the global mean
+    assert (after - before).abs().max() < 0.2 * (shifted - before).abs().max()

@@ -215,6 +215,8 @@ class QuantizeConfig:
     """Uniform scheme only: symmetric [−m, m] grid; false: asymmetric [min, max]."""
     bias_correction: bool = True
     """Restore each channel's weight mean and std after quantization."""
+    output_bias_correction: bool = True
+    """Shift each layer's bias by the mean output change of its weight quantization on the calibration set."""
     act_bits: int = 0
     """Bits of every quantized layer's input activations (0 = full precision)."""
     first_last_bits: int = 8

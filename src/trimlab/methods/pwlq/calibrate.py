@@ -33,6 +33,52 @@ class RangeObserver:
         return float(self.smallest.median()), float(self.largest.median())
 
 
+@torch.no_grad()
+def mean_inputs(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Each named layer's mean input per input feature (Linear) or input channel (Conv2d) over the batches."""
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def observe(name: str, x: Tensor) -> None:
+        flat = x.detach().float().movedim(1, -1) if x.ndim == 4 else x.detach().float()  # channels last for convs
+        flat = flat.reshape(-1, flat.shape[-1])
+        sums[name] = sums.get(name, 0) + flat.sum(0)
+        counts[name] = counts.get(name, 0) + len(flat)
+
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: observe(n, args[0])) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model({k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def correct_output_bias(layer: nn.Module, full_precision_weight: Tensor, mean_input: Tensor) -> None:
+    """Shift ``layer``'s bias by the mean output change its weight quantization causes on the calibration inputs.
+
+    Exact for Linear; for Conv2d it treats every position as interior (padding at the borders is ignored).
+    """
+    delta = (full_precision_weight - layer.weight.data).float()
+    if delta.ndim == 4:
+        delta = delta.sum(dim=(2, 3))
+        if layer.groups > 1:  # depthwise / grouped: each output channel sees its own group of inputs
+            per_group = delta.shape[1]
+            mean_input = mean_input.view(layer.groups, per_group).repeat_interleave(delta.shape[0] // layer.groups, dim=0)
+            shift = (delta * mean_input).sum(1)
+        else:
+            shift = delta @ mean_input
+    else:
+        shift = delta @ mean_input
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=layer.weight.dtype, device=layer.weight.device))
+    layer.bias.data += shift.to(layer.bias.dtype)
+
+
 def fake_quantize(x: Tensor, low: float, high: float, bits: int) -> Tensor:
     """Asymmetric uniform fake quantization of ``x`` to ``bits`` bits over [low, high]."""
     low, high = min(low, 0.0), max(high, 0.0)  # zero stays exactly representable (padding, ReLU outputs)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from trimlab.config import ConfigError
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.post_training import PostTrainingCallback, compress_and_validate
-from trimlab.methods.pwlq.calibrate import calibrate_ranges, install_activation_quantizers
+from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
 from trimlab.methods.pwlq.quantizer import bias_correct, pwlq_quantize, uniform_quantize
 
 SCHEMES = ("pwlq", "uniform")
@@ -51,6 +51,7 @@ class PostTrainingQuantization(PostTrainingCallback):
         """Weights first, then activation ranges calibrated on the weight-quantized model."""
         layers = quantizable_layers(model)
         start = time.perf_counter()
+        means = mean_inputs(model, layers, self.samples) if self.cfg.output_bias_correction else {}
         per_layer: dict[str, dict[str, Any]] = {}
         stored_bits = 0
         for index, (name, module) in enumerate(layers.items()):
@@ -70,6 +71,8 @@ class PostTrainingQuantization(PostTrainingCallback):
                 else float((breakpoints / w.reshape(len(breakpoints), -1).abs().amax(1).clamp_min(1e-12)).mean()),
             }
             module.weight.data = q
+            if name in means:
+                correct_output_bias(module, w, means[name])
             stored_bits += w.numel() * bits
         self.stages["weights"] = time.perf_counter() - start
         if self.cfg.act_bits > 0:
