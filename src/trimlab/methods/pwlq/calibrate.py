@@ -7,7 +7,7 @@ all calibration batches, as the paper does with its 10 extreme values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +34,26 @@ class RangeObserver:
 
 
 @torch.no_grad()
+def observe_inputs(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    batches: Iterable[Mapping[str, Tensor]],
+    observe: Callable[[str, Tensor], None],
+) -> None:
+    """Run the batches (labels dropped) in eval mode, handing each named layer's input to ``observe``."""
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: observe(n, args[0])) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model({k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
 def mean_inputs(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Each named layer's mean input per input feature (Linear) or input channel (Conv2d) over the batches."""
     sums: dict[str, Tensor] = {}
@@ -45,16 +65,7 @@ def mean_inputs(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iter
         sums[name] = sums.get(name, 0) + flat.sum(0)
         counts[name] = counts.get(name, 0) + len(flat)
 
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: observe(n, args[0])) for name, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model({k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    observe_inputs(model, layers, batches, observe)
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -66,14 +77,9 @@ def correct_output_bias(layer: nn.Module, full_precision_weight: Tensor, mean_in
     delta = (full_precision_weight - layer.weight.data).float()
     if delta.ndim == 4:
         delta = delta.sum(dim=(2, 3))
-        if layer.groups > 1:  # depthwise / grouped: each output channel sees its own group of inputs
-            per_group = delta.shape[1]
-            mean_input = mean_input.view(layer.groups, per_group).repeat_interleave(delta.shape[0] // layer.groups, dim=0)
-            shift = (delta * mean_input).sum(1)
-        else:
-            shift = delta @ mean_input
-    else:
-        shift = delta @ mean_input
+    groups = getattr(layer, "groups", 1)  # grouped / depthwise: each output channel sees its own group of inputs
+    inputs_per_output = mean_input.view(groups, -1).repeat_interleave(delta.shape[0] // groups, dim=0)
+    shift = (delta * inputs_per_output).sum(1)
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=layer.weight.dtype, device=layer.weight.device))
     layer.bias.data += shift.to(layer.bias.dtype)
@@ -93,16 +99,7 @@ def calibrate_ranges(
 ) -> dict[str, tuple[float, float]]:
     """The input range of each named layer over the calibration batches (labels, if any, are not used)."""
     observers = {name: RangeObserver(top_k) for name in layers}
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: observers[n].observe(args[0])) for name, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model({k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    observe_inputs(model, layers, batches, lambda name, x: observers[name].observe(x))
     return {name: obs.range() for name, obs in observers.items()}
 
 
