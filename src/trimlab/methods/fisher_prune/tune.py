@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ class TuneReport:
 
     tuned_layers: int = 0
     stopped: str = ""
-    scales: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,7 +150,6 @@ def tune_masks(
                 report.stopped = f"layer {i} attention: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
                 break
             tuned.heads[i, kept_heads] *= torch.as_tensor(scales, dtype=tuned.heads.dtype)
-            report.scales[f"heads_{i}"] = scales.tolist()
 
         if len(kept_neurons) > 0:
             w2 = fc2.weight[:, kept_neurons]  # [D, K]
@@ -171,7 +169,6 @@ def tune_masks(
                 report.stopped = f"layer {i} FFN: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
                 break
             tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype)
-            report.scales[f"neurons_{i}"] = scales.tolist()
             student_states = [
                 TokenState(_ffn_output(block, residual, hidden, tuned.neurons[i]), state.valid, state.positions)
                 for state, (residual, hidden) in zip(student_states, ffn_inputs)
