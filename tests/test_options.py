@@ -27,7 +27,8 @@ from trimlab.data import build_datamodule
 from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
-MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "efficientnet_lite0"]
+MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cnn_digits", "efficientnet_lite0",
+                 "resnet50", "mobilenet_v2", "inception_v3"]
 DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
 GLUE_COLUMNS = {
     "sst2": ["sentence"],
@@ -67,13 +68,14 @@ def model_overrides(option: str, root: Path) -> list[str]:
     if option.startswith("deit"):
         name = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}[option]
         return ["model.weights=file", f"model.path={timm_file(root, name)}"]
+    if option in ("resnet50", "mobilenet_v2", "inception_v3"):
+        return ["model.weights=random"]  # the hub architecture, offline
     return []
 
 
 def dataset_for(model_option: str) -> str:
-    return {"vit_digits": "digits", "deit_tiny": "photos", "deit_small": "photos", "efficientnet_lite0": "photos"}.get(
-        model_option, "tweets"
-    )
+    image = {"vit_digits": "digits", "cnn_digits": "digits"}
+    return image.get(model_option, "photos" if model_option.startswith(("deit", "efficientnet", "resnet", "mobilenet", "inception")) else "tweets")
 
 
 def sample_batch(built: BuiltModel) -> dict[str, torch.Tensor]:

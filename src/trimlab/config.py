@@ -70,11 +70,16 @@ class CnnModelConfig:
     """A CNN used as timm builds it (PWLQ's natural target)."""
 
     name: str = MISSING
-    timm_name: str = MISSING
+    timm_name: str = ""
+    """timm model name (every weights kind but ``scratch``)."""
     weights: str = "hub"
-    """``embedded`` (state dict shipped in a Python package), ``hub``, ``file`` or ``random``."""
+    """``embedded`` (state dict shipped in a Python package), ``hub``, ``file``, ``random``
+    or ``scratch`` (the small CNN below, trained from scratch)."""
     path: str = ""
     """Package (``embedded``) or state-dict file (``file``)."""
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    """``scratch`` only: widths of the conv stages (3x3 conv → BatchNorm → ReLU → 2x2 max-pool each)."""
+    in_chans: int = 3
     image_size: int = 224
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -329,7 +334,7 @@ def register_configs() -> None:
 
 
 BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
-MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "hub", "file", "random")}
+MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "hub", "file", "random", "scratch")}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -381,6 +386,10 @@ def _validate_model(model: DictConfig) -> None:
         raise ConfigError(f"model.family={model.family!r} is not one of bert, distilbert")
     if model.weights == "file" and not Path(model.path).is_file():
         raise ConfigError(f"model.path={model.path!r} does not exist; point model.path at a state-dict file")
+    if kind == "cnn" and model.weights != "scratch" and not model.timm_name:
+        raise ConfigError(f"model.timm_name is empty; name the timm model for model={model.name} (weights={model.weights})")
+    if kind == "cnn" and model.weights != "scratch" and model.in_chans != 3:
+        raise ConfigError(f"model.in_chans={model.in_chans}: timm CNNs here take 3 channels; only weights=scratch takes others")
     if kind == "text" and model.weights in ("hub", "random") and not model.path:
         raise ConfigError(f"model.path is empty; set a Hugging Face id or local folder for model={model.name}")
 

@@ -52,7 +52,7 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> BuiltModel:
     if kind == "vit":
         model, in_chans = build_vit(model_cfg, num_labels), model_cfg.in_chans
     else:
-        model, in_chans = build_cnn(model_cfg, num_labels), 3
+        model, in_chans = build_cnn(model_cfg, num_labels), model_cfg.in_chans
     mean, std = list(model_cfg.mean), list(model_cfg.std)
     if len(mean) != in_chans or len(std) != in_chans:
         raise ConfigError(f"model.mean/std have {len(mean)}/{len(std)} values but the model takes {in_chans} channels")

