@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,17 +11,18 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trimlab.config import QuantizeConfig
+from trimlab.methods.pwlq.batchnorm import fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import RangeObserver, calibrate_ranges, fake_quantize
 from trimlab.methods.pwlq.callback import PostTrainingQuantization, quantizable_layers
 from trimlab.models.cnn import CnnClassifier
 
 
-def test_range_is_the_median_of_the_ten_extremes() -> None:
+def test_range_is_the_mean_over_batches_of_the_median_of_ten_extremes() -> None:
     observer = RangeObserver(top_k=10)
-    values = torch.arange(1.0, 101.0)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
-    observer.observe(values[:50])
-    observer.observe(values[50:])
-    assert observer.range() == (5.0, 95.0)  # lower medians of 1..10 and 91..100
+    shuffle = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    observer.observe(torch.arange(1.0, 51.0)[shuffle])  # extremes 1..10 and 41..50
+    observer.observe(torch.arange(51.0, 101.0)[shuffle])  # extremes 51..60 and 91..100
+    assert observer.range() == ((5.0 + 55.0) / 2, (45.0 + 95.0) / 2)  # lower medians, averaged
 
 
 def test_fake_quantize_keeps_zero_and_is_idempotent() -> None:
@@ -56,7 +58,7 @@ def test_calibration_sees_each_layers_inputs() -> None:
 def test_callback_quantizes_every_layer_with_its_bits(scheme: str, tmp_path) -> None:
     model = small_cnn()
     before = model(batches(1)[0]).logits
-    cfg = OmegaConf.structured(QuantizeConfig(scheme=scheme, act_bits=8, bias_correction=False))
+    cfg = OmegaConf.structured(QuantizeConfig(scheme=scheme, act_bits=8, bias_correction=False, first_last_bits=8))
     callback = PostTrainingQuantization(cfg, 3, batches(), tmp_path)
     callback.compress(model)
     middle = model.net[2].weight
@@ -121,3 +123,85 @@ def test_output_bias_correction_of_a_conv_away_from_borders(groups: int) -> None
         after = torch.cat([model(b).logits for b in data]).mean(dim=(0, 2, 3))
     # exact up to the mean input of each receptive field differing from the global mean
     assert (after - before).abs().max() < 0.2 * (shifted - before).abs().max()
+
+
+class ConvBnNet(nn.Module):
+    """conv → BN → ReLU → conv → BN; with ``misordered``, the first BN is applied after the second conv."""
+
+    def __init__(self, misordered: bool = False) -> None:
+        super().__init__()
+        self.misordered = misordered
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.misordered:
+            x = self.bn2(self.bn1(self.conv2(torch.relu(self.conv1(x)))))
+        else:
+            x = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return self.head(x.flatten(1))
+
+
+def with_random_statistics(net: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(2)
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.copy_(torch.randn(8, generator=gen))
+        bn.running_var.copy_(torch.rand(8, generator=gen) * 3 + 0.1)
+        bn.weight.data.copy_(torch.randn(8, generator=gen))
+        bn.bias.data.copy_(torch.randn(8, generator=gen))
+    return net.eval()
+
+
+def test_batchnorm_folding_keeps_outputs_and_leaves_identity_bns() -> None:
+    torch.manual_seed(0)
+    model = CnnClassifier(with_random_statistics(ConvBnNet()))
+    x = batches(1)[0]
+    before = model(x).logits
+    assert fold_batchnorm(model) == 2
+    torch.testing.assert_close(model(x).logits, before, rtol=1e-5, atol=1e-5)
+    assert model.net.conv2.bias is not None
+    probe = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(model.net.bn1(probe), probe)
+
+
+def test_folding_check_catches_a_batchnorm_that_does_not_follow_its_conv() -> None:
+    torch.manual_seed(0)
+    inputs = {"pixel_values": batches(1)[0]["pixel_values"]}
+    assert folding_error(CnnClassifier(ConvBnNet().eval()), inputs) < 1e-6
+    assert folding_error(CnnClassifier(ConvBnNet(misordered=True).eval()), inputs) > 1e-2
+
+
+def test_pwlq_run_on_the_digits_cnn_folds_its_batchnorms(compose_cfg) -> None:
+    from trimlab.run import run
+
+    cfg = compose_cfg("experiment=smoke", "model=cnn_digits", "dataset=digits", "method=pwlq", "budget=bits_4", "method.act_bits=8")
+    record = run(cfg)
+    assert record.status == "completed" and record.compressed["batchnorm_folded"] == 3
+    assert record.compressed["weight_bits"] == 4 and record.compressed["size_mb_quantized"] < record.dense["size_mb"] / 4
+
+
+def test_quantizer_needs_bits_from_the_budget_or_its_own_key(compose_cfg) -> None:
+    from trimlab.config import ConfigError
+    from trimlab.run import run
+
+    with pytest.raises(ConfigError, match="method.bits"):
+        run(compose_cfg("experiment=smoke", "method=fisher_prune_pwlq", "budget=flops_60", "method.steps.quantize.bits=0"))
+
+
+def test_fisher_pruning_then_pwlq_in_one_run(compose_cfg) -> None:
+    from trimlab.run import run
+
+    cfg = compose_cfg(
+        "experiment=smoke", "model=vit_digits", "dataset=digits", "method=fisher_prune_pwlq", "budget=flops_60",
+        "method.steps.quantize.bits=4", "method.steps.prune.tune=false",
+    )
+    record = run(cfg)
+    assert record.status == "completed" and record.method == "fisher_prune_pwlq"
+    assert record.ratios["flops"] < 0.7  # pruned
+    assert record.compressed["quantize/weight_bits"] == 4
+    assert record.compressed["quantize/size_mb_quantized"] < record.compressed["size_mb"] / 2  # of the pruned model
+    assert sum(record.compressed["prune/neurons_per_layer"]) < 6 * 192
+    run_dir = Path(record.config["paths"]["output_dir"]) / "runs" / record.run_id
+    assert {"prune/masks", "quantize/quantization"} <= set(record.artifacts)
+    assert json.loads((run_dir / "quantization.json").read_text())["encoder.layers.1.ffn.fc1"]["bits"] == 4

@@ -214,6 +214,11 @@ class QuantizeConfig:
     """Budget kinds this method can take."""
     scheme: str = "pwlq"
     """``pwlq`` (piecewise linear, searched breakpoint) or ``uniform``."""
+    bits: int = 0
+    """Weight bits; 0 = the budget's (``budget=bits_N``). Set it when quantization follows another
+    method that takes the run's budget (``method=fisher_prune_pwlq``)."""
+    fold_batchnorm: bool = True
+    """Fold each BatchNorm into the convolution before it, then quantize the folded weights (the paper's setting)."""
     per_channel: bool = True
     """One range (and breakpoint) per output channel; false: one per tensor."""
     symmetric: bool = True
@@ -224,11 +229,27 @@ class QuantizeConfig:
     """Shift each layer's bias by the mean output change of its weight quantization on the calibration set."""
     act_bits: int = 0
     """Bits of every quantized layer's input activations (0 = full precision)."""
-    first_last_bits: int = 8
-    """Bits of the first and last quantized layers (0 = the budget's bits)."""
+    first_last_bits: int = 0
+    """Bits of the first and last quantized layers; 0 = the same bits as every other layer (the paper's code)."""
     top_k: int = 10
-    """Activation range = median of the top_k largest / smallest calibration values."""
-    calib_batch_size: int = 32
+    """Activation range = mean over calibration batches of the median of each batch's top_k largest / smallest values."""
+    calib_batch_size: int = 4
+    """Calibration mini-batch (the paper's code: 4; the range statistics are per batch)."""
+
+
+@dataclass
+class PipelineConfig:
+    """Post-training methods applied one after another in one run (their callbacks, in order, on one trainer).
+
+    The first step takes the run's budget; later steps carry their own setting
+    (``bits`` of a quantizer). Each step's keys are those of its own method.
+    """
+
+    name: str = MISSING
+    budgets: list[str] = field(default_factory=list)
+    """Budget kinds the pipeline can take (the first step's)."""
+    steps: dict[str, Any] = field(default_factory=dict)
+    """Step name → that method's config, in the order they run, e.g. ``prune`` (fisher_prune) then ``quantize`` (pwlq)."""
 
 
 # ---------------------------------------------------------------- the rest
@@ -316,7 +337,8 @@ class TrimlabConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
-    "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig},
+    "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig,
+               "pipeline_schema": PipelineConfig},
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},

@@ -44,17 +44,26 @@ class Method(Protocol):
 
 
 def build_method(cfg: DictConfig) -> Method:
+    """The method of ``cfg.method``; a config with ``steps`` is a pipeline of post-training methods."""
     from trimlab.methods.dense import DenseMethod
     from trimlab.methods.fisher_prune.callback import FisherPruneMethod
+    from trimlab.methods.pipeline import PipelineMethod
     from trimlab.methods.pwlq.callback import QuantizeMethod
 
-    registry: dict[str, Callable[[DictConfig], Method]] = {
+    registry: dict[str, Callable[[DictConfig], Any]] = {
         "dense": DenseMethod,
         "fisher_prune": FisherPruneMethod,
         "pwlq": QuantizeMethod,
         "uniform_ptq": QuantizeMethod,
     }
-    name = cfg.method.name
-    if name not in registry:
-        raise ConfigError(f"method={name} is not implemented; choose one of {', '.join(sorted(registry))}")
-    return registry[name](cfg.method)
+
+    def build(method_cfg: DictConfig, composable: tuple[str, ...] = tuple(registry)) -> Any:
+        name = method_cfg.name
+        if name not in composable:
+            raise ConfigError(f"method={name} is not implemented here; choose one of {', '.join(sorted(composable))}")
+        return registry[name](method_cfg)
+
+    if "steps" in cfg.method:
+        steps = {step: build(step_cfg, ("fisher_prune", "pwlq", "uniform_ptq")) for step, step_cfg in cfg.method.steps.items()}
+        return PipelineMethod(cfg.method, steps)
+    return build(cfg.method)

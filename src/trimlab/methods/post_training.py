@@ -11,6 +11,7 @@ from abc import abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
+from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.methods import MethodContext, MethodResult
@@ -38,9 +39,27 @@ class PostTrainingCallback(pl.Callback):
             self.done = True
 
 
-def compress_and_validate(callback: PostTrainingCallback, model: nn.Module, ctx: MethodContext) -> MethodResult:
-    """Run ``callback`` in a validate run of ``model`` and collect what it recorded."""
+def validate_with(callbacks: list[PostTrainingCallback], model: nn.Module, ctx: MethodContext) -> None:
+    """One validate run of ``model`` with ``callbacks``: each compresses it in turn, then the result is validated."""
     dm = ctx.datamodule
-    trainer = ctx.make_trainer(callbacks=[callback], logger=False)
+    trainer = ctx.make_trainer(callbacks=callbacks, logger=False)
     trainer.validate(ClassifierModule(model, dm.num_labels, dm.metric), dataloaders=dm.val_dataloader(), verbose=False)
-    return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
+
+
+class PostTrainingMethod:
+    """A :class:`~trimlab.methods.Method` whose work is one :class:`PostTrainingCallback` in a validate run."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+        """Raise :class:`~trimlab.config.ConfigError` for a setting this method cannot run."""
+
+    @abstractmethod
+    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
+        """The callback that compresses ``model`` under ``ctx``'s budget."""
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+        callback = self.callback(model, ctx)
+        validate_with([callback], model, ctx)
+        return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)

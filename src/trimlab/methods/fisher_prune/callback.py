@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from trimlab.config import ConfigError
 from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
-from trimlab.methods import MethodContext, MethodResult
-from trimlab.methods.post_training import PostTrainingCallback, compress_and_validate
+from trimlab.methods import MethodContext
+from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
 from trimlab.methods.fisher_prune.plot import plot_masks
@@ -169,11 +169,8 @@ def sequence_length(model: TransformerClassifier, datamodule: Any) -> float:
     return float(model.embeddings.num_patches + model.num_protected)
 
 
-class FisherPruneMethod:
+class FisherPruneMethod(PostTrainingMethod):
     """Runs :class:`FisherPruning` in a validate run, so the pruned model's val metric is logged at once."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
 
     def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
         if not isinstance(model, TransformerClassifier):
@@ -203,9 +200,9 @@ class FisherPruneMethod:
                 cfg.budget.target, spec.num_layers, spec.num_heads, spec.ffn_dim, tables.attention.fit(), tables.ffn.fit()
             )
 
-    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         dm = ctx.datamodule
-        callback = FisherPruning(
+        return FisherPruning(
             self.cfg,
             ctx.cfg.budget,
             dm.sample_dataloader(batch_size=self.cfg.batch_size),
@@ -214,4 +211,3 @@ class FisherPruneMethod:
             Path(ctx.cfg.paths.cache_dir),
             ctx.run_dir,
         )
-        return compress_and_validate(callback, model, ctx)

@@ -1,8 +1,8 @@
 """Activation ranges from calibration batches, and the fake quantizers that use them (Fang et al. 2020, §5).
 
-The input range of each quantized layer is robust to outliers: the median of
-the ``top_k`` largest (and of the ``top_k`` smallest) input values seen over
-all calibration batches, as the paper does with its 10 extreme values.
+The input range of each quantized layer is robust to outliers: per calibration
+batch, the median of its ``top_k`` largest (and smallest) input values, averaged
+over the batches, as the paper's code does with its 10 extreme values.
 """
 
 from __future__ import annotations
@@ -17,20 +17,24 @@ from torch.utils.hooks import RemovableHandle
 
 @dataclass
 class RangeObserver:
-    """Keeps the ``top_k`` largest and smallest values seen; the range is their medians."""
+    """Per calibration batch, the medians of its ``top_k`` largest and smallest values; the range is their mean over batches.
+
+    This is the paper's estimator (its code's ``top_10`` clip method): robust to
+    the rare outliers a global maximum would chase, so the 8-bit steps stay fine.
+    """
 
     top_k: int = 10
-    largest: Tensor = field(default_factory=lambda: torch.empty(0))
-    smallest: Tensor = field(default_factory=lambda: torch.empty(0))
+    highs: list[float] = field(default_factory=list)
+    lows: list[float] = field(default_factory=list)
 
     def observe(self, x: Tensor) -> None:
         flat = x.detach().flatten().float()
         k = min(self.top_k, flat.numel())
-        self.largest = torch.cat([self.largest, flat.topk(k).values]).topk(min(self.top_k, len(self.largest) + k)).values
-        self.smallest = -torch.cat([-self.smallest, (-flat).topk(k).values]).topk(min(self.top_k, len(self.smallest) + k)).values
+        self.highs.append(float(flat.topk(k).values.median()))
+        self.lows.append(float(flat.topk(k, largest=False).values.median()))
 
     def range(self) -> tuple[float, float]:
-        return float(self.smallest.median()), float(self.largest.median())
+        return sum(self.lows) / len(self.lows), sum(self.highs) / len(self.highs)
 
 
 @torch.no_grad()
@@ -60,10 +64,11 @@ def mean_inputs(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iter
     counts: dict[str, int] = {}
 
     def observe(name: str, x: Tensor) -> None:
-        flat = x.detach().float().movedim(1, -1) if x.ndim == 4 else x.detach().float()  # channels last for convs
-        flat = flat.reshape(-1, flat.shape[-1])
-        sums[name] = sums.get(name, 0) + flat.sum(0)
-        counts[name] = counts.get(name, 0) + len(flat)
+        x = x.detach().float()
+        feature_dim = 1 if x.ndim == 4 else x.ndim - 1  # channels of a conv input, features of a linear one
+        other = [d for d in range(x.ndim) if d != feature_dim]
+        sums[name] = sums.get(name, 0) + x.sum(dim=other)
+        counts[name] = counts.get(name, 0) + x.numel() // x.shape[feature_dim]
 
     observe_inputs(model, layers, batches, observe)
     return {name: sums[name] / counts[name] for name in sums}

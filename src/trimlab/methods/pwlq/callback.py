@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trimlab.config import ConfigError
-from trimlab.methods import MethodContext, MethodResult
-from trimlab.methods.post_training import PostTrainingCallback, compress_and_validate
+from trimlab.methods import MethodContext
+from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
+from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
 from trimlab.methods.pwlq.quantizer import bias_correct, pwlq_quantize, uniform_quantize
 
@@ -49,8 +50,10 @@ class PostTrainingQuantization(PostTrainingCallback):
     @torch.no_grad()
     def compress(self, model: nn.Module) -> None:
         """Weights first, then activation ranges calibrated on the weight-quantized model."""
-        layers = quantizable_layers(model)
         start = time.perf_counter()
+        if self.cfg.fold_batchnorm:
+            self.stats["batchnorm_folded"] = fold_batchnorm(model)
+        layers = quantizable_layers(model)
         means = mean_inputs(model, layers, self.samples) if self.cfg.output_bias_correction else {}
         per_layer: dict[str, dict[str, Any]] = {}
         stored_bits = 0
@@ -96,23 +99,34 @@ class PostTrainingQuantization(PostTrainingCallback):
         self.artifacts["quantization"] = "quantization.json"
 
 
-class QuantizeMethod:
+class QuantizeMethod(PostTrainingMethod):
     """Runs :class:`PostTrainingQuantization` in a validate run (``method=pwlq`` or ``method=uniform_ptq``)."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
 
     def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
         if self.cfg.scheme not in SCHEMES:
             raise ConfigError(f"method.scheme={self.cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.cfg.act_bits != 0 and not 2 <= self.cfg.act_bits <= 16:
             raise ConfigError(f"method.act_bits={self.cfg.act_bits} must be 0 (full precision) or in [2, 16]")
+        if self.cfg.bits == 0 and cfg.budget.kind != "bits":
+            raise ConfigError(
+                f"method={self.cfg.name} needs weight bits: use budget=bits_4 (or bits_6, bits_8), "
+                f"or set method.bits when the budget is {cfg.budget.kind!r}"
+            )
+        if self.cfg.bits != 0 and not 2 <= self.cfg.bits <= 16:
+            raise ConfigError(f"method.bits={self.cfg.bits} must be 0 (the budget's) or in [2, 16]")
         if not quantizable_layers(model):
             raise ConfigError(f"model={cfg.model.name} has no Conv2d or Linear layer to quantize")
+        if self.cfg.fold_batchnorm and conv_batchnorm_pairs(model):
+            batch = next(iter(datamodule.sample_dataloader(num_samples=2, batch_size=2)))
+            error = folding_error(model, {k: v for k, v in batch.items() if k != "labels"})
+            if error > 1e-4:
+                raise ConfigError(
+                    f"folding BatchNorm into the convolutions of model={cfg.model.name} changes its outputs "
+                    f"(relative error {error:.1e}): its BatchNorms do not follow their convolutions. "
+                    "Set method.fold_batchnorm=false."
+                )
 
-    def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
+    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         dm = ctx.datamodule
-        callback = PostTrainingQuantization(
-            self.cfg, int(ctx.cfg.budget.target), dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir
-        )
-        return compress_and_validate(callback, model, ctx)
+        bits = self.cfg.bits or int(ctx.cfg.budget.target)
+        return PostTrainingQuantization(self.cfg, bits, dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir)
