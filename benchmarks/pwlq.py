@@ -1,0 +1,142 @@
+"""PWLQ vs uniform post-training quantization on CNNs and Transformers, against the full-precision model in one process.
+
+Prints one JSON line per (model, weight bits, scheme): the task metric of the
+fake-quantized model, the full-precision metric, and the calibration time
+(BatchNorm folding, weight quantization, bias correction and activation
+ranges). EfficientNet-Lite0 (packaged ImageNet weights) is scored by top-1
+agreement with the full-precision model on crops of the bundled photos; the
+others by accuracy on their labelled test split. Dense checkpoints are the
+ones ``trimlab`` caches under ``--output-dir`` (trained on demand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from transformers.utils import logging as hf_logging
+
+from trimlab.cli import register_resolvers
+from trimlab.data import build_datamodule
+from trimlab.methods.pwlq.callback import PostTrainingQuantization
+from trimlab.models.build import build_model
+from trimlab.results.tracking import Tracker
+from trimlab.run import build_trainer, dense_checkpoint_path, finetune, load_checkpoint, save_checkpoint
+
+CONFIDENT = 0.5
+"""Label-free photos: ``metric_confident`` is the agreement on crops whose FP top-1 probability is at least this.
+
+Most crops of the bundled photos are not ImageNet-like (median FP top-1
+probability 0.29), so their top two classes are near ties that any
+perturbation flips; agreement on confident crops isolates quantization damage."""
+
+MODELS = {
+    "efficientnet_lite0": ["model=efficientnet_lite0", "dataset=photos", "dataset.crops_per_image=200"],  # 2,000 crops
+    "cnn_digits": ["model=cnn_digits", "dataset=digits"],
+    "vit_digits": ["model=vit_digits", "dataset=digits"],
+    "minilm_l6": ["model=minilm_l6", "dataset=tweets"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 6, 8], help="weight bits")
+    parser.add_argument("--schemes", nargs="+", choices=["uniform", "pwlq"], default=["uniform", "pwlq"])
+    parser.add_argument("--act-bits", type=int, default=8, help="activation bits (0 = full precision); the paper's 8")
+    parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every model, e.g. method.first_last_bits=0")
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    register_resolvers()
+    for name in args.models:
+        with initialize_config_module("trimlab.conf", version_base="1.3"):
+            cfg = compose(
+                "config",
+                overrides=[
+                    *MODELS[name], "method=pwlq", "budget=bits_8", f"method.act_bits={args.act_bits}",
+                    f"paths.output_dir={args.output_dir}", "logger=none", "trainer.progress_bar=false", *args.overrides,
+                ],
+            )
+        for line in benchmark_model(cfg, args.bits, args.schemes, Path(args.output_dir) / "benchmarks" / "pwlq" / name):
+            print(json.dumps(line), flush=True)
+
+
+def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path):
+    """Yield one result per (bits, scheme) for the model of ``cfg``, all against the same full-precision model."""
+    torch.manual_seed(cfg.seed)
+    built = build_model(cfg.model, cfg.dataset.num_labels)
+    dm = build_datamodule(cfg.dataset, built, cfg.seed)
+    dm.setup()
+
+    def make_trainer(**overrides):
+        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
+
+    checkpoint = dense_checkpoint_path(cfg)
+    if cfg.finetune.enabled:
+        if checkpoint.exists():
+            load_checkpoint(built.model, checkpoint)
+        else:
+            finetune(cfg, built.model, dm, make_trainer)
+            save_checkpoint(built.model, checkpoint)
+    dense = built.model.eval()
+    test_batches = list(dm.test_dataloader())
+    fp_logits = logits(dense, test_batches)
+    fp_predictions = fp_logits.argmax(-1)
+    metric_fp = task_metric(fp_predictions, fp_predictions, test_batches)
+    confident = fp_logits.softmax(-1).amax(-1) >= CONFIDENT
+    samples = list(dm.sample_dataloader(batch_size=cfg.method.calib_batch_size))
+    for bits in bits_list:
+        for scheme in schemes:
+            method = copy.deepcopy(cfg.method)
+            method.scheme = scheme
+            quantized = copy.deepcopy(dense)
+            callback = PostTrainingQuantization(method, bits, samples, run_dir / f"{scheme}-w{bits}")
+            start = time.perf_counter()
+            callback.compress(quantized)
+            calib_seconds = time.perf_counter() - start
+            predicted = logits(quantized.eval(), test_batches).argmax(-1)
+            metric = task_metric(predicted, fp_predictions, test_batches)
+            extra = {}
+            if "labels" not in test_batches[0]:  # label-free: also on the crops the FP model is sure about
+                extra = {
+                    "metric_confident": round(float((predicted == fp_predictions)[confident].float().mean()), 4),
+                    "confident_examples": int(confident.sum()),
+                }
+            yield {
+                "model": cfg.model.name,
+                "bits": bits,
+                "scheme": scheme,
+                "metric": round(metric, 4),
+                "metric_fp": round(metric_fp, 4),
+                "metric_name": "agreement" if dm.num_labels == 0 else "accuracy",
+                "act_bits": int(method.act_bits),
+                "calib_seconds": round(calib_seconds, 1),
+                "eval_examples": len(fp_predictions),
+                "calib_examples": sum(len(b[next(iter(b))]) for b in samples),
+                "mean_relative_mse": round(callback.stats["mean_relative_mse"], 6),
+                **extra,
+            }
+
+
+@torch.no_grad()
+def logits(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Logits of every example."""
+    return torch.cat([model({k: v for k, v in b.items() if k != "labels"}).logits for b in batches])
+
+
+def task_metric(predicted: torch.Tensor, fp_predicted: torch.Tensor, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Accuracy on the labels, or (unlabelled photos) top-1 agreement with the full-precision model."""
+    if "labels" not in batches[0]:
+        return float((predicted == fp_predicted).float().mean())
+    return float((predicted == torch.cat([b["labels"] for b in batches])).float().mean())
+
+
+if __name__ == "__main__":
+    main()
