@@ -238,6 +238,43 @@ class QuantizeConfig:
 
 
 @dataclass
+class LTPConfig:
+    """Learned token pruning (Kim et al. 2021), or its top-k baseline, trained from the dense checkpoint.
+
+    Defaults are the reference code's (kssteven418/LTP README and training arguments).
+    ``budget=tokens_X`` is the model's FLOPs ratio on the calibration examples; after
+    the soft stage one shift of every threshold (or, for top-k, the final keep rate)
+    is set by bisection to meet it.
+    """
+
+    name: str = "ltp"
+    budgets: list[str] = field(default_factory=lambda: ["tokens"])
+    """Budget kinds this method can take."""
+    selector: str = "thresholds"
+    """``thresholds`` (LTP) or ``topk`` (fixed per-layer keep rates, the paper's prior-work baseline)."""
+    final_threshold: float = 0.01
+    """Threshold of the last layer at start; layer l starts at final_threshold · l / L (layer 0 never prunes)."""
+    temperature: float = 1e-3
+    """T of the soft mask σ((score − θ) / T)."""
+    lam: float = 0.1
+    """λ of the mask penalty in the soft stage (the reference suggests 0.01–0.2)."""
+    soft_epochs: float = 1.0
+    """Stage 1 (soft masks, thresholds learn): 1 epoch for large sets, 10 for small ones in the reference."""
+    hard_epochs: float = 5.0
+    """Stage 2 (binary masks, thresholds fixed, weights fine-tune); also the top-k baseline's training."""
+    lr: float = 2e-5
+    """Weights' learning rate in stage 1."""
+    threshold_lr: float = 2e-5
+    """Thresholds' learning rate (their own AdamW group, no weight decay)."""
+    hard_lr: float = 1e-5
+    """Weights' learning rate in stage 2 (the reference searches 0.5, 1, 2 × 1e-5)."""
+    score_length: int = 128
+    """Attention received is divided by heads × this (the reference's padded length), whatever the real padding."""
+    calibration_examples: int = 256
+    """Training examples the budget bisection measures FLOPs on."""
+
+
+@dataclass
 class PipelineConfig:
     """Post-training methods applied one after another in one run (their callbacks, in order, on one trainer).
 
@@ -338,7 +375,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
     "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig,
-               "pipeline_schema": PipelineConfig},
+               "ltp_schema": LTPConfig, "pipeline_schema": PipelineConfig},
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},

@@ -100,15 +100,17 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric, "test")
 
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: matrices with weight decay; biases, norms and token/position embeddings without."""
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or "norm" in name or "token" in name or "pos_embed" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
-        )
+        return [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.warmup_ratio)
 

@@ -47,12 +47,15 @@ def build_method(cfg: DictConfig) -> Method:
     """The method of ``cfg.method``; a config with ``steps`` is a pipeline of post-training methods."""
     from trimlab.methods.dense import DenseMethod
     from trimlab.methods.fisher_prune.callback import FisherPruneMethod
+    from trimlab.methods.ltp.method import LTPMethod
     from trimlab.methods.pipeline import PipelineMethod
     from trimlab.methods.pwlq.callback import QuantizeMethod
 
     registry: dict[str, Callable[[DictConfig], Any]] = {
         "dense": DenseMethod,
         "fisher_prune": FisherPruneMethod,
+        "ltp": LTPMethod,
+        "ltp_topk": LTPMethod,
         "pwlq": QuantizeMethod,
         "uniform_ptq": QuantizeMethod,
     }

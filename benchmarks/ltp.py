@@ -1,0 +1,137 @@
+"""LTP vs top-k token pruning vs the dense model, MiniLM-L6 on the embedded text sets, in one process.
+
+Prints one JSON line per (dataset, FLOPs target): test accuracy of the dense
+model, of LTP and of the top-k baseline trained to the same FLOPs target, the
+measured FLOPs ratio of LTP on the test set, and LTP's CPU throughput speedup
+over the dense model at batch 1 and at padded batches of 32, timed over the
+same test examples with dense and pruned passes interleaved.
+
+The fine-tuned dense checkpoint is the one ``trimlab`` caches (made on demand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from transformers.utils import logging as hf_logging
+
+from trimlab.cli import register_resolvers
+from trimlab.data import build_datamodule
+from trimlab.methods import MethodContext
+from trimlab.methods.ltp.method import LTPMethod
+from trimlab.models.build import build_model
+from trimlab.results.tracking import Tracker
+from trimlab.run import build_trainer, dense_checkpoint_path, evaluate, finetune, load_checkpoint, save_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["bbc_news"], choices=["bbc_news", "tweets"])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5], help="FLOPs ratios (tokens budget)")
+    parser.add_argument("--timed-examples", type=int, default=256, help="test examples the throughput is timed on")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.hard_epochs=2")
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    register_resolvers()
+    for dataset in args.datasets:
+        with initialize_config_module("trimlab.conf", version_base="1.3"):
+            cfg = compose(
+                "config",
+                overrides=[
+                    "model=minilm_l6", f"dataset={dataset}", "method=ltp", "budget=tokens_50",
+                    f"paths.output_dir={args.output_dir}", "logger=none", "trainer.progress_bar=false", *args.overrides,
+                ],
+            )
+        for target in args.targets:
+            print(json.dumps(benchmark(cfg, target, args)), flush=True)
+
+
+def benchmark(cfg, target: float, args) -> dict:
+    torch.manual_seed(cfg.seed)
+    built = build_model(cfg.model, cfg.dataset.num_labels)
+    dm = build_datamodule(cfg.dataset, built, cfg.seed)
+    dm.setup()
+    run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.dataset.name}-{target:g}"
+
+    def make_trainer(**overrides):
+        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
+
+    checkpoint = dense_checkpoint_path(cfg)
+    if checkpoint.exists():
+        load_checkpoint(built.model, checkpoint)
+    else:
+        finetune(cfg, built.model, dm, make_trainer)
+        save_checkpoint(built.model, checkpoint)
+    dense = built.model.eval()
+    dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.budget = OmegaConf.create({"kind": "tokens", "target": target})
+    results = {}
+    for selector in ("thresholds", "topk"):
+        method_cfg = copy.deepcopy(cfg.method)
+        method_cfg.selector = selector
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        LTPMethod(method_cfg).apply(model, MethodContext(run_cfg, dm, run_dir / selector, make_trainer))
+        results[selector] = (model.eval(), evaluate(cfg, model, dm, make_trainer, reference=dense), time.perf_counter() - start)
+    ltp, ltp_eval, ltp_seconds = results["thresholds"]
+    examples = [{k: v[i : i + 1] for k, v in b.items()} for b in dm.test_dataloader() for i in range(len(b["labels"]))]
+    examples = examples[: args.timed_examples]
+    speedups = {}
+    for batch_size in (1, 32):
+        batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+        dense_s, ltp_s = interleaved_pass_seconds([dense, ltp], batches, args.repeats)
+        speedups[f"throughput_speedup_b{batch_size}"] = round(dense_s / ltp_s, 3)
+    return {
+        "dataset": cfg.dataset.name,
+        "target": target,
+        "acc_dense": round(dense_eval["metric"], 4),
+        "acc_ltp": round(ltp_eval["metric"], 4),
+        "acc_topk_same_flops": round(results["topk"][1]["metric"], 4),
+        "flops_ratio": round(ltp_eval["flops"] / dense_eval["flops"], 4),
+        "flops_ratio_topk": round(results["topk"][1]["flops"] / dense_eval["flops"], 4),
+        **speedups,
+        "ltp_train_seconds": round(ltp_seconds, 1),
+        "timed_examples": len(examples),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack single examples into one batch, right-padded to the longest real length."""
+    length = max(int(e["attention_mask"].sum()) for e in examples)
+    return {
+        k: torch.cat([e[k][:, :length] if e[k].ndim == 2 else e[k] for e in examples])
+        for k in examples[0]
+        if k != "labels"
+    }
+
+
+@torch.inference_mode()
+def interleaved_pass_seconds(models: list[torch.nn.Module], batches: list[dict[str, torch.Tensor]], repeats: int) -> list[float]:
+    """Median seconds of a full pass over ``batches`` per model, passes interleaved model by model."""
+    times: list[list[float]] = [[] for _ in models]
+    for model in models:
+        model(batches[0])  # warm-up
+    for _ in range(repeats):
+        for model, acc in zip(models, times):
+            start = time.perf_counter()
+            for batch in batches:
+                model(batch)
+            acc.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+if __name__ == "__main__":
+    main()
