@@ -18,17 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from transformers.utils import logging as hf_logging
 
-from trimlab.cli import register_resolvers
-from trimlab.data import build_datamodule
 from trimlab.measure.latency import compare_latency
 from trimlab.methods.fisher_prune.callback import FisherPruning, sequence_length
-from trimlab.models.build import build_model
-from trimlab.results.tracking import Tracker
-from trimlab.run import build_trainer, dense_checkpoint_path, evaluate, finetune, first_examples, load_checkpoint, save_checkpoint
+from trimlab.run import evaluate, first_examples
+
+from common import compose_config, dense_model  # benchmarks/common.py
 
 STAGE_SETS = {"search": (False, False), "search+rearrange": (True, False), "search+rearrange+tune": (True, True)}
 
@@ -42,31 +38,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.sample_size=1024")
     args = parser.parse_args()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-    register_resolvers()
-    with initialize_config_module("trimlab.conf", version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=["method=fisher_prune", f"paths.output_dir={args.output_dir}", "logger=none", "trainer.progress_bar=false", *args.overrides],
-        )
-    torch.manual_seed(cfg.seed)
-    built = build_model(cfg.model, cfg.dataset.num_labels)
-    dm = build_datamodule(cfg.dataset, built, cfg.seed)
-    dm.setup()
+    cfg = compose_config(args.output_dir, "method=fisher_prune", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune"
-
-    def make_trainer(**overrides):
-        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
-
-    checkpoint = dense_checkpoint_path(cfg)
-    if checkpoint.exists():
-        load_checkpoint(built.model, checkpoint)
-    else:
-        finetune(cfg, built.model, dm, make_trainer)
-        save_checkpoint(built.model, checkpoint)
-    dense = built.model.eval()
+    dense, dm, make_trainer = dense_model(cfg, run_dir)
     dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
     samples = list(dm.sample_dataloader(batch_size=cfg.method.batch_size))
     start = time.perf_counter()

@@ -19,17 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from transformers.utils import logging as hf_logging
 
-from trimlab.cli import register_resolvers
-from trimlab.data import build_datamodule
 from trimlab.methods import MethodContext
 from trimlab.methods.ltp.method import LTPMethod
-from trimlab.models.build import build_model
-from trimlab.results.tracking import Tracker
-from trimlab.run import build_trainer, dense_checkpoint_path, evaluate, finetune, load_checkpoint, save_checkpoint
+from trimlab.run import evaluate
+
+from common import compose_config, dense_model  # benchmarks/common.py
 
 
 def main() -> None:
@@ -41,39 +37,15 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.hard_epochs=2")
     args = parser.parse_args()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    register_resolvers()
     for dataset in args.datasets:
-        with initialize_config_module("trimlab.conf", version_base="1.3"):
-            cfg = compose(
-                "config",
-                overrides=[
-                    "model=minilm_l6", f"dataset={dataset}", "method=ltp", "budget=tokens_50",
-                    f"paths.output_dir={args.output_dir}", "logger=none", "trainer.progress_bar=false", *args.overrides,
-                ],
-            )
+        cfg = compose_config(args.output_dir, "model=minilm_l6", f"dataset={dataset}", "method=ltp", "budget=tokens_50", *args.overrides)
         for target in args.targets:
             print(json.dumps(benchmark(cfg, target, args)), flush=True)
 
 
 def benchmark(cfg, target: float, args) -> dict:
-    torch.manual_seed(cfg.seed)
-    built = build_model(cfg.model, cfg.dataset.num_labels)
-    dm = build_datamodule(cfg.dataset, built, cfg.seed)
-    dm.setup()
     run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.dataset.name}-{target:g}"
-
-    def make_trainer(**overrides):
-        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
-
-    checkpoint = dense_checkpoint_path(cfg)
-    if checkpoint.exists():
-        load_checkpoint(built.model, checkpoint)
-    else:
-        finetune(cfg, built.model, dm, make_trainer)
-        save_checkpoint(built.model, checkpoint)
-    dense = built.model.eval()
+    dense, dm, make_trainer = dense_model(cfg, run_dir)
     dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
     run_cfg = copy.deepcopy(cfg)
     run_cfg.budget = OmegaConf.create({"kind": "tokens", "target": target})

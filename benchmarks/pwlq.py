@@ -18,15 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
-from transformers.utils import logging as hf_logging
 
-from trimlab.cli import register_resolvers
-from trimlab.data import build_datamodule
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
-from trimlab.models.build import build_model
-from trimlab.results.tracking import Tracker
-from trimlab.run import build_trainer, dense_checkpoint_path, finetune, load_checkpoint, save_checkpoint
+
+from common import compose_config, dense_model  # benchmarks/common.py
 
 CONFIDENT = 0.5
 """Label-free photos: ``metric_confident`` is the agreement on crops whose FP top-1 probability is at least this.
@@ -52,40 +47,17 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every model, e.g. method.first_last_bits=0")
     args = parser.parse_args()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    register_resolvers()
     for name in args.models:
-        with initialize_config_module("trimlab.conf", version_base="1.3"):
-            cfg = compose(
-                "config",
-                overrides=[
-                    *MODELS[name], "method=pwlq", "budget=bits_8", f"method.act_bits={args.act_bits}",
-                    f"paths.output_dir={args.output_dir}", "logger=none", "trainer.progress_bar=false", *args.overrides,
-                ],
-            )
+        cfg = compose_config(
+            args.output_dir, *MODELS[name], "method=pwlq", "budget=bits_8", f"method.act_bits={args.act_bits}", *args.overrides
+        )
         for line in benchmark_model(cfg, args.bits, args.schemes, Path(args.output_dir) / "benchmarks" / "pwlq" / name):
             print(json.dumps(line), flush=True)
 
 
 def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path):
     """Yield one result per (bits, scheme) for the model of ``cfg``, all against the same full-precision model."""
-    torch.manual_seed(cfg.seed)
-    built = build_model(cfg.model, cfg.dataset.num_labels)
-    dm = build_datamodule(cfg.dataset, built, cfg.seed)
-    dm.setup()
-
-    def make_trainer(**overrides):
-        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
-
-    checkpoint = dense_checkpoint_path(cfg)
-    if cfg.finetune.enabled:
-        if checkpoint.exists():
-            load_checkpoint(built.model, checkpoint)
-        else:
-            finetune(cfg, built.model, dm, make_trainer)
-            save_checkpoint(built.model, checkpoint)
-    dense = built.model.eval()
+    dense, dm, _ = dense_model(cfg, run_dir)
     test_batches = list(dm.test_dataloader())
     fp_logits = logits(dense, test_batches)
     fp_predictions = fp_logits.argmax(-1)

@@ -1,0 +1,49 @@
+"""What every benchmark script does first: compose trimlab's config, and get the dense model trimlab would start from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from transformers.utils import logging as hf_logging
+
+from trimlab.cli import register_resolvers
+from trimlab.data import build_datamodule
+from trimlab.models.build import build_model
+from trimlab.results.tracking import Tracker
+from trimlab.run import build_trainer, dense_checkpoint_path, finetune, load_checkpoint, save_checkpoint
+
+
+def compose_config(output_dir: str, *overrides: str) -> DictConfig:
+    """trimlab's config with ``overrides``, caches under ``output_dir``, no logger, no progress bars."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    register_resolvers()
+    with initialize_config_module("trimlab.conf", version_base="1.3"):
+        return compose(
+            "config", overrides=[f"paths.output_dir={output_dir}", "logger=none", "trainer.progress_bar=false", *overrides]
+        )
+
+
+def dense_model(cfg: DictConfig, run_dir: Path) -> tuple[torch.nn.Module, Any, Callable[..., Any]]:
+    """The dense model in eval mode (from trimlab's checkpoint cache, fine-tuned on a miss), its set-up datamodule, a trainer factory."""
+    torch.manual_seed(cfg.seed)
+    built = build_model(cfg.model, cfg.dataset.num_labels)
+    dm = build_datamodule(cfg.dataset, built, cfg.seed)
+    dm.setup()
+
+    def make_trainer(**overrides: Any) -> Any:
+        return build_trainer(cfg, Tracker(None), run_dir, **overrides)
+
+    checkpoint = dense_checkpoint_path(cfg)
+    if cfg.finetune.enabled:
+        if checkpoint.exists():
+            load_checkpoint(built.model, checkpoint)
+        else:
+            finetune(cfg, built.model, dm, make_trainer)
+            save_checkpoint(built.model, checkpoint)
+    return built.model.eval(), dm, make_trainer
