@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from trimlab.measure.flops import sequence_length
 from trimlab.measure.latency import compare_latency
-from trimlab.methods.fisher_prune.callback import FisherPruning, sequence_length
+from trimlab.methods.fisher_prune.callback import FisherPruning
 from trimlab.run import evaluate, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -151,3 +152,10 @@ def _head_flops(head: ClassifierHead) -> int:
     if isinstance(head.pre, nn.Linear):
         flops += 2 * head.pre.in_features * head.pre.out_features
     return flops
+
+
+def sequence_length(model: TransformerClassifier, datamodule: Any) -> float:
+    """Tokens per example that per-token costs are priced at: the mean training length (text) or the patch count + class tokens."""
+    if hasattr(datamodule, "avg_train_length"):
+        return datamodule.avg_train_length()
+    return float(model.embeddings.num_patches + model.num_protected)

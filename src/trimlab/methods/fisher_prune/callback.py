@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trimlab.config import ConfigError
-from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
+from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost, sequence_length
 from trimlab.methods import MethodContext
 from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
@@ -160,13 +160,6 @@ def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float,
         seq_len=max(1, round(seq_len)),
         ffn_points=cfg.lut_ffn_points,
     )
-
-
-def sequence_length(model: TransformerClassifier, datamodule: Any) -> float:
-    """Tokens per example the FLOPs costs are priced at: the mean training length (text) or the patch count + 1."""
-    if hasattr(datamodule, "avg_train_length"):
-        return datamodule.avg_train_length()
-    return float(model.embeddings.num_patches + model.num_protected)
 
 
 class FisherPruneMethod(PostTrainingMethod):

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.config import ConfigError
-from trimlab.measure.flops import analytic_flops, mean_flops_per_example
+from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.ltp.module import TokenPruningModule
 from trimlab.methods.ltp.plot import plot_kept_tokens
@@ -78,12 +78,13 @@ class LTPMethod:
             raise ConfigError(f"method=ltp trains on labels; dataset={cfg.dataset.name} has none")
         if self.cfg.temperature <= 0 or self.cfg.score_length < 1 or self.cfg.calibration_examples < 1:
             raise ConfigError("method.temperature, method.score_length and method.calibration_examples must be positive")
-        seq_len = round(_mean_length(model, datamodule))
+        seq_len = round(sequence_length(model, datamodule))
         floor = minimum_flops_ratio(model, seq_len, self.cfg.selector)
         if cfg.budget.target < floor:
             raise ConfigError(
                 f"budget.target={cfg.budget.target} is below what token pruning can reach on {cfg.dataset.name} "
-                f"with method.selector={self.cfg.selector} ({floor:.2f}: the first layers, embeddings and classifier stay); choose a target of at least {floor:.2f}"
+                f"with method.selector={self.cfg.selector} ({floor:.2f}: the first layers, embeddings and classifier stay); "
+                f"choose a target of at least {floor:.2f}"
             )
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
@@ -112,8 +113,9 @@ class LTPMethod:
 
             with torch.no_grad():
                 longest = max(model.embeddings(b)[1].shape[1] for b in calibration)
-            no_pruning = -float(selector.thresholds().detach().max()) - 1e-6  # every threshold ≤ 0
-            all_pruned = longest / cfg.score_length  # above any token's score
+            thresholds = selector.thresholds().detach()
+            no_pruning = -float(thresholds.max()) - 1e-6  # every threshold ≤ 0
+            all_pruned = longest / cfg.score_length - float(thresholds.min()) + 1e-6  # every threshold above any score
             with_shift(bisect(with_shift, target, no_pruning, all_pruned))
             stages["calibrate"] = time.perf_counter() - start
             selector.hard = True
@@ -176,9 +178,3 @@ def kept_fraction_per_layer(model: TransformerClassifier, batches: Any) -> list[
         kept = counts.sum(1) if kept is None else kept + counts.sum(1)
         inputs += float(valid.sum())
     return (kept / inputs).tolist()
-
-
-def _mean_length(model: TransformerClassifier, datamodule: Any) -> float:
-    if hasattr(datamodule, "avg_train_length"):
-        return datamodule.avg_train_length()
-    return float(model.embeddings.num_patches + model.num_protected)
