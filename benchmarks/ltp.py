@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from trimlab.methods import MethodContext
 from trimlab.methods.ltp.method import LTPMethod
@@ -48,14 +47,16 @@ def benchmark(cfg, target: float, args) -> dict:
     dense, dm, make_trainer = dense_model(cfg, run_dir)
     dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
     run_cfg = copy.deepcopy(cfg)
-    run_cfg.budget = OmegaConf.create({"kind": "tokens", "target": target})
+    run_cfg.budget.kind, run_cfg.budget.target = "tokens", target
     results = {}
     for selector in ("thresholds", "topk"):
         method_cfg = copy.deepcopy(cfg.method)
         method_cfg.selector = selector
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        LTPMethod(method_cfg).apply(model, MethodContext(run_cfg, dm, run_dir / selector, make_trainer))
+        method = LTPMethod(method_cfg)
+        method.check(run_cfg, model, dm)  # a target the selector cannot reach is an error, not a silent miss
+        method.apply(model, MethodContext(run_cfg, dm, run_dir / selector, make_trainer))
         results[selector] = (model.eval(), evaluate(cfg, model, dm, make_trainer, reference=dense), time.perf_counter() - start)
     ltp, ltp_eval, ltp_seconds = results["thresholds"]
     examples = [{k: v[i : i + 1] for k, v in b.items()} for b in dm.test_dataloader() for i in range(len(b["labels"]))]
