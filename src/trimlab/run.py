@@ -168,13 +168,8 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
         label_smoothing=ft.label_smoothing,
         freeze_embeddings=ft.freeze_embeddings,
     )
-    batches = len(datamodule.train_dataloader())
-    limit = cfg.trainer.limit_train_batches
-    if limit <= 1.0:
-        batches = max(1, int(batches * limit))
-    else:
-        batches = min(batches, int(limit))
-    trainer = make_trainer(max_steps=steps_for(ft.epochs, batches), max_epochs=-1)
+    steps = steps_for(ft.epochs, len(datamodule.train_dataloader()), cfg.trainer.limit_train_batches)
+    trainer = make_trainer(max_steps=steps, max_epochs=-1)
     log.info("fine-tuning %s on %s for %.2g epochs (%d steps)", cfg.model.name, cfg.dataset.name, ft.epochs, trainer.max_steps)
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
     for p in model.parameters():

@@ -123,6 +123,13 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def steps_for(epochs: float, batches_per_epoch: int) -> int:
-    """Optimizer steps for a (possibly fractional) number of epochs."""
+def steps_for(epochs: float, batches_per_epoch: int, limit_train_batches: float = 1.0) -> int:
+    """Optimizer steps for a (possibly fractional) number of epochs.
+
+    ``limit_train_batches`` is the trainer's limit: a fraction (≤ 1.0) or a count (> 1) of batches per epoch.
+    """
+    if limit_train_batches <= 1.0:
+        batches_per_epoch = max(1, int(batches_per_epoch * limit_train_batches))
+    else:
+        batches_per_epoch = min(batches_per_epoch, int(limit_train_batches))
     return max(1, math.ceil(epochs * batches_per_epoch))

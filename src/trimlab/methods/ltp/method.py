@@ -138,10 +138,8 @@ class LTPMethod:
         if epochs <= 0:
             return
         dm = ctx.datamodule
-        batches = len(dm.train_dataloader())
-        limit = ctx.cfg.trainer.limit_train_batches
-        batches = max(1, int(batches * limit)) if limit <= 1.0 else min(batches, int(limit))
-        trainer = ctx.make_trainer(max_steps=steps_for(epochs, batches), max_epochs=-1)
+        steps = steps_for(epochs, len(dm.train_dataloader()), ctx.cfg.trainer.limit_train_batches)
+        trainer = ctx.make_trainer(max_steps=steps, max_epochs=-1)
         model.train()  # Lightning keeps the mode it finds; measurement left the model in eval mode
         trainer.fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
         model.eval()
