@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -23,22 +21,20 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from trimlab.config import ConfigError, validate
+from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
+from trimlab.config import validate
 from trimlab.data import build_datamodule
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
-from trimlab.results.record import RECORD_FILE, RunRecord, config_hash, environment, now, read_record, run_id, write_record
+from trimlab.results.record import RECORD_FILE, RunRecord, environment, now, read_record, run_id, write_record
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker
 from trimlab.training import ClassifierModule, steps_for
 
 log = logging.getLogger(__name__)
-
-DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
-
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     """Run one experiment; a completed run with the same config is returned without rerunning."""
@@ -240,44 +236,3 @@ def first_examples(loader: Iterable[Mapping[str, Tensor]], n: int) -> dict[str, 
         length = int(out["attention_mask"].sum(1).max())
         out = {k: v[:, :length] if v.ndim == 2 and k != "labels" else v for k, v in out.items()}
     return out
-
-
-def dense_checkpoint_path(cfg: DictConfig) -> Path:
-    """Where the dense model of this model × dataset × recipe × seed is cached."""
-    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
-    key = config_hash(
-        {
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "dataset": dataset,
-            "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
-            "seed": cfg.seed,
-            "precision": cfg.trainer.precision,
-            "limit_train_batches": cfg.trainer.limit_train_batches,
-        }
-    )
-    return Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.dataset.name}-{key}.pt"
-
-
-def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Save atomically, so an interrupted save never leaves a corrupt cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a cached dense checkpoint; a corrupt or mismatched file is a :class:`ConfigError` naming it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as err:  # noqa: BLE001 — unpickling, truncation and shape errors all need the same fix
-        raise ConfigError(
-            f"cached checkpoint {path} is corrupt or does not fit model={model.__class__.__name__} ({str(err)[:200]}); "
-            "delete it to fine-tune again"
-        ) from err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from trimlab.config import ConfigError
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.bisection import bisect
 from trimlab.methods.ltp.module import TokenPruningModule
 from trimlab.methods.ltp.plot import plot_kept_tokens
 from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens, topk_keep_rates
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 SELECTORS = ("thresholds", "topk")
 MIN_KEEP_RATE = 0.01
 """The top-k schedule's floor on any layer's keep rate (the reference's)."""
-BISECTION_STEPS = 14
-"""Bisection steps of the budget calibration: the shift (or keep rate) lands within 2⁻¹⁴ of its range."""
 
 
 def minimum_flops_ratio(model: TransformerClassifier, seq_len: int, selector: str) -> float:
@@ -46,21 +44,6 @@ def minimum_flops_ratio(model: TransformerClassifier, seq_len: int, selector: st
     else:
         kept = [[max(1, round(seq_len * rate))] for rate in topk_keep_rates(layers, MIN_KEEP_RATE)]
     return analytic_flops(model, [seq_len], kept) / analytic_flops(model, [seq_len])
-
-
-def bisect(measure: Callable[[float], float], target: float, low: float, high: float) -> float:
-    """The knob in [low, high] whose measured ratio is closest to ``target``; the ratio falls as the knob rises."""
-    best, best_gap = low, float("inf")
-    for _ in range(BISECTION_STEPS):
-        mid = (low + high) / 2
-        ratio = measure(mid)
-        if abs(ratio - target) < best_gap:
-            best, best_gap = mid, abs(ratio - target)
-        if ratio > target:
-            low = mid
-        else:
-            high = mid
-    return best
 
 
 class LTPMethod:

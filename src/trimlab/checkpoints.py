@@ -1,0 +1,79 @@
+"""Cached weights: where a dense (or a training method's) model of a config lives, and safe save/load.
+
+The key is a hash of what shaped the weights (model, training data, recipe,
+seed), so every method on the same model and dataset starts from the same
+dense checkpoint and a rerun never trains twice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trimlab.config import ConfigError
+from trimlab.results.record import config_hash
+
+DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
+"""Dataset keys that change evaluation only, not the trained weights."""
+
+
+def dense_checkpoint_path(cfg: DictConfig) -> Path:
+    """Where the dense model of this model × dataset × recipe × seed is cached."""
+    return _cache_path(cfg, "dense", {})
+
+
+def trained_checkpoint_path(cfg: DictConfig, run_time_keys: tuple[str, ...]) -> Path:
+    """Where a training method's weights are cached: the dense key plus the method's keys minus ``run_time_keys``.
+
+    Keys that only change how the trained weights are used (a run-time density,
+    what is evaluated) stay out, so runs that differ only there share one training.
+    """
+    method = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in run_time_keys}
+    return _cache_path(cfg, cfg.method.name, {"method": method})
+
+
+def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
+    dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
+    key = config_hash(
+        {
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "dataset": dataset,
+            "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
+            "seed": cfg.seed,
+            "precision": cfg.trainer.precision,
+            "limit_train_batches": cfg.trainer.limit_train_batches,
+            **extra,
+        }
+    )
+    return Path(cfg.paths.cache_dir) / kind / f"{cfg.model.name}-{cfg.dataset.name}-{key}.pt"
+
+
+def save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Save atomically, so an interrupted save never leaves a corrupt cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a cached checkpoint; a corrupt or mismatched file is a :class:`ConfigError` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 — unpickling, truncation and shape errors all need the same fix
+        raise ConfigError(
+            f"cached checkpoint {path} is corrupt or does not fit model={model.__class__.__name__} ({str(err)[:200]}); "
+            "delete it to train again"
+        ) from err
