@@ -50,6 +50,7 @@ def build_method(cfg: DictConfig) -> Method:
     from trimlab.methods.ltp.method import LTPMethod
     from trimlab.methods.pipeline import PipelineMethod
     from trimlab.methods.pwlq.callback import QuantizeMethod
+    from trimlab.methods.sait.method import SaiTMethod
 
     registry: dict[str, Callable[[DictConfig], Any]] = {
         "dense": DenseMethod,
@@ -58,6 +59,7 @@ def build_method(cfg: DictConfig) -> Method:
         "ltp_topk": LTPMethod,
         "pwlq": QuantizeMethod,
         "uniform_ptq": QuantizeMethod,
+        "sait": SaiTMethod,
     }
 
     def build(method_cfg: DictConfig, composable: tuple[str, ...] = tuple(registry)) -> Any:

@@ -9,8 +9,9 @@ methods touch live in one file:
 - structural pruning: :meth:`Block.prune_heads` / :meth:`Block.prune_neurons`
   shrink the Linear weights so latency really drops;
 - a token-selection hook between each layer's attention and its FFN: a bool
-  decision removes tokens from the sequence (padding-aware gather), a float
-  decision multiplies the layer output (soft masks while training);
+  decision removes tokens from the sequence (padding-aware gather), optionally
+  fusing them into one package token, a float decision multiplies the layer
+  output (soft masks while training);
 - a per-head additive attention bias (locality masks);
 - exposed activations: per-layer hidden states, and named sub-modules
   (``attn.proj`` input = per-head contexts, ``ffn.fc2`` input = FFN neurons)
@@ -54,17 +55,32 @@ class EncoderSpec:
         return self.head_dim or self.hidden_size // self.num_heads
 
 
+@dataclass(frozen=True)
+class PackDropped:
+    """A hard decision that also fuses the dropped tokens into one "package" token appended to the sequence.
+
+    The package is the ``weights``-weighted mean of the dropped tokens' states
+    (SaiT's token packaging), so their information is condensed, not lost.
+    """
+
+    keep: Tensor
+    """``[B, N]`` bool."""
+    weights: Tensor
+    """``[B, N]`` non-negative importance of each token."""
+
+
 class TokenSelector(Protocol):
     """Decides, after a layer's attention, which tokens continue.
 
     Returning a bool ``[B, N]`` tensor keeps the True tokens and removes the
-    others from the sequence; a float ``[B, N]`` tensor multiplies the layer's
-    output (a soft mask); ``None`` keeps everything.
+    others from the sequence; a :class:`PackDropped` does the same and fuses
+    the removed ones into one token; a float ``[B, N]`` tensor multiplies the
+    layer's output (a soft mask); ``None`` keeps everything.
     """
 
     def selects_at(self, layer: int) -> bool: ...
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor | None: ...
+    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor | PackDropped | None: ...
 
 
 @dataclass
@@ -96,6 +112,24 @@ class TokenState:
         hidden = torch.gather(self.hidden, 1, order[..., None].expand(-1, -1, self.hidden.shape[-1]))
         valid = torch.arange(new_len, device=keep.device)[None, :] < counts[:, None]
         return TokenState(hidden, valid, torch.gather(self.positions, 1, order))
+
+    def package(self, keep: Tensor, weights: Tensor, drop: bool) -> TokenState:
+        """Keep the ``keep`` rows and append one token, the ``weights``-weighted mean of the rows left out.
+
+        With ``drop=False`` the left-out rows stay in place but invalid (masked);
+        the package takes input position 0, the class token's, so a per-head
+        bias treats it as global. An example that leaves nothing out gets an
+        invalid package row.
+        """
+        left_out = (self.valid & ~keep).to(weights.dtype) * weights
+        total = left_out.sum(dim=1, keepdim=True)
+        fused = (left_out[..., None] * self.hidden).sum(dim=1, keepdim=True) / total.clamp_min(1e-12)[..., None]
+        kept = self.keep(keep) if drop else TokenState(self.hidden, self.valid & keep, self.positions)
+        return TokenState(
+            torch.cat([kept.hidden, fused.to(kept.hidden.dtype)], dim=1),
+            torch.cat([kept.valid, total > 0], dim=1),
+            torch.cat([kept.positions, torch.zeros_like(kept.positions[:, :1])], dim=1),
+        )
 
 
 class Attention(nn.Module):
@@ -235,7 +269,11 @@ class Block(nn.Module):
         soft = None
         if select:
             decision = selector(layer, probs, h, state.valid)
-            if decision is not None and decision.dtype == torch.bool:
+            if isinstance(decision, PackDropped):
+                keep = decision.keep.clone()
+                keep[:, :num_protected] = True
+                state = state.package(keep, decision.weights, drop_tokens)
+            elif decision is not None and decision.dtype == torch.bool:
                 decision = decision.clone()
                 decision[:, :num_protected] = True
                 state = state.keep(decision) if drop_tokens else TokenState(h, state.valid & decision, state.positions)

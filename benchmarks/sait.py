@@ -1,0 +1,123 @@
+"""SaiT on vit_digits: one dense/sparse-trained checkpoint at every density vs a dense model trained as long.
+
+Per seed: the cached dense vit_digits (trimlab's dense checkpoint) is trained
+further by SaiT (dense + sparse path every step) and, separately, by plain dense
+training with the same recipe and number of steps (``acc_dense_baseline``).
+The SaiT checkpoint is then evaluated at each density: test accuracy, FLOPs
+ratio and CPU throughput speedup over its own dense path (batch
+``--batch-size``, dense and sparse passes interleaved). Prints one JSON line
+per density with mean and std over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from trimlab.methods import MethodContext
+from trimlab.methods.sait.method import SaiTMethod
+from trimlab.run import evaluate
+from trimlab.training import ClassifierModule, steps_for
+
+from common import compose_config, dense_model  # benchmarks/common.py
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--densities", nargs="+", default=["dense", "0.95", "0.9", "0.85", "0.8", "0.7"])
+    parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.epochs=20")
+    args = parser.parse_args()
+    per_seed = [benchmark_seed(seed, args) for seed in args.seeds]
+    for i, density in enumerate(args.densities):
+        points = [seed["curve"][i] for seed in per_seed]
+        print(
+            json.dumps(
+                {
+                    "density": density,
+                    "acc": mean(p["metric"] for p in points),
+                    "acc_std": std(p["metric"] for p in points),
+                    "acc_dense_baseline": mean(seed["baseline"] for seed in per_seed),
+                    "acc_dense_baseline_std": std(seed["baseline"] for seed in per_seed),
+                    "flops_ratio": mean(p["flops_ratio"] for p in points),
+                    "throughput_speedup": mean(p["throughput_speedup"] for p in points),
+                    "throughput_speedup_std": std(p["throughput_speedup"] for p in points),
+                    "seeds": len(per_seed),
+                    "batch_size": args.batch_size,
+                    "sait_train_seconds": mean(seed["sait_seconds"] for seed in per_seed),
+                    "baseline_train_seconds": mean(seed["baseline_seconds"] for seed in per_seed),
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
+
+
+def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
+    cfg = compose_config(
+        args.output_dir,
+        "model=vit_digits",
+        "dataset=digits",
+        "method=sait",
+        "budget=none",
+        "method.density=dense",
+        f"method.eval_densities=[{','.join(args.densities)}]",
+        f"measure.latency_batch_sizes=[{args.batch_size}]",
+        f"measure.repeats={args.repeats}",
+        f"seed={seed}",
+        *args.overrides,
+    )
+    run_dir = Path(args.output_dir) / "benchmarks" / "sait" / f"seed{seed}"
+    dense, dm, make_trainer = dense_model(cfg, run_dir)
+
+    start = time.perf_counter()
+    baseline = copy.deepcopy(dense)
+    train_dense(cfg, baseline, dm, make_trainer)
+    baseline_seconds = time.perf_counter() - start
+    baseline_acc = evaluate(cfg, baseline.eval(), dm, make_trainer, reference=baseline)["metric"]
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, dm, run_dir, make_trainer))
+    return {
+        "curve": result.stats["densities"],
+        "baseline": baseline_acc,
+        "baseline_seconds": baseline_seconds,
+        "sait_seconds": result.stages["train"],
+        "total_seconds": time.perf_counter() - start,
+    }
+
+
+def train_dense(cfg: DictConfig, model: torch.nn.Module, dm, make_trainer) -> None:
+    """The baseline: SaiT's recipe and number of steps, dense path only."""
+    m = cfg.method
+    module = ClassifierModule(
+        model, dm.num_labels, dm.metric, lr=m.lr, weight_decay=m.weight_decay, warmup_ratio=m.warmup_ratio, label_smoothing=m.label_smoothing
+    )
+    torch.manual_seed(cfg.seed)
+    steps = steps_for(m.epochs, len(dm.train_dataloader()), cfg.trainer.limit_train_batches)
+    model.train()
+    make_trainer(max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
+
+
+def mean(values) -> float:
+    return round(statistics.fmean(values), 4)
+
+
+def std(values) -> float:
+    values = list(values)
+    return round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+
+
+if __name__ == "__main__":
+    main()
