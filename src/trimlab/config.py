@@ -61,6 +61,9 @@ class VitModelConfig:
     num_heads: int = 3
     ffn_dim: int = 768
     dropout: float = 0.0
+    class_attention_layers: int = 0
+    """CaiT-style when > 0: the class token skips the self-attention layers and joins in this many
+    class-attention layers (``weights=scratch`` only; CaiT's LayerScale and talking heads are not reproduced)."""
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -324,6 +327,27 @@ class SaiTConfig:
 
 
 @dataclass
+class MaiTConfig:
+    """MaiT (Li, Shafiee Ardestani, Hassoun 2022): chosen heads attend only to a window of patches, the rest globally.
+
+    Trained with the dense model's own recipe (the ``finetune`` group: epochs, lr, …),
+    so masked and unmasked models differ only in their masks. Class tokens stay global.
+    """
+
+    name: str = "mait"
+    budgets: list[str] = field(default_factory=lambda: ["none"])
+    """Budget kinds this method can take (masks change accuracy, not the cost)."""
+    window: list[int] = field(default_factory=lambda: [3, 3])
+    """Neighbourhood [rows, cols] of patches a masked head sees around each patch (odd; the paper's default 3×3)."""
+    masked_heads: list[int] = field(default_factory=list)
+    """Masked heads (the first ones) per layer; empty = the paper's placement: every head in the first third
+    of the layers, one head in the middle third, none in the last third."""
+    init: str = "scratch"
+    """``scratch``: retrain from random weights like the dense model (``model.weights=scratch``);
+    ``dense``: fine-tune the dense checkpoint with the masks installed (hub ViTs)."""
+
+
+@dataclass
 class PipelineConfig:
     """Post-training methods applied one after another in one run (their callbacks, in order, on one trainer).
 
@@ -424,7 +448,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
     "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig,
-               "ltp_schema": LTPConfig, "sait_schema": SaiTConfig, "pipeline_schema": PipelineConfig},
+               "ltp_schema": LTPConfig, "sait_schema": SaiTConfig, "mait_schema": MaiTConfig, "pipeline_schema": PipelineConfig},
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},

@@ -97,6 +97,7 @@ def analytic_flops(
             if tokens_per_layer is not None:
                 tokens = int(tokens_per_layer[i][b])
             total += ffn_flops(tokens, hidden, block.ffn.num_neurons)
+        total += sum(layer.flops(tokens) for layer in getattr(model, "class_layers", ()))  # CaiT-style models
     return total
 
 

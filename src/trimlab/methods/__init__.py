@@ -48,6 +48,7 @@ def build_method(cfg: DictConfig) -> Method:
     from trimlab.methods.dense import DenseMethod
     from trimlab.methods.fisher_prune.callback import FisherPruneMethod
     from trimlab.methods.ltp.method import LTPMethod
+    from trimlab.methods.mait.method import MaiTMethod
     from trimlab.methods.pipeline import PipelineMethod
     from trimlab.methods.pwlq.callback import QuantizeMethod
     from trimlab.methods.sait.method import SaiTMethod
@@ -60,6 +61,7 @@ def build_method(cfg: DictConfig) -> Method:
         "pwlq": QuantizeMethod,
         "uniform_ptq": QuantizeMethod,
         "sait": SaiTMethod,
+        "mait": MaiTMethod,
     }
 
     def build(method_cfg: DictConfig, composable: tuple[str, ...] = tuple(registry)) -> Any:

@@ -45,21 +45,26 @@ class TextEmbeddings(nn.Module):
 
 
 class PatchEmbeddings(nn.Module):
-    """ViT patch embedding: a strided convolution, a class token, learned positions."""
+    """ViT patch embedding: a strided convolution, a class token (unless ``class_token=False``), learned positions.
+
+    Without a class token (CaiT-style models, whose class token joins after the
+    self-attention layers) only the patches enter the encoder.
+    """
 
     def __init__(
-        self, image_size: int, patch_size: int, in_chans: int, hidden_size: int, dropout: float = 0.0
+        self, image_size: int, patch_size: int, in_chans: int, hidden_size: int, dropout: float = 0.0, class_token: bool = True
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.grid = image_size // patch_size
         self.proj = nn.Conv2d(in_chans, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, hidden_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + int(class_token), hidden_size))
         self.dropout = nn.Dropout(dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @property
     def num_patches(self) -> int:
@@ -68,6 +73,8 @@ class PatchEmbeddings(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         pixels = batch["pixel_values"]
         x = self.proj(pixels).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return self.dropout(x), valid

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from trimlab.config import ConfigError
+from trimlab.models.class_attention import CaiTClassifier, ClassAttentionBlock
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
@@ -34,8 +35,13 @@ def vit_classifier(
     dropout: float = 0.0,
     layer_norm_eps: float = 1e-6,
     head_dim: int | None = None,
+    class_attention_layers: int = 0,
 ) -> TransformerClassifier:
-    """A randomly initialised ViT (timm-style init: truncated normal 0.02 Linear weights, zero biases)."""
+    """A randomly initialised ViT (timm-style init: truncated normal 0.02 Linear weights, zero biases).
+
+    ``class_attention_layers > 0`` makes it CaiT-style: the class token skips the
+    ``num_layers`` self-attention layers and joins in that many class-attention layers.
+    """
     spec = EncoderSpec(
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -48,9 +54,13 @@ def vit_classifier(
         hidden_dropout=dropout,
         head_dim=head_dim,
     )
-    embeddings = PatchEmbeddings(image_size, patch_size, in_chans, hidden_size, dropout)
+    embeddings = PatchEmbeddings(image_size, patch_size, in_chans, hidden_size, dropout, class_token=not class_attention_layers)
     head = ClassifierHead(hidden_size, num_labels, "layernorm", dropout, layer_norm_eps=layer_norm_eps)
-    model = TransformerClassifier(embeddings, Encoder(spec), head)
+    if class_attention_layers:
+        blocks = [ClassAttentionBlock(hidden_size, num_heads, ffn_dim, layer_norm_eps) for _ in range(class_attention_layers)]
+        model: TransformerClassifier = CaiTClassifier(embeddings, Encoder(spec), blocks, head)
+    else:
+        model = TransformerClassifier(embeddings, Encoder(spec), head)
     for module in model.modules():
         if isinstance(module, nn.Linear):
             _init_linear(module)
@@ -121,7 +131,10 @@ def build_vit(cfg: DictConfig, num_labels: int) -> TransformerClassifier:
             cfg.ffn_dim,
             num_labels,
             dropout=cfg.dropout,
+            class_attention_layers=cfg.class_attention_layers,
         )
+    if cfg.class_attention_layers:
+        raise ConfigError(f"model.class_attention_layers={cfg.class_attention_layers} (CaiT-style) is trained from scratch; set model.weights=scratch")
     if not cfg.timm_name:
         raise ConfigError(f"model.timm_name is empty; weights={cfg.weights} needs a timm model name")
     if cfg.weights == "hub":
