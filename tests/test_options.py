@@ -27,8 +27,8 @@ from trimlab.data import build_datamodule
 from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
-MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cnn_digits", "efficientnet_lite0",
-                 "resnet50", "mobilenet_v2", "inception_v3"]
+MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
+                 "efficientnet_lite0", "resnet50", "mobilenet_v2", "inception_v3"]
 DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
 GLUE_COLUMNS = {
     "sst2": ["sentence"],
@@ -74,7 +74,7 @@ def model_overrides(option: str, root: Path) -> list[str]:
 
 
 def dataset_for(model_option: str) -> str:
-    image = {"vit_digits": "digits", "cnn_digits": "digits"}
+    image = {"vit_digits": "digits", "cait_digits": "digits", "cnn_digits": "digits"}
     return image.get(model_option, "photos" if model_option.startswith(("deit", "efficientnet", "resnet", "mobilenet", "inception")) else "tweets")
 
 
@@ -82,6 +82,12 @@ def sample_batch(built: BuiltModel) -> dict[str, torch.Tensor]:
     if built.kind == "text":
         return dict(built.tokenizer(["a first sentence", "and a second, longer one"], padding=True, return_tensors="pt"))
     return {"pixel_values": torch.randn(2, built.in_chans, built.image_size, built.image_size)}
+
+
+def test_every_model_and_dataset_option_is_exercised_here() -> None:
+    conf = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
+    assert sorted(MODEL_OPTIONS) == sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert sorted(DATASET_OPTIONS) == sorted(p.stem for p in (conf / "dataset").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("option", MODEL_OPTIONS)

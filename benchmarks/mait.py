@@ -1,0 +1,79 @@
+"""MaiT vs the unmasked ViT on digits: the same model, recipe and seeds, with and without locality masks.
+
+Per seed, the unmasked model is trimlab's dense model (trained from scratch with
+the model's recipe, cached) and the MaiT model is the same architecture
+re-initialised and trained with the same recipe, masks installed. Prints one
+JSON line per variant: test accuracy mean and std over the seeds, params,
+FLOPs per image, and the CPU throughput of the variant over the unmasked model
+(batch ``--batch-size``, passes interleaved, median of ``--repeats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from trimlab.measure.latency import compare_latency
+from trimlab.methods import MethodContext
+from trimlab.methods.mait.method import MaiTMethod
+from trimlab.run import evaluate, first_examples
+
+from common import compose_config, dense_model  # benchmarks/common.py
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_digits", choices=["vit_digits", "cait_digits"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.window=[5,5]")
+    args = parser.parse_args()
+    runs = [benchmark_seed(seed, args) for seed in args.seeds]
+    for variant in ("unmasked", "mait"):
+        accs = [r[variant]["metric"] for r in runs]
+        print(
+            json.dumps(
+                {
+                    "variant": variant,
+                    "model": args.model,
+                    "acc_mean": round(statistics.fmean(accs), 4),
+                    "acc_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                    "accs": [round(a, 4) for a in accs],
+                    "params": runs[0][variant]["params"],
+                    "flops": round(runs[0][variant]["flops"]),
+                    "throughput_ratio_vs_unmasked": round(statistics.fmean(r["throughput_ratio"] for r in runs), 3) if variant == "mait" else 1.0,
+                    "masked_heads": runs[0]["masked_heads"] if variant == "mait" else None,
+                    "seeds": len(runs),
+                    "batch_size": args.batch_size,
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
+
+
+def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
+    cfg = compose_config(args.output_dir, f"model={args.model}", "dataset=digits", "method=mait", "budget=none", f"seed={seed}", *args.overrides)
+    run_dir = Path(args.output_dir) / "benchmarks" / "mait" / f"{args.model}-seed{seed}"
+    unmasked, dm, make_trainer = dense_model(cfg, run_dir)
+    result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, dm, run_dir, make_trainer))
+    mait = result.model.eval()
+    batch = first_examples(dm.test_dataloader(), args.batch_size)
+    plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=args.repeats)
+    return {
+        "unmasked": evaluate(cfg, unmasked, dm, make_trainer, reference=unmasked),
+        "mait": evaluate(cfg, mait, dm, make_trainer, reference=mait),
+        "throughput_ratio": plain_time.median_s / mait_time.median_s,
+        "masked_heads": result.stats["masked_heads"],
+    }
+
+
+if __name__ == "__main__":
+    main()
