@@ -221,3 +221,14 @@ def test_params_and_size_of_a_known_model() -> None:
     assert model_size_bytes(model) == 116 * 4
     assert model_size_bytes(model, weight_bits=4) == (102 * 4 + 14 * 32) // 8 == 107
     assert model_size_bytes(model, weight_bits=3) == 95  # 306 + 448 bits, rounded up to whole bytes
+
+
+def test_bisection_meets_a_budget_from_below() -> None:
+    from trimlab.methods.bisection import bisect
+
+    def ratio(knob: float) -> float:  # a staircase: falls as the knob rises
+        return 1.0 - round(knob * 10) / 10
+
+    chosen = bisect(ratio, 0.55, 0.0, 1.0)
+    assert ratio(chosen) == pytest.approx(0.5)  # 0.6 is as close, but over the budget
+    assert bisect(lambda knob: 2.0, 0.5, 0.0, 1.0) > 0.99  # nothing reaches it: the closest above (the top of the range)
