@@ -18,9 +18,12 @@ from pathlib import Path
 
 import torch
 
+from trimlab.data import build_datamodule
 from trimlab.measure.latency import compare_latency
 from trimlab.methods import MethodContext
+from trimlab.methods.mait.masks import install_masks, locality_mask, masked_heads_of
 from trimlab.methods.mait.method import MaiTMethod
+from trimlab.models.build import build_model
 from trimlab.run import evaluate, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
@@ -33,8 +36,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
+    parser.add_argument("--timing-only", action="store_true", help="only time masked vs unmasked (untrained weights: the cost does not depend on them)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.window=[5,5]")
     args = parser.parse_args()
+    if args.timing_only:
+        print(json.dumps(time_masks(args)), flush=True)
+        return
     runs = [benchmark_seed(seed, args) for seed in args.seeds]
     for variant in ("unmasked", "mait"):
         accs = [r[variant]["metric"] for r in runs]
@@ -72,6 +79,31 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
         "mait": evaluate(cfg, mait, dm, make_trainer, reference=mait),
         "throughput_ratio": plain_time.median_s / mait_time.median_s,
         "masked_heads": result.stats["masked_heads"],
+    }
+
+
+def time_masks(args: argparse.Namespace) -> dict:
+    """Throughput of the masked over the unmasked model on one batch of real test images, repeats interleaved."""
+    cfg = compose_config(args.output_dir, f"model={args.model}", "dataset=digits", "method=mait", "budget=none", *args.overrides)
+    torch.manual_seed(0)
+    built = build_model(cfg.model, cfg.dataset.num_labels)
+    dm = build_datamodule(cfg.dataset, built, cfg.seed)
+    dm.setup()
+    plain = built.model.eval()
+    masked = copy.deepcopy(plain)
+    method = MaiTMethod(cfg.method)
+    install_masks(masked.encoder, locality_mask(plain.embeddings.grid, plain.embeddings.grid, tuple(cfg.method.window), plain.num_protected), method.masked_heads(plain))
+    batch = first_examples(dm.test_dataloader(), args.batch_size)
+    plain_time, masked_time = compare_latency(plain, masked, batch, warmup=5, repeats=args.repeats)
+    return {
+        "model": args.model,
+        "masked_heads": masked_heads_of(masked.encoder),
+        "throughput_ratio_vs_unmasked": round(plain_time.median_s / masked_time.median_s, 3),
+        "ms_unmasked": round(plain_time.median_s * 1e3, 2),
+        "ms_masked": round(masked_time.median_s * 1e3, 2),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -32,7 +32,7 @@ from common import compose_config, dense_model  # benchmarks/common.py
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--densities", nargs="+", default=["dense", "0.95", "0.9", "0.85", "0.8", "0.7"])
+    parser.add_argument("--densities", nargs="+", default=["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")

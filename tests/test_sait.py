@@ -142,6 +142,7 @@ def test_one_checkpoint_serves_every_density_without_retraining(compose_cfg) -> 
         (("budget=flops_60", "method.teacher=/no/such/teacher.pt"), "no such checkpoint file"),
         (("budget=flops_60", "method.prune_layers=[6]"), "must be layers in 0..5"),
         (("budget=flops_60", "method.train_densities=[0.9,0.5]"), "low ≤ high"),
+        (("budget=flops_60", "model=cait_digits"), "has no class token in its self-attention layers"),
     ],
 )
 def test_bad_settings_fail_before_training(overrides: tuple[str, ...], message: str, compose_cfg) -> None:

@@ -308,7 +308,7 @@ class SaiTConfig:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.05
     label_smoothing: float = 0.1
-    train_densities: list[float] = field(default_factory=lambda: [0.6, 0.95])
+    train_densities: list[float] = field(default_factory=lambda: [0.5, 0.95])
     """[low, high]: each training step's sparse path uses a density drawn uniformly from this range."""
     distill_weight: float = 0.5
     """α: the sparse path's loss is (1 − α) · task loss + α · T² · KL(teacher ‖ sparse) on logits."""
@@ -322,7 +322,7 @@ class SaiTConfig:
     state-dict checkpoint of the same model (e.g. a cached dense checkpoint), frozen."""
     calibration_examples: int = 256
     """Training images the ``density=budget`` bisection measures FLOPs on."""
-    eval_densities: list[str] = field(default_factory=lambda: ["dense", "0.95", "0.9", "0.8", "0.7", "0.6"])
+    eval_densities: list[str] = field(default_factory=lambda: ["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
     """Densities the trained checkpoint is evaluated at (accuracy, FLOPs, throughput) for the record and the curve."""
 
 

@@ -65,6 +65,8 @@ class SaiTMethod:
         m = self.cfg
         if not isinstance(model, TransformerClassifier):
             raise ConfigError(f"method=sait prunes the tokens of a Transformer; model={cfg.model.name} is not one")
+        if model.num_protected < 1:
+            raise ConfigError(f"method=sait ranks tokens by class-token attention; model={cfg.model.name} has no class token in its self-attention layers")
         if datamodule.num_labels < 2:
             raise ConfigError(f"method=sait trains a classifier on labels; dataset={cfg.dataset.name} has none")
         if m.mode not in MODES:
