@@ -26,7 +26,7 @@ def spec_runs(block: dict) -> list[list[str]]:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_every_listed_run_composes(spec: Path, compose_cfg: Callable[..., DictConfig]) -> None:
     content = yaml.safe_load(spec.read_text())
-    blocks = [content[key] for key in ("runs", "embedded_runs") if key in content]
+    blocks = [block for key, block in content.items() if key == "runs" or key.endswith("_runs")]
     runs = [overrides for block in blocks for overrides in spec_runs(block)]
     assert runs
     for overrides in runs:
