@@ -86,6 +86,22 @@ def test_table_lists_the_smoke_run(smoke: tuple[Path, subprocess.CompletedProces
     assert only_run_dir(workdir).name in capsys.readouterr().out
 
 
+def test_paper_table_finds_the_smoke_run_by_the_id_trimlab_gave_it(
+    smoke: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path, capsys
+) -> None:
+    workdir, _ = smoke
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(
+        "embedded_runs:\n  common: [experiment=smoke]\n  methods:\n    fisher_60: [method=fisher_prune]\n"
+        "    dense: [method=dense, budget=none]\ntable: {rows: [model], columns: [dense, fisher_60]}\n"
+    )
+    record = read_record(only_run_dir(workdir) / RECORD_FILE)
+    assert table_main([str(spec), "--runs", str(workdir / "outputs" / "runs"), "--out", str(tmp_path / "table")]) == 0
+    out = capsys.readouterr().out
+    assert f"| all | — | {record.compressed['metric']:.4f} |" in out
+    assert "trimlab experiment=smoke method=dense budget=none seed=0" in out
+
+
 def test_corrupt_cached_checkpoint_names_the_file_to_delete(
     smoke: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

@@ -1,33 +1,34 @@
-"""``trimlab-table``: collect ``record.json`` files into a table.
+"""``trimlab-table``: a paper's table from the records, with the paper's numbers beside ours.
 
-For now it lists every completed run under a runs folder as Markdown; the
-paper-table layouts (``experiments/<paper>.yaml``) build on :func:`collect`.
+``trimlab-table experiments/<paper>.yaml`` finds each cell's runs by the run id
+``trimlab`` would give them (one per seed), averages the seeds, prints the
+table in the paper's layout (ours, the paper's number, the difference), lists
+each missing run with the command that makes it (``--run-missing`` runs them),
+and writes Markdown, LaTeX, CSV and the Pareto plot. Without a spec it lists
+every completed run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from trimlab.config import ConfigError
-from trimlab.results.record import RECORD_FILE, RunRecord, read_record
+from trimlab.results.aggregate import CellResult, aggregate
+from trimlab.results.collect import collect, collect_wandb
+from trimlab.results.record import RunRecord
+from trimlab.results.spec import Spec, cell_run_ids, load_spec, run_overrides
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
 
 
-def collect(runs_dir: Path) -> list[RunRecord]:
-    """Completed records under ``runs_dir`` (any depth), sorted by model, dataset, method."""
-    records = []
-    for path in sorted(runs_dir.rglob(RECORD_FILE)):
-        record = read_record(path)
-        if record.status == "completed":
-            records.append(record)
-    return sorted(records, key=lambda r: (r.model, r.dataset, r.method, str(r.budget)))
-
-
 def markdown(records: Iterable[RunRecord]) -> str:
+    """Every completed run, one row each (the listing without a spec)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in records:
         budget = f"{r.budget.get('kind')} {r.budget.get('target'):g}"
@@ -47,26 +48,220 @@ def markdown(records: Iterable[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def trimlab_run_ids(spec: Spec) -> dict:
+    """The run id ``trimlab`` gives each (cell, seed) of ``spec``, from its composed config."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from trimlab.cli import register_resolvers
+    from trimlab.results.record import run_id
+
+    register_resolvers()
+    with initialize_config_module("trimlab.conf", version_base="1.3"):
+
+        def compose_id(overrides: list[str]) -> str:
+            try:
+                return run_id(compose("config", overrides=overrides))
+            except HydraException as err:
+                raise ConfigError(f"{spec.path}: the run `trimlab {' '.join(overrides)}` does not compose: {err}") from err
+
+        return cell_run_ids(spec, compose_id)
+
+
+def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
+    """The paper's layout (cells: ours mean ± std, then the paper's number and ours − paper), a per-cell detail table, the missing runs."""
+    by_cell = {(r.cell.row, r.cell.column): r for r in results}
+    head = _row_head(spec)
+    lines = [
+        f"## {spec.title} ({spec.block}, {spec.metric} × {spec.scale:g})",
+        "",
+        f"Cells: ours (mean ± std over {len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}) [paper, ours − paper]; — not run yet.",
+        "",
+        "| " + " | ".join([head, *spec.columns]) + " |",
+        "|" + "---|" * (len(spec.columns) + 1),
+    ]
+    for row in spec.rows:
+        cells = [_cell_text(by_cell.get((row, column)), spec.digits) for column in spec.columns]
+        lines.append("| " + " | ".join([" / ".join(row), *cells]) + " |")
+    lines += ["", "| " + " | ".join([head, "column", "ours", "std", "paper", "ours − paper", "seeds", *spec.extra_columns]) + " |"]
+    lines.append("|" + "---|" * (7 + len(spec.extra_columns)))
+    for r in results:
+        if r.records or r.paper is not None:
+            extras = [_fmt(r.extra(name), 3) for name in spec.extra_columns]
+            d = spec.digits
+            row = [" / ".join(r.cell.row), r.cell.column, _fmt(r.mean, d), _fmt(r.std, d), _fmt(r.paper, d), _fmt(r.delta, d, signed=True)]
+            lines.append("| " + " | ".join([*row, str(len(r.records)), *extras]) + " |")
+    missing = [(r, seed) for r in results for seed in r.missing_seeds]
+    if missing:
+        lines += ["", f"Missing runs ({len(missing)}; `--run-missing` runs them):", ""]
+        lines += [f"- {' / '.join(r.cell.row)} · {r.cell.column} · seed {seed}: `{command(r, seed)}`" for r, seed in missing]
+    return "\n".join(lines)
+
+
+def spec_latex(spec: Spec, results: list[CellResult]) -> str:
+    """The main table as a LaTeX tabular (ours ± std, the paper's number in parentheses)."""
+    by_cell = {(r.cell.row, r.cell.column): r for r in results}
+    lines = [
+        "\\begin{tabular}{l" + "c" * len(spec.columns) + "}",
+        "\\hline",
+        " & ".join(_tex(c) for c in [_row_head(spec), *spec.columns]) + " \\\\",
+        "\\hline",
+    ]
+    for row in spec.rows:
+        cells = [_tex(" / ".join(row))]
+        for column in spec.columns:
+            r = by_cell.get((row, column))
+            d = spec.digits
+            text = "--" if r is None or r.mean is None else f"{r.mean:.{d}f}" + (f" $\\pm$ {r.std:.{d}f}" if r.std is not None else "")
+            if r is not None and r.paper is not None:
+                text += f" ({r.paper:.{d}f})"
+            cells.append(text)
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines)
+
+
+def spec_csv(spec: Spec, results: list[CellResult]) -> str:
+    """One line per cell: row parts, column, ours (mean, std, seeds), paper, difference, extra columns."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*(a.removesuffix("s") for a in spec.row_axes), "column", "mean", "std", "seeds", "paper", "delta", *spec.extra_columns])
+    for r in results:
+        extras = [_raw(r.extra(name)) for name in spec.extra_columns]
+        writer.writerow([*r.cell.row, r.cell.column, _raw(r.mean), _raw(r.std), len(r.records), _raw(r.paper), _raw(r.delta), *extras])
+    return out.getvalue()
+
+
+def command(result: CellResult, seed: int) -> str:
+    """The ``trimlab`` command that makes one missing run."""
+    return "trimlab " + " ".join(_quote(o) for o in run_overrides(result.cell, seed))
+
+
+def run_missing(results: list[CellResult], output_dir: Path) -> int:
+    """Run every missing (cell, seed) one after another; a failing run is reported and the rest go on. Returns the failures."""
+    failures = 0
+    todo = [(r, seed) for r in results for seed in r.missing_seeds]
+    for i, (result, seed) in enumerate(todo, 1):
+        overrides = [*run_overrides(result.cell, seed), f"paths.output_dir={output_dir}"]
+        print(f"[{i}/{len(todo)}] trimlab {' '.join(overrides)}", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, "-m", "trimlab.cli", *overrides], check=False)
+        failures += done.returncode != 0
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``trimlab-table``."""
     parser = argparse.ArgumentParser(
-        prog="trimlab-table", description="Print the completed trimlab runs under a folder as a Markdown table."
+        prog="trimlab-table",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        epilog="examples:\n"
+        "  trimlab-table                                   # every completed run under outputs/runs\n"
+        "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
+        "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
+        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
     parser.add_argument("--runs", type=Path, default=Path("outputs/runs"), help="folder of run folders (default: outputs/runs)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the records from a W&B project instead (online)")
+    parser.add_argument("--block", help="the spec's run block: embedded_runs (default when the spec has it), runs, or <name>_runs")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to average (default: the spec's `seeds`, else 0)")
+    parser.add_argument("--out", type=Path, help="where table.md/.tex/.csv and pareto.png/.svg go (default: outputs/tables/<spec>-<block>)")
+    parser.add_argument("--run-missing", action="store_true", help="run the missing runs first (needs --runs <output_dir>/runs)")
     args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        print(f"trimlab-table: no runs folder at {args.runs}; run `trimlab` first or pass --runs", file=sys.stderr)
-        return 2
     try:
-        records = collect(args.runs)
+        if args.spec is None:
+            return _list_runs(args.runs)
+        return _paper_table(args)
     except ConfigError as err:
         print(f"trimlab-table: error: {err}", file=sys.stderr)
         return 2
-    if not records:
-        print(f"no completed runs under {args.runs}")
-        return 0
-    print(markdown(records))
+
+
+def _list_runs(runs_dir: Path) -> int:
+    if not runs_dir.is_dir():
+        print(f"trimlab-table: no runs folder at {runs_dir}; run `trimlab` first or pass --runs", file=sys.stderr)
+        return 2
+    records = collect(runs_dir)
+    print(markdown(records) if records else f"no completed runs under {runs_dir}")
     return 0
+
+
+def _paper_table(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, args.block or _default_block(args.spec))
+    if args.seeds:
+        spec.seeds = args.seeds
+    if args.run_missing and (args.wandb or args.runs.name != "runs"):
+        raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
+    run_ids = trimlab_run_ids(spec)
+    results = aggregate(spec, run_ids, _records(args))
+    if args.run_missing and any(r.missing_seeds for r in results):
+        failures = run_missing(results, args.runs.parent)
+        results = aggregate(spec, run_ids, _records(args))
+        if failures:
+            print(f"trimlab-table: {failures} run(s) failed; their records say why (status failed)", file=sys.stderr)
+    text = spec_markdown(spec, results)
+    print(text)
+    out = args.out or Path("outputs/tables") / f"{spec.path.stem}-{spec.block}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text + "\n")
+    (out / "table.tex").write_text(spec_latex(spec, results) + "\n")
+    (out / "table.csv").write_text(spec_csv(spec, results))
+    from trimlab.results.plot import pareto_plot
+
+    pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
+    print(f"\nwritten: {out}/table.md, table.tex, table.csv, pareto.png, pareto.svg", file=sys.stderr)
+    return 0
+
+
+def _default_block(path: Path) -> str:
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the spec {path}: {err}") from err
+    return "embedded_runs" if "embedded_runs" in content else "runs"
+
+
+def _records(args: argparse.Namespace) -> dict[str, RunRecord]:
+    if args.wandb:
+        return {r.run_id: r for r in collect_wandb(args.wandb)}
+    return {r.run_id: r for r in collect(args.runs)} if args.runs.is_dir() else {}
+
+
+def _row_head(spec: Spec) -> str:
+    return " / ".join(a.removesuffix("s") for a in spec.row_axes) or "model"
+
+
+def _cell_text(result: CellResult | None, digits: int) -> str:
+    if result is None:
+        return ""
+    ours = "—" if result.mean is None else _fmt(result.mean, digits) + (f" ± {_fmt(result.std, digits)}" if result.std is not None else "")
+    if result.records and result.missing_seeds:
+        ours += f" ({len(result.records)}/{len(result.records) + len(result.missing_seeds)} seeds)"
+    if result.paper is None:
+        return ours
+    delta = "" if result.delta is None else f", {_fmt(result.delta, digits, signed=True)}"
+    return f"{ours} [{_fmt(result.paper, digits)}{delta}]"
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _raw(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
+
+def _quote(override: str) -> str:
+    return f"'{override}'" if any(ch in override for ch in "[],= ") and ("[" in override or " " in override) else override
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""The Pareto plot of a paper table: task metric against FLOPs ratio and against measured speedup, one line per method."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 — the backend must be chosen first
+
+from trimlab.results.aggregate import CellResult  # noqa: E402
+
+
+def pareto_plot(results: list[CellResult], stem: Path, title: str, metric: str) -> list[Path]:
+    """Write ``stem``.png and ``stem``.svg: one line per trimlab method and model × dataset; cells without records are left out."""
+    lines: dict[str, list[CellResult]] = defaultdict(list)
+    for result in results:
+        if result.records:
+            first = result.records[0]
+            lines[f"{first.method} · {first.model} × {first.dataset}"].append(result)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    speed_key = _speedup_key(results)
+    for ax, key, label in (
+        (axes[0], "flops_ratio", "FLOPs ratio (compressed / dense)"),
+        (axes[1], speed_key, f"measured speedup ({speed_key.replace('_', ' ')}, dense time / compressed time)"),
+    ):
+        for method, points in lines.items():
+            xy = sorted((p.extra(key), p.mean) for p in points if p.extra(key) is not None)
+            if xy:
+                ax.plot(*zip(*xy), "o-", label=method)
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def _speedup_key(results: list[CellResult]) -> str:
+    """The speedup at the largest batch any record measured (throughput), else batch 1."""
+    batches = {int(k.removeprefix("speedup_b")) for r in results for rec in r.records for k in rec.ratios if k.startswith("speedup_b")}
+    return f"speedup_b{max(batches)}" if batches else "speedup_b1"

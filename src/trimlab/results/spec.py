@@ -1,0 +1,169 @@
+"""A paper-table spec (``experiments/<paper>.yaml``): its grid of runs, where each run sits in the table, and the paper's numbers.
+
+A spec's run blocks (``runs`` at full scale, ``embedded_runs`` on what ships
+offline, ``<name>_runs`` for ablations) are grids: ``common`` overrides plus
+axes (``models``, ``datasets``, ``methods``, …), each a mapping of entry name →
+overrides. One entry of every axis makes one cell; ``table.rows`` names the
+axes that label rows, the axis holding ``table.columns`` gives the columns,
+and any other axis joins the row label. Each cell's run id is the one
+``trimlab`` gives the same overrides, so records are found without guessing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trimlab.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a spec (without its seed): where it sits in the table and the overrides that make it."""
+
+    row: tuple[str, ...]
+    column: str
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Spec:
+    """What ``trimlab-table`` needs from a spec file."""
+
+    path: Path
+    title: str
+    block: str
+    cells: list[Cell]
+    rows: list[tuple[str, ...]]
+    row_axes: list[str]
+    """The axes whose entries label a row, in the row label's order (``models``, ``budgets``, …)."""
+    columns: list[str]
+    seeds: list[int]
+    metric: str
+    scale: float
+    extra_columns: list[str]
+    paper_numbers: dict[str, Any] = field(default_factory=dict)
+    common_model: str | None = None
+    """The model every run of the block shares (set in ``common``), when the rows do not name it."""
+
+    @property
+    def digits(self) -> int:
+        """Decimals a cell prints: 1 for percent (scale 100), 4 for fractions."""
+        return 1 if self.scale >= 100 else 4
+
+    def paper_number(self, cell: Cell) -> float | None:
+        """The paper's number for ``cell``: ``paper_numbers`` walked by the row's parts then the column, or None.
+
+        Where the rows do not name the model, the walk may start at the block's common model.
+        """
+        for keys in ((*cell.row, cell.column), (self.common_model, *cell.row, cell.column)):
+            node: Any = self.paper_numbers
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, (int, float)) and not isinstance(node, bool):
+                return float(node)
+        return None
+
+
+def load_spec(path: Path, block: str = "runs") -> Spec:
+    """Read ``path`` and lay out the cells of its run block ``block``; a malformed spec raises :class:`ConfigError`."""
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the spec {path}: {err}") from err
+    blocks = [key for key in content or {} if key == "runs" or key.endswith("_runs")]
+    if block not in blocks:
+        raise ConfigError(f"{path} has no run block {block!r}; it has {', '.join(blocks) or 'none'} (choose one with --block)")
+    table = content.get("table") or {}
+    if not table.get("columns") or not table.get("rows"):
+        raise ConfigError(f"{path}: table.rows and table.columns must be set")
+    runs = content[block]
+    axes = {name: entries for name, entries in runs.items() if name != "common" and _is_axis(entries)}
+    column_axis = _column_axis(axes, table["columns"], content.get("runs", {}), path)
+    row_axes = [_axis_of(row, axes) for row in table["rows"]]
+    row_axes = [a for a in row_axes if a is not None and a != column_axis]
+    row_axes += [a for a in axes if a not in row_axes and a != column_axis]
+    common = list(runs.get("common") or [])
+    order = table.get("row_order") or {}
+
+    cells = []
+    for combo in itertools.product(*(list(axes[a].items()) for a in [*row_axes, column_axis])):
+        *row_entries, (column, column_overrides) = combo
+        row = tuple(name for name, _ in row_entries) or (_common_model(common) or "all",)
+        overrides = [*common, *(o for _, entry in row_entries for o in entry), *column_overrides]
+        cells.append(Cell(row, column, tuple(str(o) for o in overrides)))
+
+    columns = [c for c in table["columns"] if c in axes[column_axis]] or list(axes[column_axis])
+    columns += [c for c in axes[column_axis] if c not in columns]
+    rows = sorted({c.row for c in cells}, key=lambda r: _row_rank(r, row_axes, order, axes))
+    return Spec(
+        path=path,
+        title=(content.get("paper") or {}).get("title", path.stem),
+        block=block,
+        cells=[c for c in cells if c.column in columns],
+        rows=rows,
+        row_axes=row_axes,
+        columns=columns,
+        seeds=[int(s) for s in content.get("seeds") or [0]],
+        metric=str(table.get("metric", "metric")),
+        scale=float(table.get("scale", 1)),
+        extra_columns=[str(c) for c in table.get("extra_columns") or []],
+        paper_numbers=content.get("paper_numbers") or {},
+        common_model=_common_model(common),
+    )
+
+
+def run_overrides(cell: Cell, seed: int) -> list[str]:
+    """The ``trimlab`` overrides of ``cell`` at ``seed``."""
+    return [*cell.overrides, f"seed={seed}"]
+
+
+def cell_run_ids(spec: Spec, compose: Callable[[list[str]], str]) -> dict[tuple[Cell, int], str]:
+    """Run id of every (cell, seed); ``compose`` maps overrides to the id ``trimlab`` would give them."""
+    return {(cell, seed): compose(run_overrides(cell, seed)) for cell in spec.cells for seed in spec.seeds}
+
+
+def _is_axis(entries: Any) -> bool:
+    return isinstance(entries, dict) and bool(entries) and all(isinstance(v, list) for v in entries.values())
+
+
+def _axis_of(row: str, axes: dict[str, Any]) -> str | None:
+    for name in (row, f"{row}s", f"{row}es"):
+        if name in axes:
+            return name
+    return None
+
+
+def _column_axis(axes: dict[str, Any], columns: list[str], main_runs: dict[str, Any], path: Path) -> str:
+    """The axis whose entries are the table's columns (in this block, or named so in the main ``runs`` block)."""
+    for name, entries in axes.items():
+        if any(c in entries for c in columns):
+            return name
+    for name, entries in (main_runs or {}).items():
+        if name in axes and _is_axis(entries) and any(c in entries for c in columns):
+            return name
+    raise ConfigError(f"{path}: no axis of the run block holds the table's columns {columns}")
+
+
+def _common_model(common: list[str]) -> str | None:
+    for override in common:
+        key, _, value = str(override).partition("=")
+        if key == "model":
+            return value
+    return None
+
+
+def _row_rank(row: tuple[str, ...], row_axes: list[str], order: dict[str, list[str]], axes: dict[str, Any]) -> tuple:
+    """Rows in ``table.row_order`` order where it lists them, else in the spec's own order."""
+    rank = []
+    for axis, part in zip(row_axes, row):
+        singular = axis[:-1] if axis.endswith("s") else axis
+        listed = list(order.get(singular) or order.get(axis) or [])
+        own = list(axes[axis])
+        rank.append(listed.index(part) if part in listed else len(listed) + own.index(part))
+    return tuple(rank)

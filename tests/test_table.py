@@ -1,0 +1,78 @@
+"""``trimlab-table`` on a paper-table spec: cells found by run id, seeds averaged, the paper's numbers beside, missing runs listed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trimlab.config import ConfigError
+from trimlab.results.spec import load_spec
+from trimlab.results.table import main as table_main, trimlab_run_ids
+
+FIXTURES = Path(__file__).parent / "fixtures" / "table"
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+
+
+def runs_from_fixtures(runs_dir: Path) -> None:
+    """Each fixture record (named ``<model>-<column>-seed<n>``) under the run id trimlab gives that cell."""
+    spec = load_spec(FIXTURES / "spec.yaml", "embedded_runs")
+    ids = trimlab_run_ids(spec)
+    for (cell, seed), rid in ids.items():
+        fixture = FIXTURES / "records" / f"{cell.row[0]}-{cell.column}-seed{seed}.json"
+        if fixture.exists():
+            record = json.loads(fixture.read_text()) | {"run_id": rid}
+            (runs_dir / rid).mkdir(parents=True)
+            (runs_dir / rid / "record.json").write_text(json.dumps(record))
+
+
+def test_table_from_fixture_records_matches_the_expected_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs_from_fixtures(tmp_path / "runs")
+    out = tmp_path / "table"
+    assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert (out / "table.md").read_text() == (FIXTURES / "expected.md").read_text()
+    assert capsys.readouterr().out.strip() == (FIXTURES / "expected.md").read_text().strip()
+    csv_lines = (out / "table.csv").read_text().splitlines()
+    assert csv_lines[0] == "model,column,mean,std,seeds,paper,delta,flops_ratio,speedup_b1"
+    assert "cnn_digits,dense,98.5,0.707107,2,,,1,1" in csv_lines
+    assert "\\pm" in (out / "table.tex").read_text()
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.svg").stat().st_size > 0
+
+
+def test_paper_numbers_are_found_through_rows_columns_and_the_common_model() -> None:
+    mait = load_spec(EXPERIMENTS / "mait2022.yaml", "runs")
+    numbers = {(c.row, c.column): mait.paper_number(c) for c in mait.cells}
+    assert numbers[(("xt_24",), "mait")] == 73.7
+    assert numbers[(("deit_t",), "mait")] is None
+    ablation = load_spec(EXPERIMENTS / "mait2022.yaml", "ablation_runs")
+    assert {c.column: ablation.paper_number(c) for c in ablation.cells} == {"mait_1head_3x3": 79.9, "mait_1head_3x5": 80.1, "mait_1head_5x5": 80.0}
+    pwlq = load_spec(EXPERIMENTS / "pwlq2020.yaml", "runs")
+    assert {(c.row, c.column): pwlq.paper_number(c) for c in pwlq.cells}[(("resnet50",), "w4_pwlq")] == 74.28
+    ltp = load_spec(EXPERIMENTS / "ltp2021.yaml", "runs")
+    assert ltp.common_model == "bert_base" and ltp.rows == [("dense",), ("ltp_50",), ("ltp_75",), ("topk_75",)]
+
+
+@pytest.mark.parametrize("spec", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_block_of_every_spec_lays_out(spec: Path) -> None:
+    import yaml
+
+    content = yaml.safe_load(spec.read_text())
+    for block in (k for k in content if k == "runs" or k.endswith("_runs")):
+        laid_out = load_spec(spec, block)
+        assert laid_out.columns and laid_out.rows
+        assert len(laid_out.cells) == len(laid_out.rows) * len(laid_out.columns)
+
+
+def test_unknown_block_names_the_ones_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert table_main([str(FIXTURES / "spec.yaml"), "--block", "runs", "--runs", str(tmp_path)]) == 2
+    assert "has no run block 'runs'; it has embedded_runs" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="cannot read the spec"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_run_missing_needs_the_runs_folder_of_an_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(FIXTURES / "spec.yaml", tmp_path / "spec.yaml")
+    assert table_main([str(tmp_path / "spec.yaml"), "--runs", str(tmp_path / "elsewhere"), "--run-missing"]) == 2
+    assert "--runs <output_dir>/runs" in capsys.readouterr().err
