@@ -76,3 +76,16 @@ def test_run_missing_needs_the_runs_folder_of_an_output_dir(tmp_path: Path, caps
     shutil.copy(FIXTURES / "spec.yaml", tmp_path / "spec.yaml")
     assert table_main([str(tmp_path / "spec.yaml"), "--runs", str(tmp_path / "elsewhere"), "--run-missing"]) == 2
     assert "--runs <output_dir>/runs" in capsys.readouterr().err
+
+
+def test_a_record_round_trips_through_the_wandb_summary_and_config() -> None:
+    from trimlab.results.collect import record_from_wandb
+    from trimlab.results.record import RunRecord
+    from trimlab.results.tracking import flatten, record_summary
+
+    fixture = json.loads((FIXTURES / "records" / "vit_digits-pwlq_8-seed0.json").read_text())
+    record = RunRecord(**fixture | {"run_id": "abc", "config": {"model": {"name": "vit_digits"}, "dataset": {"name": "digits"},
+                                                                  "method": {"name": "pwlq"}, "budget": {"kind": "bits", "target": 8}, "seed": 0}})
+    back = record_from_wandb("abc", flatten(record.config), record_summary(record))
+    assert (back.model, back.dataset, back.method, back.status) == ("vit_digits", "digits", "pwlq", "completed")
+    assert back.compressed == record.compressed and back.ratios == record.ratios and back.dense == record.dense
