@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from trimlab.results.record import run_id
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "src" / "trimlab" / "conf" / "experiment").glob("*.yaml"))
-STUDIES = [p for p in EXPERIMENTS if ((yaml.safe_load(p.read_text()) or {}).get("hydra") or {}).get("sweeper")]
+STUDIES = [p for p in EXPERIMENTS if "sweeper:" in p.read_text() and "optuna" not in p.read_text()]  # grids (Optuna searches: test_search.py)
 
 
 def jobs(study: Path) -> list[list[str]]:

@@ -18,12 +18,13 @@ def _run_id_resolver(*, _root_: DictConfig) -> str:
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> float:
+    """One run; returns the compressed model's task metric, the objective a search sweeper (Optuna) maximises."""
     from trimlab.run import run
 
     _route_library_logs()
     try:
-        run(cfg)
+        return float(run(cfg).compressed["metric"])
     except ConfigError as err:
         print(f"trimlab: error: {err}", file=sys.stderr)
         sys.exit(2)

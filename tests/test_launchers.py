@@ -1,0 +1,29 @@
+"""Sweeps scale out through Hydra's launcher plugins: Submitit's local mode here stands in for a SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+TINY = [
+    "model=cnn_digits", "dataset=digits", "method=dense", "budget=none", "logger=none",
+    "dataset.max_train_examples=128", "dataset.max_eval_examples=64", "finetune.epochs=1",
+    "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0", "trainer.progress_bar=false",
+]
+
+
+def test_submitit_local_runs_each_job_in_its_own_process_and_records_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trimlab.cli", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0,1", *TINY],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "runs").glob("*/record.json")]
+    assert sorted(r["seed"] for r in records) == [0, 1] and all(r["status"] == "completed" for r in records)
+    assert (tmp_path / "outputs" / "runs" / ".submitit").is_dir()
