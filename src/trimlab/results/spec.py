@@ -70,13 +70,15 @@ class Spec:
         return None
 
 
+def default_block(path: Path) -> str:
+    """``embedded_runs`` (what runs offline) when the spec has it, else ``runs``."""
+    return "embedded_runs" if "embedded_runs" in _read(path) else "runs"
+
+
 def load_spec(path: Path, block: str = "runs") -> Spec:
     """Read ``path`` and lay out the cells of its run block ``block``; a malformed spec raises :class:`ConfigError`."""
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the spec {path}: {err}") from err
-    blocks = [key for key in content or {} if key == "runs" or key.endswith("_runs")]
+    content = _read(path)
+    blocks = [key for key in content if key == "runs" or key.endswith("_runs")]
     if block not in blocks:
         raise ConfigError(f"{path} has no run block {block!r}; it has {', '.join(blocks) or 'none'} (choose one with --block)")
     table = content.get("table") or {}
@@ -116,6 +118,13 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
         paper_numbers=content.get("paper_numbers") or {},
         common_model=_common_model(common),
     )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the spec {path}: {err}") from err
 
 
 def run_overrides(cell: Cell, seed: int) -> list[str]:

@@ -22,7 +22,7 @@ from trimlab.config import ConfigError
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import collect, collect_wandb
 from trimlab.results.record import RunRecord
-from trimlab.results.spec import Spec, cell_run_ids, load_spec, run_overrides
+from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
 
@@ -188,7 +188,7 @@ def _list_runs(runs_dir: Path) -> int:
 
 
 def _paper_table(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.block or _default_block(args.spec))
+    spec = load_spec(args.spec, args.block or default_block(args.spec))
     if args.seeds:
         spec.seeds = args.seeds
     if args.run_missing and (args.wandb or args.runs.name != "runs"):
@@ -212,16 +212,6 @@ def _paper_table(args: argparse.Namespace) -> int:
     pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
     print(f"\nwritten: {out}/table.md, table.tex, table.csv, pareto.png, pareto.svg", file=sys.stderr)
     return 0
-
-
-def _default_block(path: Path) -> str:
-    import yaml
-
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the spec {path}: {err}") from err
-    return "embedded_runs" if "embedded_runs" in content else "runs"
 
 
 def _records(args: argparse.Namespace) -> dict[str, RunRecord]:

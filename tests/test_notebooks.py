@@ -1,0 +1,55 @@
+"""Each paper's notebook runs top to bottom on fixture records: the table, the Pareto plot and the per-layer plot come out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+from trimlab.results.spec import default_block, load_spec  # noqa: E402
+from trimlab.results.table import trimlab_run_ids  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def fixture_records(spec_path: Path, runs: Path) -> int:
+    """A completed record for every run of the spec's default block but the last (left missing), metrics made up."""
+    spec = load_spec(spec_path, default_block(spec_path))
+    ids = list(trimlab_run_ids(spec).items())
+    for i, ((cell, seed), rid) in enumerate(ids[:-1]):
+        flops = 1.0 - 0.1 * (i % 5)
+        record = {
+            "run_id": rid, "status": "completed", "model": cell.row[0], "dataset": "fixture", "method": cell.column,
+            "budget": {"kind": "none", "target": 1.0}, "seed": seed, "config": {},
+            "dense": {"metric": 0.9, "flops": 1e9}, "compressed": {"metric": 0.9 - 0.02 * (1 - flops), "flops": 1e9 * flops,
+                                                                   "kept_fraction_per_layer": [1.0, 0.8, 0.5, 0.3]},
+            "ratios": {"flops": flops, "speedup_b1": 1 / flops, "speedup_b32": 1 / flops},
+        }
+        (runs / rid).mkdir(parents=True)
+        (runs / rid / "record.json").write_text(json.dumps(record))
+    return len(ids)
+
+
+def test_every_paper_spec_has_a_notebook() -> None:
+    assert {p.stem for p in NOTEBOOKS} == {p.stem for p in (ROOT / "experiments").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_fixture_records(notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    assert fixture_records(ROOT / "experiments" / f"{notebook.stem}.yaml", runs) > 1
+    monkeypatch.setenv("TRIMLAB_RUNS", str(runs))
+    monkeypatch.setenv("TRIMLAB_EXPERIMENTS", str(ROOT / "experiments"))
+    monkeypatch.setenv("TRIMLAB_FIGURES", str(tmp_path / "figures"))
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "Missing runs (1;" in markdown and "| " in markdown
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the Pareto plot and the per-layer plot
+    assert (tmp_path / "figures" / f"{notebook.stem}-pareto.svg").exists()
