@@ -89,3 +89,18 @@ def test_a_record_round_trips_through_the_wandb_summary_and_config() -> None:
     back = record_from_wandb("abc", flatten(record.config), record_summary(record))
     assert (back.model, back.dataset, back.method, back.status) == ("vit_digits", "digits", "pwlq", "completed")
     assert back.compressed == record.compressed and back.ratios == record.ratios and back.dense == record.dense
+
+
+def test_wandb_run_config_is_flat_so_dashboards_group_by_any_key(compose_cfg, tmp_path: Path) -> None:
+    from trimlab.results.tracking import open_tracker
+
+    cfg = compose_cfg("logger.mode=disabled", "method=ltp", "dataset=bbc_news", "budget=tokens_50")
+    tracker = open_tracker(cfg, "abc123", tmp_path / "run")
+    try:
+        config = dict(tracker.logger.experiment.config)
+        assert tracker.logger.experiment.id == "abc123"
+        assert (config["model.name"], config["dataset.name"], config["method.name"], config["budget.kind"]) == (
+            "minilm_l6", "bbc_news", "ltp", "tokens")
+        assert not any(isinstance(v, dict) for v in config.values())
+    finally:
+        tracker.finish()
