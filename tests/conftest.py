@@ -26,3 +26,17 @@ def compose_cfg(tmp_path) -> Iterator[Callable[..., DictConfig]]:
 
         yield _compose
     GlobalHydra.instance().clear()
+
+
+TINY_RUN = (
+    "model=cnn_digits", "dataset=digits", "method=dense", "budget=none", "logger=none",
+    "dataset.max_train_examples=128", "dataset.max_eval_examples=64", "finetune.epochs=1",
+    "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0", "trainer.progress_bar=false",
+)
+"""Overrides of a seconds-long run (a small CNN, a slice of digits, one short epoch, little timing), for sweep tests."""
+
+
+@pytest.fixture
+def tiny_run() -> tuple[str, ...]:
+    return TINY_RUN
+

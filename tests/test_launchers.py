@@ -11,16 +11,10 @@ import pytest
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
-TINY = [
-    "model=cnn_digits", "dataset=digits", "method=dense", "budget=none", "logger=none",
-    "dataset.max_train_examples=128", "dataset.max_eval_examples=64", "finetune.epochs=1",
-    "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0", "trainer.progress_bar=false",
-]
 
-
-def test_submitit_local_runs_each_job_in_its_own_process_and_records_it(tmp_path: Path) -> None:
+def test_submitit_local_runs_each_job_in_its_own_process_and_records_it(tmp_path: Path, tiny_run: tuple[str, ...]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "trimlab.cli", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0,1", *TINY],
+        [sys.executable, "-m", "trimlab.cli", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0,1", *tiny_run],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]

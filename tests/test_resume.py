@@ -10,17 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-# Seconds-long runs: a small CNN on a slice of digits, one short epoch, little timing.
-TINY = [
-    "model=cnn_digits", "dataset=digits", "method=dense", "budget=none", "logger=none",
-    "dataset.max_train_examples=128", "dataset.max_eval_examples=64", "finetune.epochs=1",
-    "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0", "trainer.progress_bar=false",
-]
 
-
-def multirun(workdir: Path, seeds: str) -> subprocess.Popen[bytes]:
+def multirun(workdir: Path, overrides: tuple[str, ...], seeds: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "trimlab.cli", "-m", *TINY, f"seed={seeds}"],
+        [sys.executable, "-m", "trimlab.cli", "-m", *overrides, f"seed={seeds}"],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 
@@ -33,8 +26,8 @@ def records(workdir: Path) -> dict[int, dict]:
     return found
 
 
-def test_a_killed_multirun_resumes_without_rerunning_finished_jobs(tmp_path: Path) -> None:
-    sweep = multirun(tmp_path, "0,1,2")
+def test_a_killed_multirun_resumes_without_rerunning_finished_jobs(tmp_path: Path, tiny_run: tuple[str, ...]) -> None:
+    sweep = multirun(tmp_path, tiny_run, "0,1,2")
     deadline = time.monotonic() + 300
     while not any(r["status"] == "completed" for r in records(tmp_path).values()):
         assert sweep.poll() is None and time.monotonic() < deadline, "the sweep ended or stalled before its first job finished"
@@ -45,7 +38,7 @@ def test_a_killed_multirun_resumes_without_rerunning_finished_jobs(tmp_path: Pat
     finished = {seed: r for seed, r in before.items() if r["status"] == "completed"}
     assert 0 < len(finished) < 3
 
-    again = multirun(tmp_path, "0,1,2")
+    again = multirun(tmp_path, tiny_run, "0,1,2")
     assert again.wait(timeout=600) == 0
     after = records(tmp_path)
     assert sorted(after) == [0, 1, 2] and all(r["status"] == "completed" for r in after.values())

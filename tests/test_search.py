@@ -14,20 +14,14 @@ from omegaconf import DictConfig
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
-TINY_PWLQ = [
-    "model=cnn_digits", "dataset=digits", "method=pwlq", "budget=bits_4", "logger=none",
-    "dataset.max_train_examples=128", "dataset.max_eval_examples=64", "finetune.epochs=1",
-    "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0", "trainer.progress_bar=false",
-]
 
-
-def test_optuna_maximises_the_task_metric_over_a_knob(tmp_path: Path) -> None:
+def test_optuna_maximises_the_task_metric_over_a_knob(tmp_path: Path, tiny_run: tuple[str, ...]) -> None:
     search = [
         "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
         "hydra.sweeper.sampler.seed=0", "method.top_k=int(interval(2,20))",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "trimlab.cli", "-m", *search, *TINY_PWLQ], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "trimlab.cli", "-m", *search, *tiny_run, "method=pwlq", "budget=bits_4"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-2000:]
     runs = tmp_path / "outputs" / "runs"

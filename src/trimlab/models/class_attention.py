@@ -10,15 +10,15 @@ weights do not load into this model; it is trained from scratch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trimlab.models.classifier import ClassifierHead, ClassifierOutput, TransformerClassifier
+from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings
-from trimlab.models.encoder import Encoder, FeedForward
+from trimlab.models.encoder import Encoder, EncoderOutput, FeedForward
 
 
 class ClassAttentionBlock(nn.Module):
@@ -66,25 +66,9 @@ class CaiTClassifier(TransformerClassifier):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, encoder.spec.hidden_size))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def forward(
-        self,
-        batch: Mapping[str, Tensor],
-        head_mask: Sequence[Tensor] | Tensor | None = None,
-        neuron_mask: Sequence[Tensor] | Tensor | None = None,
-        drop_tokens: bool = True,
-        output_hidden_states: bool = False,
-    ) -> ClassifierOutput:
-        hidden, valid = self.embeddings(batch)
-        out = self.encoder(
-            hidden,
-            valid,
-            head_mask=head_mask,
-            neuron_mask=neuron_mask,
-            num_protected=0,
-            drop_tokens=drop_tokens,
-            output_hidden_states=output_hidden_states,
-        )
-        cls = self.cls_token.repeat(hidden.shape[0], 1, 1)  # a copy: module hooks reject views of parameters made under no_grad
+    def head_input(self, out: EncoderOutput) -> Tensor:
+        """The class token, after the class-attention layers read the patch tokens."""
+        cls = self.cls_token.repeat(out.hidden.shape[0], 1, 1)  # a copy: module hooks reject views of parameters made under no_grad
         for layer in self.class_layers:
             cls = layer(cls, out.hidden, out.valid)
-        return ClassifierOutput(self.head(cls), out)
+        return cls

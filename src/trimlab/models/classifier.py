@@ -82,4 +82,8 @@ class TransformerClassifier(nn.Module):
             drop_tokens=drop_tokens,
             output_hidden_states=output_hidden_states,
         )
-        return ClassifierOutput(self.head(out.hidden), out)
+        return ClassifierOutput(self.head(self.head_input(out)), out)
+
+    def head_input(self, out: EncoderOutput) -> Tensor:
+        """What the head reads: the encoder's last hidden states (its pooler picks the class token)."""
+        return out.hidden
