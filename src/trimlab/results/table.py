@@ -87,7 +87,7 @@ def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
     lines.append("|" + "---|" * (7 + len(spec.extra_columns)))
     for r in results:
         if r.records or r.paper is not None:
-            extras = [_fmt(r.extra(name), 3) for name in spec.extra_columns]
+            extras = [_fmt_extra(r.extra(name)) for name in spec.extra_columns]
             d = spec.digits
             row = [" / ".join(r.cell.row), r.cell.column, _fmt(r.mean, d), _fmt(r.std, d), _fmt(r.paper, d), _fmt(r.delta, d, signed=True)]
             lines.append("| " + " | ".join([*row, str(len(r.records)), *extras]) + " |")
@@ -240,6 +240,13 @@ def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return ""
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fmt_extra(value: float | None) -> str:
+    """Counts (params, FLOPs) with thousands separators, ratios with 3 decimals."""
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
 
 
 def _raw(value: float | None) -> str:
