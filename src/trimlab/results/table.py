@@ -258,7 +258,8 @@ def _tex(text: str) -> str:
 
 
 def _quote(override: str) -> str:
-    return f"'{override}'" if any(ch in override for ch in "[],= ") and ("[" in override or " " in override) else override
+    """Quote an override the shell would split or glob (a list value, a space)."""
+    return f"'{override}'" if "[" in override or " " in override else override
 
 
 if __name__ == "__main__":
