@@ -105,7 +105,7 @@ def train_dense(cfg: DictConfig, model: torch.nn.Module, dm, make_trainer) -> No
         model, dm.num_labels, dm.metric, lr=m.lr, weight_decay=m.weight_decay, warmup_ratio=m.warmup_ratio, label_smoothing=m.label_smoothing
     )
     torch.manual_seed(cfg.seed)
-    steps = steps_for(m.epochs, len(dm.train_dataloader()), cfg.trainer.limit_train_batches)
+    steps = steps_for(m.epochs, len(dm.train_dataloader()), cfg.trainer)
     model.train()
     make_trainer(max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
 

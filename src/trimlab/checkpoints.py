@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trimlab.config import ConfigError
+from trimlab.config import ConfigError, process_count
 from trimlab.results.record import config_hash
 
 DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
@@ -40,6 +40,7 @@ def trained_checkpoint_path(cfg: DictConfig, run_time_keys: tuple[str, ...]) -> 
 
 def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
     dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
+    processes = process_count(cfg.trainer)
     key = config_hash(
         {
             "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -48,6 +49,7 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
             "seed": cfg.seed,
             "precision": cfg.trainer.precision,
             "limit_train_batches": cfg.trainer.limit_train_batches,
+            **({"processes": processes} if processes > 1 else {}),  # DDP trains on larger global batches
             **extra,
         }
     )

@@ -7,6 +7,8 @@ import sys
 import warnings
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab.config import ConfigError, register_configs
@@ -20,10 +22,12 @@ def _run_id_resolver(*, _root_: DictConfig) -> str:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
     """One run; returns the compressed model's task metric, the objective a search sweeper (Optuna) maximises."""
+    from trimlab.distributed import check_launch
     from trimlab.run import run
 
     _route_library_logs()
     try:
+        check_launch(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
         return float(run(cfg).compressed["metric"])
     except ConfigError as err:
         print(f"trimlab: error: {err}", file=sys.stderr)

@@ -379,7 +379,12 @@ class TrainerConfig:
 
     accelerator: str = "cpu"
     devices: Any = 1
+    """Devices per node: a count, a list of device indices, or -1 for every GPU. Under ``strategy=ddp``: one process each."""
+    num_nodes: int = 1
+    """Machines; with ``strategy=ddp`` the run has ``devices × num_nodes`` processes (``trainer=ddp``)."""
     strategy: str = "auto"
+    """Lightning strategy: ``auto`` (one process), ``ddp`` (data-parallel training; see ``trainer/ddp.yaml``) or
+    ``ddp_find_unused_parameters_true`` (for a method that leaves some parameters out of a step's graph)."""
     precision: str = "32-true"
     num_threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
@@ -490,6 +495,28 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"logger.kind={cfg.logger.kind!r} is not one of wandb, csv, none")
     if cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not one of offline, online, disabled")
+    process_count(cfg.trainer)
+
+
+def process_count(trainer: DictConfig) -> int:
+    """How many processes train: ``devices × num_nodes`` under DDP, else one (epochs are split across them)."""
+    strategies = ("auto", "ddp", "ddp_find_unused_parameters_true")
+    if trainer.strategy not in strategies:
+        raise ConfigError(f"trainer.strategy={trainer.strategy!r} is not one of {', '.join(strategies)}")
+    if trainer.strategy == "auto":
+        return 1
+    devices = trainer.devices
+    if isinstance(devices, int) and devices == -1 and trainer.accelerator in ("gpu", "cuda"):
+        import torch
+
+        devices = torch.cuda.device_count()
+    count = len(devices) if not isinstance(devices, (int, str)) else devices
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(
+            f"trainer.devices={devices!r} with strategy=ddp: give the number of processes per node "
+            "(e.g. trainer.devices=4), a list of device indices, or -1 for every GPU"
+        )
+    return count * trainer.num_nodes
 
 
 def _budget_example(kind: str) -> str:

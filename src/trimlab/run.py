@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
 from trimlab.config import validate
 from trimlab.data import build_datamodule
+from trimlab.distributed import is_primary
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
@@ -37,10 +39,17 @@ from trimlab.training import ClassifierModule, steps_for
 log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
-    """Run one experiment; a completed run with the same config is returned without rerunning."""
+    """Run one experiment; a completed run with the same config is returned without rerunning.
+
+    Under DDP the other processes run this too, taking part in each fit and
+    evaluation but writing only to a scratch folder (see :mod:`trimlab.distributed`).
+    """
     validate(cfg)
     rid = run_id(cfg)
     run_dir = run_dir or Path(cfg.paths.output_dir) / "runs" / rid
+    if not is_primary():
+        with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
+            return _run_alongside(cfg, rid, Path(scratch))
     previous = run_dir / RECORD_FILE
     if previous.exists() and not cfg.force:
         record = read_record(previous)
@@ -49,34 +58,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
             print_summary(record)
             return record
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
-    datamodule = build_datamodule(cfg.dataset, built, cfg.seed)
-    method = build_method(cfg)
-    method.check(cfg, built.model, datamodule)
-    checkpoint = dense_checkpoint_path(cfg)
-    if cfg.finetune.enabled and checkpoint.exists():
-        load_checkpoint(built.model, checkpoint)
-
-    record = RunRecord(
-        run_id=rid,
-        status="running",
-        model=cfg.model.name,
-        dataset=cfg.dataset.name,
-        method=cfg.method.name,
-        budget=OmegaConf.to_container(cfg.budget, resolve=True),
-        seed=cfg.seed,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        environment=environment(),
-        started_at=now(),
-    )
+    model, datamodule, method, checkpoint = _build(cfg)
+    record = _new_record(cfg, rid)
     write_record(run_dir, record)
     tracker = open_tracker(cfg, rid, run_dir)
     status = "failed"
     try:
-        _execute(cfg, record, built.model, datamodule, method, checkpoint, tracker, run_dir)
+        _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir)
         record.status = status = "completed"
         record.finished_at = now()
         write_record(run_dir, record)
@@ -93,6 +81,44 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     return record
 
 
+def _run_alongside(cfg: DictConfig, rid: str, scratch: Path) -> RunRecord:
+    """A non-primary DDP process: the same steps in the same order, its writes going to ``scratch``."""
+    model, datamodule, method, checkpoint = _build(cfg)
+    record = _new_record(cfg, rid)
+    _execute(cfg, record, model, datamodule, method, checkpoint, Tracker(None), scratch)
+    return record
+
+
+def _build(cfg: DictConfig) -> tuple[nn.Module, Any, Any, Path]:
+    """Seeded model (dense weights loaded when cached), data and method, the method's checks passed."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
+    datamodule = build_datamodule(cfg.dataset, built, cfg.seed)
+    method = build_method(cfg)
+    method.check(cfg, built.model, datamodule)
+    checkpoint = dense_checkpoint_path(cfg)
+    if cfg.finetune.enabled and checkpoint.exists():
+        load_checkpoint(built.model, checkpoint)
+    return built.model, datamodule, method, checkpoint
+
+
+def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
+    return RunRecord(
+        run_id=rid,
+        status="running",
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        method=cfg.method.name,
+        budget=OmegaConf.to_container(cfg.budget, resolve=True),
+        seed=cfg.seed,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        environment=environment(),
+        started_at=now(),
+    )
+
+
 def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir) -> None:
     datamodule.setup("fit")
 
@@ -102,7 +128,8 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     start = time.perf_counter()
     if cfg.finetune.enabled and not checkpoint.exists():
         finetune(cfg, model, datamodule, make_trainer)
-        save_checkpoint(model, checkpoint)
+        if is_primary():
+            save_checkpoint(model, checkpoint)
     record.stages["finetune"] = time.perf_counter() - start
 
     dense = copy.deepcopy(model).eval()
@@ -134,6 +161,7 @@ def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides:
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         limit_train_batches=t.limit_train_batches,
@@ -164,7 +192,7 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
         label_smoothing=ft.label_smoothing,
         freeze_embeddings=ft.freeze_embeddings,
     )
-    steps = steps_for(ft.epochs, len(datamodule.train_dataloader()), cfg.trainer.limit_train_batches)
+    steps = steps_for(ft.epochs, len(datamodule.train_dataloader()), cfg.trainer)
     trainer = make_trainer(max_steps=steps, max_epochs=-1)
     log.info("fine-tuning %s on %s for %.2g epochs (%d steps)", cfg.model.name, cfg.dataset.name, ft.epochs, trainer.max_steps)
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
@@ -176,7 +204,8 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
 def evaluate(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module) -> dict[str, Any]:
     """Task metric on the test split, FLOPs per example, parameters and size."""
     module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
-    results = make_trainer(logger=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+    # Under DDP every process tests every example: exact metrics, no padded shards.
+    results = make_trainer(logger=False, use_distributed_sampler=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     metric = float(results[0][f"test/{datamodule.metric}"])
     flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=cfg.measure.flops_batches)
     return {

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from trimlab.config import process_count
+
 
 class TopOneAgreement(torchmetrics.MeanMetric):
     """Share of predictions equal to the targets, whatever the number of classes (unlabelled data: 1000 ImageNet classes)."""
@@ -123,13 +125,14 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def steps_for(epochs: float, batches_per_epoch: int, limit_train_batches: float = 1.0) -> int:
-    """Optimizer steps for a (possibly fractional) number of epochs.
+def steps_for(epochs: float, batches_per_epoch: int, trainer: Any) -> int:
+    """Optimizer steps (per process) for a (possibly fractional) number of epochs.
 
-    ``limit_train_batches`` is the trainer's limit: a fraction (≤ 1.0) or a count (> 1) of batches per epoch.
+    ``trainer`` is the run's ``trainer`` config: its ``limit_train_batches`` (a
+    fraction ≤ 1.0 or a count > 1 of batches per epoch) and, under DDP, its
+    process count, since each process sees its share of every epoch.
     """
-    if limit_train_batches <= 1.0:
-        batches_per_epoch = max(1, int(batches_per_epoch * limit_train_batches))
-    else:
-        batches_per_epoch = min(batches_per_epoch, int(limit_train_batches))
-    return max(1, math.ceil(epochs * batches_per_epoch))
+    batches = math.ceil(batches_per_epoch / process_count(trainer))
+    limit = trainer.limit_train_batches
+    batches = max(1, int(batches * limit)) if limit <= 1.0 else min(batches, int(limit))
+    return max(1, math.ceil(epochs * batches))

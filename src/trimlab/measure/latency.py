@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from trimlab.distributed import is_primary
+
 
 @dataclass(frozen=True)
 class LatencyResult:
@@ -63,6 +65,8 @@ def _measure(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     first = next(v for v in batch.values() if isinstance(v, Tensor))
+    if not is_primary():  # a DDP run times in its primary process only: the others would compete for the cores
+        return [LatencyResult(math.nan, math.nan, first.shape[0], torch.get_num_threads()) for _ in models]
     sync = torch.cuda.synchronize if first.is_cuda else (lambda: None)
     modes = [m.training for m in models]
     times: list[list[float]] = [[] for _ in models]

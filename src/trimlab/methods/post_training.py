@@ -42,7 +42,8 @@ class PostTrainingCallback(pl.Callback):
 def validate_with(callbacks: list[PostTrainingCallback], model: nn.Module, ctx: MethodContext) -> None:
     """One validate run of ``model`` with ``callbacks``: each compresses it in turn, then the result is validated."""
     dm = ctx.datamodule
-    trainer = ctx.make_trainer(callbacks=callbacks, logger=False)
+    # Under DDP every process sees every example, so every process compresses its model alike.
+    trainer = ctx.make_trainer(callbacks=callbacks, logger=False, use_distributed_sampler=False)
     trainer.validate(ClassifierModule(model, dm.num_labels, dm.metric), dataloaders=dm.val_dataloader(), verbose=False)
 
 

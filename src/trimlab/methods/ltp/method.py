@@ -121,7 +121,7 @@ class LTPMethod:
         if epochs <= 0:
             return
         dm = ctx.datamodule
-        steps = steps_for(epochs, len(dm.train_dataloader()), ctx.cfg.trainer.limit_train_batches)
+        steps = steps_for(epochs, len(dm.train_dataloader()), ctx.cfg.trainer)
         trainer = ctx.make_trainer(max_steps=steps, max_epochs=-1)
         model.train()  # Lightning keeps the mode it finds; measurement left the model in eval mode
         trainer.fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())

@@ -84,7 +84,7 @@ class MaiTMethod:
             warmup_ratio=ft.warmup_ratio,
             label_smoothing=ft.label_smoothing,
         )
-        steps = steps_for(ft.epochs, len(dm.train_dataloader()), cfg.trainer.limit_train_batches)
+        steps = steps_for(ft.epochs, len(dm.train_dataloader()), cfg.trainer)
         log.info("MaiT: masked heads per layer %s, window %s, training %s for %d steps", counts, list(m.window), m.init, steps)
         start = time.perf_counter()
         model.train()

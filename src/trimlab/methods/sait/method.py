@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.checkpoints import load_checkpoint, save_checkpoint, trained_checkpoint_path
+from trimlab.distributed import is_primary
 from trimlab.config import ConfigError
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.measure.latency import compare_latency
@@ -112,7 +113,8 @@ class SaiTMethod:
             load_checkpoint(model, weights)
         else:
             self._train(model, ctx)
-            save_checkpoint(model, weights)
+            if is_primary():
+                save_checkpoint(model, weights)
         stages["train"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -142,7 +144,7 @@ class SaiTMethod:
             teacher.encoder.token_selector = SaiTSelector([], num_protected=model.num_protected)
             teacher.requires_grad_(False).train()  # Lightning expects train mode at fit start; each use switches it to eval
         module = DenseSparseModule(model, dm.num_labels, dm.metric, m, teacher=teacher, seed=ctx.cfg.seed)
-        steps = steps_for(m.epochs, len(dm.train_dataloader()), ctx.cfg.trainer.limit_train_batches)
+        steps = steps_for(m.epochs, len(dm.train_dataloader()), ctx.cfg.trainer)
         log.info("SaiT dense/sparse training for %.3g epochs (%d steps)", m.epochs, steps)
         model.train()
         ctx.make_trainer(max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
