@@ -204,4 +204,4 @@ def test_fisher_pruning_then_pwlq_in_one_run(compose_cfg) -> None:
     assert sum(record.compressed["prune/neurons_per_layer"]) < 6 * 192
     run_dir = Path(record.config["paths"]["output_dir"]) / "runs" / record.run_id
     assert {"prune/masks", "quantize/quantization"} <= set(record.artifacts)
-    assert json.loads((run_dir / "quantization.json").read_text())["encoder.layers.1.ffn.fc1"]["bits"] == 4
+    assert json.loads((run_dir / record.artifacts["quantize/quantization"]).read_text())["encoder.layers.1.ffn.fc1"]["bits"] == 4

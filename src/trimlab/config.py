@@ -349,17 +349,21 @@ class MaiTConfig:
 
 @dataclass
 class PipelineConfig:
-    """Post-training methods applied one after another in one run (their callbacks, in order, on one trainer).
+    """Methods applied one after another in one run under one budget (``trimlab.methods.pipeline``).
 
-    The first step takes the run's budget; later steps carry their own setting
-    (``bits`` of a quantizer). Each step's keys are those of its own method.
+    Consecutive post-training steps share one validate run; a training step (LTP)
+    runs its own fits. The pruning steps share the run's budget (see ``split``);
+    quantizers carry their ``bits``. Each step's keys are those of its own method.
     """
 
     name: str = MISSING
     budgets: list[str] = field(default_factory=list)
-    """Budget kinds the pipeline can take (the first step's)."""
+    """Budget kinds the pipeline can take."""
     steps: dict[str, Any] = field(default_factory=dict)
-    """Step name → that method's config, in the order they run, e.g. ``prune`` (fisher_prune) then ``quantize`` (pwlq)."""
+    """Step name → that method's config, in the order they run, e.g. ``prune`` (fisher_prune), ``tokens`` (ltp), ``quantize`` (pwlq)."""
+    split: float = 0.5
+    """With two pruning steps: the first gets ``target ** split`` of the FLOPs, the second the rest
+    (re-measured after the first), so the product meets the run's flops budget."""
 
 
 # ---------------------------------------------------------------- the rest

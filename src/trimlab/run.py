@@ -222,6 +222,7 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
     ratios = {
         "flops": record.compressed["flops"] / record.dense["flops"],
         "params": record.compressed["params"] / record.dense["params"],
+        "size": stored_size_mb(record.compressed) / record.dense["size_mb"],
         "metric_delta": record.compressed["metric"] - record.dense["metric"],
     }
     m = cfg.measure
@@ -236,6 +237,12 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
         _store_latency(record.compressed, b)
         ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
     return ratios
+
+
+def stored_size_mb(metrics: dict[str, Any]) -> float:
+    """The model's size as stored: a quantizer's (``size_mb_quantized``, a pipeline's last quantizing step), else fp32."""
+    quantized = [v for k, v in metrics.items() if k.rsplit("/", 1)[-1] == "size_mb_quantized"]
+    return float(quantized[-1]) if quantized else float(metrics["size_mb"])
 
 
 def _store_latency(metrics: dict[str, Any], result: LatencyResult) -> None:

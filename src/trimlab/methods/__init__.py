@@ -44,7 +44,7 @@ class Method(Protocol):
 
 
 def build_method(cfg: DictConfig) -> Method:
-    """The method of ``cfg.method``; a config with ``steps`` is a pipeline of post-training methods."""
+    """The method of ``cfg.method``; a config with ``steps`` is a pipeline of methods under one budget."""
     from trimlab.methods.dense import DenseMethod
     from trimlab.methods.fisher_prune.callback import FisherPruneMethod
     from trimlab.methods.ltp.method import LTPMethod
@@ -71,6 +71,7 @@ def build_method(cfg: DictConfig) -> Method:
         return registry[name](method_cfg)
 
     if "steps" in cfg.method:
-        steps = {step: build(step_cfg, ("fisher_prune", "pwlq", "uniform_ptq")) for step, step_cfg in cfg.method.steps.items()}
+        composable = ("fisher_prune", "ltp", "ltp_topk", "pwlq", "uniform_ptq")
+        steps = {step: build(step_cfg, composable) for step, step_cfg in cfg.method.steps.items()}
         return PipelineMethod(cfg.method, steps)
     return build(cfg.method)

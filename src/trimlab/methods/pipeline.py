@@ -1,42 +1,124 @@
-"""Post-training methods composed: their callbacks, in order, in one validate run.
+"""Methods composed under one budget: e.g. Fisher pruning, then LTP, then PWLQ.
 
-Quantizing a Fisher-pruned model is ``FisherPruning`` then
-``PostTrainingQuantization`` on the same trainer; this method builds that
-list from ``method.steps`` (step name → that method's config). The first step
-takes the run's budget; later steps carry their own setting (e.g. ``bits``).
+``method.steps`` maps step name → that method's config, in the order they
+run. Consecutive post-training steps share one validate run (their callbacks in
+order); a training step (LTP) runs its own fits in between. Every step sees the
+run through its own context: its method config, its own budget and its own
+folder (``<run>/<step>/``).
+
+The run's FLOPs budget is shared by the pruning steps (those that take a
+flops, latency or tokens budget). One pruning step takes it whole. With two,
+the first (Fisher: heads and neurons) gets ``target ** split`` and the second
+(LTP: tokens) whatever then remains, measured on calibration examples, so the
+pruned model meets the run's target as a whole: their reductions multiply.
+Quantizers carry their bits in their own ``bits`` key.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from trimlab.config import ConfigError
+from trimlab.measure.flops import mean_flops_per_example
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.post_training import PostTrainingMethod, validate_with
 
+PRUNING_BUDGETS = ("flops", "latency", "tokens")
+"""Budget kinds of a step that removes FLOPs; a step that takes none of them (a quantizer) keeps the run's."""
+
 
 class PipelineMethod:
-    """Runs the steps' callbacks in one validate run; records each step's numbers under ``<step>/``."""
+    """Runs the steps in order, each under its own budget; records each step's numbers under ``<step>/``."""
 
-    def __init__(self, cfg: DictConfig, steps: dict[str, PostTrainingMethod]) -> None:
+    def __init__(self, cfg: DictConfig, steps: dict[str, Any]) -> None:
         self.cfg = cfg
         self.steps = steps
+
+    def pruning_steps(self) -> list[str]:
+        return [name for name, step in self.steps.items() if set(step.cfg.budgets) & set(PRUNING_BUDGETS)]
 
     def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
         if not self.steps:
             raise ConfigError(f"method={cfg.method.name} has no steps; list them under method.steps")
-        for step in self.steps.values():
-            step.check(cfg, model, datamodule)
+        pruning = self.pruning_steps()
+        if len(pruning) > 2:
+            raise ConfigError(f"method={cfg.method.name} has {len(pruning)} pruning steps ({', '.join(pruning)}); one budget splits over at most two")
+        if len(pruning) == 2 and cfg.budget.kind != "flops":
+            raise ConfigError(
+                f"method={cfg.method.name} splits its budget over {' and '.join(pruning)}: FLOPs reductions multiply, "
+                f"{cfg.budget.kind} ones do not. Use a flops budget (e.g. budget=flops_30)"
+            )
+        if not 0.0 < self.cfg.split < 1.0:
+            raise ConfigError(f"method.split={self.cfg.split} must be in (0, 1): the share of the FLOPs reduction made by {pruning[0]}")
+        for name, step in self.steps.items():
+            target = self._planned_target(cfg, name)
+            step.check(self._step_cfg(cfg, name, target), model, datamodule)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
-        callbacks = {name: step.callback(model, ctx) for name, step in self.steps.items()}
-        validate_with(list(callbacks.values()), model, ctx)
         result = MethodResult(model)
-        for name, callback in callbacks.items():
-            result.stats.update({f"{name}/{k}": v for k, v in callback.stats.items()})
-            result.stages.update({f"{name}/{k}": v for k, v in callback.stages.items()})
-            result.artifacts.update({f"{name}/{k}": v for k, v in callback.artifacts.items()})
+        calibration = list(ctx.datamodule.sample_dataloader())
+        input_flops = mean_flops_per_example(model, calibration, max_batches=len(calibration))
+        for group in self._groups():
+            contexts = {}
+            for name in group:
+                target = self._planned_target(ctx.cfg, name)
+                if name == self.pruning_steps()[-1] and len(self.pruning_steps()) == 2:
+                    done = mean_flops_per_example(model, calibration, max_batches=len(calibration)) / input_flops
+                    target = min(1.0, float(ctx.cfg.budget.target) / done)
+                if name in self.pruning_steps():
+                    result.stats[f"{name}/budget_target"] = target
+                contexts[name] = MethodContext(self._step_cfg(ctx.cfg, name, target), ctx.datamodule, ctx.run_dir / name, ctx.make_trainer)
+            for name, outcome in self._apply_group(group, model, contexts, ctx):
+                model = outcome.model
+                result.stats.update({f"{name}/{k}": v for k, v in outcome.stats.items()})
+                result.stages.update({f"{name}/{k}": v for k, v in outcome.stages.items()})
+                result.artifacts.update({f"{name}/{k}": f"{name}/{v}" for k, v in outcome.artifacts.items()})
+        result.model = model
         return result
+
+    def _apply_group(
+        self, group: list[str], model: nn.Module, contexts: dict[str, MethodContext], ctx: MethodContext
+    ) -> Iterator[tuple[str, MethodResult]]:
+        if not isinstance(self.steps[group[0]], PostTrainingMethod):
+            (name,) = group
+            yield name, self.steps[name].apply(model, contexts[name])
+            return
+        callbacks = {name: self.steps[name].callback(model, contexts[name]) for name in group}
+        validate_with(list(callbacks.values()), model, ctx)
+        for name, callback in callbacks.items():
+            yield name, MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)
+
+    def _groups(self) -> list[list[str]]:
+        """Consecutive post-training steps together (one validate run); each training step alone."""
+        groups: list[list[str]] = []
+        for name, step in self.steps.items():
+            post = isinstance(step, PostTrainingMethod)
+            if post and groups and isinstance(self.steps[groups[-1][0]], PostTrainingMethod):
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+        return groups
+
+    def _planned_target(self, cfg: DictConfig, name: str) -> float:
+        """A step's share of the run's target, before any step has run (the second pruning step's is re-measured then)."""
+        pruning = self.pruning_steps()
+        if name not in pruning or len(pruning) == 1:
+            return float(cfg.budget.target)
+        share = self.cfg.split if name == pruning[0] else 1.0 - self.cfg.split
+        return float(cfg.budget.target) ** share
+
+    def _step_cfg(self, cfg: DictConfig, name: str, target: float) -> DictConfig:
+        """The run's config as step ``name`` sees it: its method config, and its budget if it prunes."""
+        step = copy.deepcopy(cfg)
+        with open_dict(step):
+            step.method = cfg.method.steps[name]
+            if name in self.pruning_steps():
+                accepted = list(step.method.budgets)
+                step.budget.kind = cfg.budget.kind if cfg.budget.kind in accepted else next(k for k in PRUNING_BUDGETS if k in accepted)
+                step.budget.target = target
+        return step

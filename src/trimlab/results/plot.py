@@ -1,4 +1,5 @@
-"""The Pareto plot of a paper table: task metric against FLOPs ratio and against measured speedup, one line per method."""
+"""The Pareto plot of a paper table: task metric against FLOPs ratio and against measured speedup, one line per method,
+and the front all methods make together (the points no other point beats on both axes)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,20 @@ def pareto_plot(results: list[CellResult], stem: Path, title: str, metric: str) 
         (axes[0], "flops_ratio", "FLOPs ratio (compressed / dense)"),
         (axes[1], speed_key, f"measured speedup ({speed_key.replace('_', ' ')}, dense time / compressed time)"),
     ):
+        everything = []
         for method, points in lines.items():
             xy = sorted((p.extra(key), p.mean) for p in points if p.extra(key) is not None)
             if xy:
                 ax.plot(*zip(*xy), "o-", label=method)
+                everything += xy
+        if len(lines) > 1 and everything:
+            front = pareto_front(everything, lower_x_is_better=key == "flops_ratio")
+            ax.plot(*zip(*front), "-", color="grey", linewidth=6, alpha=0.25, zorder=0, label="front (all methods)")
         ax.set(xlabel=label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
-    axes[1].legend(fontsize=8)
+    if lines:
+        axes[1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
@@ -41,6 +48,16 @@ def pareto_plot(results: list[CellResult], stem: Path, title: str, metric: str) 
         fig.savefig(path, dpi=100)
     plt.close(fig)
     return paths
+
+
+def pareto_front(points: list[tuple[float, float]], lower_x_is_better: bool) -> list[tuple[float, float]]:
+    """The (x, metric) points no other point matches or beats on both axes, sorted by x; higher metric is better."""
+    sign = 1.0 if lower_x_is_better else -1.0
+
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return sign * a[0] <= sign * b[0] and a[1] >= b[1] and a != b
+
+    return sorted({p for p in points if not any(beats(q, p) for q in points)})
 
 
 def _speedup_key(results: list[CellResult]) -> str:
