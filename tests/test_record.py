@@ -27,6 +27,17 @@ def test_run_id_ignores_paths_and_logging_but_not_the_experiment(compose_cfg, tm
     assert len(base) == 10
 
 
+def test_a_key_added_later_keeps_finished_runs_ids_at_its_neutral_value(compose_cfg):
+    from omegaconf import open_dict
+
+    cfg = compose_cfg()
+    before = cfg.copy()
+    with open_dict(before):
+        del before.trainer["num_nodes"]  # a config from before trainer.num_nodes existed
+    assert run_id(cfg) == run_id(before)
+    assert run_id(compose_cfg("trainer.num_nodes=2")) != run_id(cfg)
+
+
 def test_write_record_is_atomic_and_round_trips(tmp_path):
     rec = _record()
     path = write_record(tmp_path, rec)

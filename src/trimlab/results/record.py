@@ -28,6 +28,8 @@ RECORD_FILE = "record.json"
 IGNORED_FOR_ID = ("paths", "logger", "force", "hydra")
 """Top-level keys that do not change what a run computes."""
 IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
+NEUTRAL_FOR_ID = {"trainer": {"num_nodes": 1}}
+"""Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
 
 
 def config_hash(node: Any, length: int = 10) -> str:
@@ -41,6 +43,8 @@ def run_id(cfg: DictConfig) -> str:
     """The id of a run: hash of everything that changes its result."""
     data = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_FOR_ID}
     data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
+    for group, neutral in NEUTRAL_FOR_ID.items():
+        data[group] = {k: v for k, v in data[group].items() if neutral.get(k, object()) != v}
     return config_hash(data)
 
 
