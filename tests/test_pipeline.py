@@ -17,7 +17,7 @@ SMALL_VIT = ("experiment=smoke", "model=vit_digits", "dataset=digits")
 def test_fisher_ltp_pwlq_splits_one_flops_budget_and_quantizes(compose_cfg) -> None:
     target = 0.4
     record = run(compose_cfg(
-        *SMALL_VIT, "method=fisher_ltp_pwlq", f"budget.target={target}", "method.steps.prune.tune=false",
+        *SMALL_VIT, "method=fisher_ltp_pwlq", f"budget.target={target}", "method.split=0.5", "method.steps.prune.tune=false",
         "method.steps.tokens.soft_epochs=1", "method.steps.tokens.hard_epochs=1", "method.steps.tokens.calibration_examples=64",
     ))
     assert record.status == "completed"
