@@ -61,16 +61,17 @@ class PipelineMethod:
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         result = MethodResult(model)
+        pruning = self.pruning_steps()
         calibration = list(ctx.datamodule.sample_dataloader())
         input_flops = mean_flops_per_example(model, calibration, max_batches=len(calibration))
         for group in self._groups():
             contexts = {}
             for name in group:
                 target = self._planned_target(ctx.cfg, name)
-                if name == self.pruning_steps()[-1] and len(self.pruning_steps()) == 2:
+                if len(pruning) == 2 and name == pruning[1]:  # what the first left of the run's target
                     done = mean_flops_per_example(model, calibration, max_batches=len(calibration)) / input_flops
                     target = min(1.0, float(ctx.cfg.budget.target) / done)
-                if name in self.pruning_steps():
+                if name in pruning:
                     result.stats[f"{name}/budget_target"] = target
                 contexts[name] = MethodContext(self._step_cfg(ctx.cfg, name, target), ctx.datamodule, ctx.run_dir / name, ctx.make_trainer)
             for name, outcome in self._apply_group(group, model, contexts, ctx):
