@@ -38,14 +38,13 @@ class PipelineMethod:
     def __init__(self, cfg: DictConfig, steps: dict[str, Any]) -> None:
         self.cfg = cfg
         self.steps = steps
-
-    def pruning_steps(self) -> list[str]:
-        return [name for name, step in self.steps.items() if set(step.cfg.budgets) & set(PRUNING_BUDGETS)]
+        self.pruning = [name for name, step in steps.items() if set(step.cfg.budgets) & set(PRUNING_BUDGETS)]
+        """The steps that share the run's FLOPs budget, in order."""
 
     def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
         if not self.steps:
             raise ConfigError(f"method={cfg.method.name} has no steps; list them under method.steps")
-        pruning = self.pruning_steps()
+        pruning = self.pruning
         if len(pruning) > 2:
             raise ConfigError(f"method={cfg.method.name} has {len(pruning)} pruning steps ({', '.join(pruning)}); one budget splits over at most two")
         if len(pruning) == 2 and cfg.budget.kind != "flops":
@@ -54,14 +53,14 @@ class PipelineMethod:
                 f"{cfg.budget.kind} ones do not. Use a flops budget (e.g. budget=flops_30)"
             )
         if not 0.0 < self.cfg.split < 1.0:
-            raise ConfigError(f"method.split={self.cfg.split} must be in (0, 1): the share of the FLOPs reduction made by {pruning[0]}")
+            raise ConfigError(f"method.split={self.cfg.split} must be in (0, 1): the share of the FLOPs reduction made by the first pruning step")
         for name, step in self.steps.items():
             target = self._planned_target(cfg, name)
             step.check(self._step_cfg(cfg, name, target), model, datamodule)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         result = MethodResult(model)
-        pruning = self.pruning_steps()
+        pruning = self.pruning
         calibration = list(ctx.datamodule.sample_dataloader())
         input_flops = mean_flops_per_example(model, calibration, max_batches=len(calibration))
         for group in self._groups():
@@ -107,7 +106,7 @@ class PipelineMethod:
 
     def _planned_target(self, cfg: DictConfig, name: str) -> float:
         """A step's share of the run's target, before any step has run (the second pruning step's is re-measured then)."""
-        pruning = self.pruning_steps()
+        pruning = self.pruning
         if name not in pruning or len(pruning) == 1:
             return float(cfg.budget.target)
         share = self.cfg.split if name == pruning[0] else 1.0 - self.cfg.split
@@ -118,7 +117,7 @@ class PipelineMethod:
         step = copy.deepcopy(cfg)
         with open_dict(step):
             step.method = cfg.method.steps[name]
-            if name in self.pruning_steps():
+            if name in self.pruning:
                 accepted = list(step.method.budgets)
                 step.budget.kind = cfg.budget.kind if cfg.budget.kind in accepted else next(k for k in PRUNING_BUDGETS if k in accepted)
                 step.budget.target = target

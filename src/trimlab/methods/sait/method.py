@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.checkpoints import load_checkpoint, save_checkpoint, trained_checkpoint_path
-from trimlab.distributed import is_primary
 from trimlab.config import ConfigError
+from trimlab.distributed import is_primary
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.measure.latency import compare_latency
 from trimlab.methods import MethodContext, MethodResult
