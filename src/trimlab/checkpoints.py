@@ -7,8 +7,6 @@ dense checkpoint and a rerun never trains twice.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.config import ConfigError, process_count
+from trimlab.files import atomic_path
 from trimlab.results.record import config_hash
 
 DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
@@ -58,15 +57,8 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Save atomically, so an interrupted save never leaves a corrupt cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trimlab.files import atomic_write_text
 from trimlab.models.encoder import Attention, FeedForward, TokenState
 
 
@@ -141,9 +141,5 @@ def cached_layer_latency(cache_dir: Path, **shape) -> tuple[LayerLatency, bool]:
         except (ValueError, KeyError, TypeError):
             path.unlink()  # a damaged cache entry is re-measured
     tables = measure_layer_latency(**shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(tables), f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(asdict(tables)))
     return tables, False
