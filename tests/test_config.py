@@ -92,3 +92,44 @@ def test_text_model_on_image_data_is_rejected(compose_cfg):
 def test_missing_weights_file(compose_cfg):
     with pytest.raises(ConfigError, match="model.path='/nope.pt' does not exist"):
         validate(compose_cfg("model=deit_tiny", "dataset=digits", "model.weights=file", "model.path=/nope.pt"))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("+budget.targt=0.5", r"budget.targt is not a trimlab key; did you mean budget.target\?"),
+        ("+methd=fisher_prune", r"methd is not a trimlab key; did you mean method\?"),
+        ("+method.steps.prune.tun=false", "method.steps.prune.tun is not a trimlab key"),
+    ],
+)
+def test_a_key_added_with_plus_that_the_schema_lacks_fails_naming_it(compose_cfg, override, match):
+    extra = ["method=fisher_prune_pwlq"] if "steps" in override else []
+    with pytest.raises(ConfigError, match=match):
+        validate(compose_cfg(*extra, override))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("finetune.epochs=-5", r"finetune.epochs=-5.0 is out of range: must be > 0"),
+        ("seed=-1", r"seed=-1 is out of range: must be ≥ 0"),
+        ("trainer.devices=0", r"trainer.devices=0 is out of range"),
+        ("measure.repeats=0", r"measure.repeats=0 is out of range: must be ≥ 1"),
+        ("measure.latency_batch_sizes=[1,0]", r"measure.latency_batch_sizes=\[1, 0\] is out of range: each value must be ≥ 1"),
+        ("dataset.batch_size=0", r"dataset.batch_size=0 is out of range"),
+        ("finetune.warmup_ratio=1.5", r"finetune.warmup_ratio=1.5 is out of range: must be ≥ 0 and ≤ 1"),
+    ],
+)
+def test_values_out_of_range_fail_before_work_naming_the_key(compose_cfg, override, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(compose_cfg(override))
+
+
+def test_lightning_trainer_options_are_schema_keys(compose_cfg):
+    validate(compose_cfg("trainer.gradient_clip_val=0.5", "trainer.accumulate_grad_batches=2"))
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", ".hidden", "x" * 65])
+def test_names_that_would_escape_or_overflow_a_file_name_are_refused(compose_cfg, name):
+    with pytest.raises(ConfigError, match="model.name=.* cannot be part of a file name"):
+        validate(compose_cfg(f"model.name={name}"))

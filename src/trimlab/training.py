@@ -130,9 +130,10 @@ def steps_for(epochs: float, batches_per_epoch: int, trainer: Any) -> int:
 
     ``trainer`` is the run's ``trainer`` config: its ``limit_train_batches`` (a
     fraction ≤ 1.0 or a count > 1 of batches per epoch) and, under DDP, its
-    process count, since each process sees its share of every epoch.
+    process count, since each process sees its share of every epoch; with
+    ``accumulate_grad_batches`` one step takes that many batches.
     """
     batches = math.ceil(batches_per_epoch / process_count(trainer))
     limit = trainer.limit_train_batches
     batches = max(1, int(batches * limit)) if limit <= 1.0 else min(batches, int(limit))
-    return max(1, math.ceil(epochs * batches))
+    return max(1, math.ceil(epochs * batches / trainer.accumulate_grad_batches))
