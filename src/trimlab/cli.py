@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,26 +13,93 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab.config import ConfigError, register_configs
-from trimlab.results.record import run_id
+from trimlab.interrupt import RunInterrupted
+from trimlab.results.record import now, run_id
 
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:
     return run_id(_root_)
 
 
+@dataclass
+class JobOutcome:
+    """How one job of this process's multirun ended, for the summary at its end."""
+
+    number: int
+    overrides: list[str]
+    status: str
+    """``completed``, ``skipped`` (completed before), ``busy`` (another process runs it) or ``failed``."""
+    message: str = ""
+
+
+OUTCOMES: list[JobOutcome] = []
+"""Multirun jobs that ran in this process (Hydra's basic launcher runs them one after another here;
+launchers that run jobs elsewhere, Submitit and Ray, leave it empty: their records say how each ended)."""
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
-    """One run; returns the compressed model's task metric, the objective a search sweeper (Optuna) maximises."""
+    """One run; returns the compressed model's task metric, the objective a search sweeper (Optuna) maximises.
+
+    In a multirun a job that fails (its checks, or later) is recorded and the sweep
+    goes on; the summary at the end names it. A signal stops the whole sweep.
+    """
     from trimlab.distributed import check_launch
-    from trimlab.run import run
+    from trimlab.results.run_folder import RunBusy
+    from trimlab.run import record_refused, run
 
     _route_library_logs()
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        check_launch(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
-        return float(run(cfg).compressed["metric"])
+        check_launch(cfg, multirun=multirun)
     except ConfigError as err:
+        _exit_with(err)
+    job = JobOutcome(hydra_cfg.job.get("num", 0), list(hydra_cfg.overrides.task), "running")
+    started = now()
+    try:
+        record = run(cfg)
+    except ConfigError as err:
+        if not multirun:
+            _exit_with(err)
         print(f"trimlab: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        job.status, job.message = ("busy", str(err)) if isinstance(err, RunBusy) else ("failed", str(err))
+        if job.status == "failed":
+            record_refused(cfg, str(err))
+        OUTCOMES.append(job)
+        return float("nan")
+    except Exception as err:  # noqa: BLE001 — recorded by run(); the sweep goes on
+        if not multirun:
+            raise
+        logging.getLogger(__name__).exception("job %d failed", job.number)
+        job.status, job.message = "failed", f"{type(err).__name__}: {err}"
+        OUTCOMES.append(job)
+        return float("nan")
+    if multirun:
+        job.status = "skipped" if record.started_at < started else "completed"
+        OUTCOMES.append(job)
+    return float(record.compressed["metric"])
+
+
+def _exit_with(err: ConfigError) -> None:
+    print(f"trimlab: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def sweep_summary(outcomes: list[JobOutcome]) -> str:
+    """Counts of completed / skipped / busy / failed jobs, then one line per job that did not complete here."""
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("completed", "skipped", "busy", "failed")}
+    head = (
+        f"trimlab: multirun of {len(outcomes)} job(s): {counts['completed']} completed, {counts['skipped']} skipped "
+        f"(completed before), {counts['busy']} running in another process, {counts['failed']} failed"
+    )
+    common = set.intersection(*(set(o.overrides) for o in outcomes)) if outcomes else set()
+    lines = [head]
+    for o in outcomes:
+        if o.status in ("busy", "failed"):
+            own = " ".join(x for x in o.overrides if x not in common) or "(no overrides of its own)"
+            lines.append(f"  {o.status} job #{o.number} {own}: {o.message.splitlines()[0] if o.message else ''}")
+    return "\n".join(lines)
 
 
 def _route_library_logs() -> None:
@@ -53,9 +121,24 @@ def register_resolvers() -> None:
 
 
 def main() -> None:
-    """Console script ``trimlab``."""
+    """Console script ``trimlab``: exits 2 on a config error, 1 when a multirun job failed, 128 + N on signal N."""
     register_resolvers()
-    _app()
+    try:
+        _app()
+    except RunInterrupted as err:
+        where = f"; {err.record_path} says so" if err.record_path else ""
+        print(
+            f"trimlab: interrupted by {err.signal_name} during {err.stage or 'start-up'}{where}. "
+            "Run the same command again to resume: completed runs are skipped, cached checkpoints reused.",
+            file=sys.stderr,
+        )
+        if OUTCOMES:
+            print(sweep_summary(OUTCOMES), file=sys.stderr)
+        sys.exit(err.exit_code)
+    if OUTCOMES:
+        print(sweep_summary(OUTCOMES), file=sys.stderr)
+    if any(o.status == "failed" for o in OUTCOMES):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
-from trimlab.config import validate
+from trimlab.config import ConfigError, validate
 from trimlab.data import build_datamodule
 from trimlab.distributed import is_primary
+from trimlab.files import check_free_space, check_writable
+from trimlab.interrupt import RunInterrupted, signals_raise
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
-from trimlab.results.record import RECORD_FILE, RunRecord, environment, now, read_record, run_id, write_record
+from trimlab.results.record import RECORD_FILE, RunRecord, environment, locations, now, run_id
+from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
-from trimlab.results.tracking import Tracker, open_tracker
+from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
 from trimlab.training import ClassifierModule, steps_for
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     """Run one experiment; a completed run with the same config is returned without rerunning.
 
+    The run folder is owned for the whole run (a second process on the same
+    config is refused); a forced rerun keeps the completed record until it
+    completes itself (see :mod:`trimlab.results.run_folder`). SIGTERM and SIGINT
+    record ``interrupted`` and raise :class:`~trimlab.interrupt.RunInterrupted`.
     Under DDP the other processes run this too, taking part in each fit and
     evaluation but writing only to a scratch folder (see :mod:`trimlab.distributed`).
     """
@@ -50,33 +57,74 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     if not is_primary():
         with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
             return _run_alongside(cfg, rid, Path(scratch))
-    previous = run_dir / RECORD_FILE
-    if previous.exists() and not cfg.force:
-        record = read_record(previous)
-        if record.status == "completed":
-            log.info("run %s already completed (%s); skipping. Pass force=true to run it again.", rid, previous)
-            print_summary(record)
-            return record
+    folder = RunFolder(run_dir)
+    done = None if cfg.force else folder.completed()
+    if done is None:
+        preflight(cfg)
+        built = _build(cfg)
+        with folder.own():
+            done = None if cfg.force else folder.completed()  # another process may have finished it meanwhile
+            if done is None:
+                return _run_owned(cfg, rid, folder, *built)
+    log.info("run %s already completed (%s); skipping. Pass force=true to run it again.", rid, run_dir / RECORD_FILE)
+    print_summary(done)
+    return done
 
-    model, datamodule, method, checkpoint = _build(cfg)
+
+def record_refused(cfg: DictConfig, message: str) -> Path | None:
+    """Record a run that failed its checks (a multirun goes on past it); None when another process owns its folder."""
+    rid = run_id(cfg)
     record = _new_record(cfg, rid)
-    write_record(run_dir, record)
-    tracker = open_tracker(cfg, rid, run_dir)
-    status = "failed"
+    record.status, record.error, record.stage, record.finished_at = "failed", message, "checks", now()
     try:
-        _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir)
-        record.status = status = "completed"
-        record.finished_at = now()
-        write_record(run_dir, record)
-        tracker.log_record(record, run_dir)
-    except BaseException:
-        record.status = "failed"
-        record.error = traceback.format_exc()
-        record.finished_at = now()
-        write_record(run_dir, record)
-        raise
-    finally:
-        tracker.finish("success" if status == "completed" else "failed")
+        with RunFolder(Path(cfg.paths.output_dir) / "runs" / rid).own() as folder:
+            return folder.finish(record)
+    except (ConfigError, OSError) as err:
+        log.warning("could not record the failed run %s: %s", rid, err)
+        return None
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What would otherwise fail after the expensive work: folders that cannot be written, a W&B login missing."""
+    check_writable(Path(cfg.paths.output_dir), "paths.output_dir")
+    check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
+    if cfg.logger.kind == "wandb" and cfg.logger.mode == "online" and not wandb_logged_in():
+        raise ConfigError(
+            "logger.mode=online needs a W&B login: run `wandb login` (or set WANDB_API_KEY), "
+            "or keep logger.mode=offline and `wandb sync` the run folder later"
+        )
+
+
+def _run_owned(cfg: DictConfig, rid: str, folder: RunFolder, model: nn.Module, datamodule: Any, method: Any, checkpoint: Path) -> RunRecord:
+    record = _new_record(cfg, rid)
+    folder.write(record)
+
+    def enter(stage: str) -> None:
+        record.stage = stage
+        folder.write(record)
+
+    tracker = Tracker(None)
+    with signals_raise():
+        try:
+            tracker = open_tracker(cfg, rid, folder.path)
+            record.wandb_run_id = tracker.run_id
+            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.path, enter)
+            record.status, record.stage = "completed", ""
+            record.finished_at = now()
+            folder.finish(record)
+            tracker.log_record(record, folder.path)
+        except RunInterrupted as err:
+            record.status, record.error = "interrupted", f"{err} during {record.stage or 'start-up'}"
+            record.finished_at = now()
+            err.record_path, err.stage = folder.finish(record), record.stage
+            raise
+        except BaseException:
+            record.status, record.error = "failed", traceback.format_exc()
+            record.finished_at = now()
+            folder.finish(record)
+            raise
+        finally:
+            tracker.finish("success" if record.status == "completed" else "failed")
     print_summary(record)
     return record
 
@@ -85,7 +133,7 @@ def _run_alongside(cfg: DictConfig, rid: str, scratch: Path) -> RunRecord:
     """A non-primary DDP process: the same steps in the same order, its writes going to ``scratch``."""
     model, datamodule, method, checkpoint = _build(cfg)
     record = _new_record(cfg, rid)
-    _execute(cfg, record, model, datamodule, method, checkpoint, Tracker(None), scratch)
+    _execute(cfg, record, model, datamodule, method, checkpoint, Tracker(None), scratch, lambda stage: None)
     return record
 
 
@@ -101,6 +149,8 @@ def _build(cfg: DictConfig) -> tuple[nn.Module, Any, Any, Path]:
     checkpoint = dense_checkpoint_path(cfg)
     if cfg.finetune.enabled and checkpoint.exists():
         load_checkpoint(built.model, checkpoint)
+    elif cfg.finetune.enabled and is_primary():  # the fine-tuned weights will be saved: room for them and a temporary copy
+        check_free_space(Path(cfg.paths.cache_dir), 2 * model_size_bytes(built.model), "paths.cache_dir")
     return built.model, datamodule, method, checkpoint
 
 
@@ -116,10 +166,11 @@ def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
         config=OmegaConf.to_container(cfg, resolve=True),
         environment=environment(),
         started_at=now(),
+        locations=locations(cfg),
     )
 
 
-def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir) -> None:
+def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir, enter: Callable[[str], None]) -> None:
     datamodule.setup("fit")
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
@@ -127,22 +178,26 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
 
     start = time.perf_counter()
     if cfg.finetune.enabled and not checkpoint.exists():
+        enter("finetune")
         finetune(cfg, model, datamodule, make_trainer)
         if is_primary():
-            save_checkpoint(model, checkpoint)
+            _cache_dense(model, checkpoint)
     record.stages["finetune"] = time.perf_counter() - start
 
+    enter("measure_dense")
     dense = copy.deepcopy(model).eval()
     start = time.perf_counter()
     record.dense = evaluate(cfg, dense, datamodule, make_trainer, reference=dense)
     record.stages["measure_dense"] = time.perf_counter() - start
 
+    enter("method")
     start = time.perf_counter()
     result = method.apply(model, MethodContext(cfg, datamodule, run_dir, make_trainer))
     record.method_cost_s = time.perf_counter() - start
     record.stages.update(result.stages)
     record.artifacts.update(result.artifacts)
 
+    enter("measure_compressed")
     if cfg.method.name == "dense":
         compressed = dense
         record.compressed = dict(record.dense)
@@ -153,6 +208,14 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
         record.stages["measure_compressed"] = time.perf_counter() - start
     record.compressed.update(result.stats)
     record.ratios = compare(cfg, dense, compressed, datamodule, record)
+
+
+def _cache_dense(model: nn.Module, checkpoint: Path) -> None:
+    """Cache the fine-tuned weights; a disk that fails now costs the cache, not the run."""
+    try:
+        save_checkpoint(model, checkpoint)
+    except OSError as err:
+        log.warning("could not cache the fine-tuned model at %s (%s); this run goes on, the next one fine-tunes again", checkpoint, err)
 
 
 def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides: Any) -> pl.Trainer:
@@ -172,6 +235,8 @@ def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides:
         enable_model_summary=False,
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         logger=tracker.logger if tracker.logger is not None else False,
         default_root_dir=str(run_dir),
     )

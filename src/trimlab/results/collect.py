@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trimlab.config import ConfigError
 from trimlab.results.record import RECORD_FILE, RunRecord, read_record
+from trimlab.results.run_folder import effective_status
+
+
+@dataclass
+class Scan:
+    """What a runs folder holds: completed records, the runs that are not (yet), and files that cannot be read."""
+
+    completed: list[RunRecord] = field(default_factory=list)
+    unfinished: list[tuple[Path, str]] = field(default_factory=list)
+    """Record file and status: ``running`` (its process is alive), ``interrupted`` or ``failed``."""
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    """Record file and why it cannot be read; one bad file never hides the others."""
+
+    def report(self) -> str:
+        """Lines for the user about what is not in the table, or an empty string."""
+        lines = [f"unreadable record (left out): {reason}" for _, reason in self.unreadable]
+        lines += [f"{status} run (left out): {path}" for path, status in self.unfinished if status != "failed"]
+        return "\n".join(lines)
+
+
+def scan(runs_dir: Path) -> Scan:
+    """Every ``record.json`` under ``runs_dir`` (any depth); completed ones sorted by model, dataset, method."""
+    found = Scan()
+    for path in sorted(runs_dir.rglob(RECORD_FILE)):
+        try:
+            record = read_record(path)
+        except ConfigError as err:
+            found.unreadable.append((path, str(err)))
+            continue
+        status = effective_status(record, path.parent)
+        if status == "completed":
+            found.completed.append(record)
+        else:
+            found.unfinished.append((path, status))
+    found.completed.sort(key=lambda r: (r.model, r.dataset, r.method, str(r.budget)))
+    return found
 
 
 def collect(runs_dir: Path) -> list[RunRecord]:
-    """Completed records under ``runs_dir`` (any depth), sorted by model, dataset, method."""
-    records = [r for r in (read_record(p) for p in sorted(runs_dir.rglob(RECORD_FILE))) if r.status == "completed"]
-    return sorted(records, key=lambda r: (r.model, r.dataset, r.method, str(r.budget)))
+    """Completed records under ``runs_dir`` (any depth), sorted by model, dataset, method; unreadable files left out."""
+    return scan(runs_dir).completed
 
 
 def collect_wandb(project: str) -> list[RunRecord]:
@@ -23,7 +59,12 @@ def collect_wandb(project: str) -> list[RunRecord]:
         runs = list(wandb.Api().runs(project))
     except Exception as exc:  # noqa: BLE001 — no login, no network and a wrong path all need the same fix
         raise ConfigError(f"cannot read the W&B project {project!r}: {exc}. Log in (`wandb login`) and check ENTITY/PROJECT") from exc
-    records = [record_from_wandb(run.id, dict(run.config), dict(run.summary)) for run in runs]
+    return wandb_records(runs)
+
+
+def wandb_records(runs: list[Any]) -> list[RunRecord]:
+    """Completed W&B runs as records under trimlab's run id (a ``wandb agent`` gives the W&B run its own id)."""
+    records = [record_from_wandb(run.config.get("trimlab_run_id", run.id), dict(run.config), dict(run.summary)) for run in runs]
     return [r for r in records if r.status == "completed"]
 
 

@@ -8,27 +8,28 @@ crash never leaves a half-written ``record.json``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trimlab.config import ConfigError
+from trimlab.files import atomic_write_text, fingerprint
 
 RECORD_FILE = "record.json"
 IGNORED_FOR_ID = ("paths", "logger", "force", "hydra")
 """Top-level keys that do not change what a run computes."""
 IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
-NEUTRAL_FOR_ID = {"trainer": {"num_nodes": 1}}
+NEUTRAL_FOR_ID = {"trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1}}
 """Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
 
 
@@ -39,13 +40,45 @@ def config_hash(node: Any, length: int = 10) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:length]
 
 
+LOCATION_KEYS = {"model": ("path",), "dataset": ("data_dir", "path")}
+"""Keys that may say where weights or data lie. A local file or folder there stands for what the option
+names (its packaged value, e.g. the hub id), so moving or copying weights never changes a run's id."""
+
+
 def run_id(cfg: DictConfig) -> str:
-    """The id of a run: hash of everything that changes its result."""
+    """The id of a run: hash of everything that changes its result (identity, not location)."""
     data = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_FOR_ID}
     data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
     for group, neutral in NEUTRAL_FOR_ID.items():
         data[group] = {k: v for k, v in data[group].items() if neutral.get(k, object()) != v}
+    for group, key, value in _locations(cfg):
+        data[group][key] = _packaged_value(group, cfg[group].name, key)
     return config_hash(data)
+
+
+def locations(cfg: DictConfig) -> dict[str, dict[str, str]]:
+    """The local files and folders a run reads (``model.path``, ...), each with its fingerprint, for the record."""
+    return {f"{group}.{key}": {"path": str(Path(value).expanduser().resolve()), "fingerprint": fingerprint(Path(value).expanduser())}
+            for group, key, value in _locations(cfg)}
+
+
+def _locations(cfg: DictConfig) -> list[tuple[str, str, str]]:
+    return [(group, key, str(cfg[group][key])) for group, keys in LOCATION_KEYS.items() for key in keys
+            if key in cfg[group] and _is_local(str(cfg[group][key]))]
+
+
+def _is_local(value: str) -> bool:
+    """A path on this machine, by the rule ``from_pretrained`` follows: an existing file or folder (or one spelled as a path)."""
+    return bool(value) and (value.startswith(("/", "./", "../", "~")) or Path(value).expanduser().exists())
+
+
+@functools.cache
+def _packaged_value(group: str, option: str, key: str) -> Any:
+    """The value ``conf/<group>/<option>.yaml`` gives ``key`` (empty when trimlab ships no such option)."""
+    resource = resources.files("trimlab.conf") / group / f"{option}.yaml"
+    if not resource.is_file():
+        return ""
+    return OmegaConf.create(resource.read_text()).get(key, "")
 
 
 def _plain(value: Any) -> Any:
@@ -58,7 +91,7 @@ class RunRecord:
 
     run_id: str
     status: str
-    """``running``, ``completed`` or ``failed``."""
+    """``running``, ``completed``, ``failed`` or ``interrupted`` (a signal, or a ``running`` record whose process is gone)."""
     model: str
     dataset: str
     method: str
@@ -81,35 +114,32 @@ class RunRecord:
     started_at: str = ""
     finished_at: str = ""
     error: str = ""
+    stage: str = ""
+    """The stage the run was in when this record was written (``finetune``, ``method``, ...): where it stopped."""
+    locations: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Local weights and data folders read (not part of the id): path and fingerprint of each."""
+    wandb_run_id: str = ""
+    """The W&B run's own id: trimlab's run id, except where a ``wandb agent`` chose it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def write_record(run_dir: Path, record: RunRecord) -> Path:
-    """Write ``record.json`` atomically (temp file + rename in the same folder)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / RECORD_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".record.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record.to_dict(), f, indent=2, sort_keys=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_record(run_dir: Path, record: RunRecord, name: str = RECORD_FILE) -> Path:
+    """Write the record atomically (temp file + rename in the same folder) as ``run_dir/name``."""
+    path = run_dir / name
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=2, sort_keys=False, default=str))
     return path
 
 
 def read_record(path: Path) -> RunRecord:
-    """Load a record; a corrupt file raises :class:`ConfigError` naming it."""
+    """Load a record; an unreadable, truncated or foreign file raises :class:`ConfigError` naming it."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         return RunRecord(**data)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ConfigError(f"{path} is not a valid trimlab record ({err}); delete it to rerun that run") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ConfigError(f"{path} is not a readable trimlab record ({reason}); move it away to run that run again") from err
 
 
 def now() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trimlab.config import ConfigError
 from trimlab.results.aggregate import CellResult, aggregate
-from trimlab.results.collect import collect, collect_wandb
+from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.record import RunRecord
 from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
 
@@ -182,8 +182,9 @@ def _list_runs(runs_dir: Path) -> int:
     if not runs_dir.is_dir():
         print(f"trimlab-table: no runs folder at {runs_dir}; run `trimlab` first or pass --runs", file=sys.stderr)
         return 2
-    records = collect(runs_dir)
-    print(markdown(records) if records else f"no completed runs under {runs_dir}")
+    found = scan(runs_dir)
+    _report(found)
+    print(markdown(found.completed) if found.completed else f"no completed runs under {runs_dir}")
     return 0
 
 
@@ -217,7 +218,16 @@ def _paper_table(args: argparse.Namespace) -> int:
 def _records(args: argparse.Namespace) -> dict[str, RunRecord]:
     if args.wandb:
         return {r.run_id: r for r in collect_wandb(args.wandb)}
-    return {r.run_id: r for r in collect(args.runs)} if args.runs.is_dir() else {}
+    if not args.runs.is_dir():
+        return {}
+    found = scan(args.runs)
+    _report(found)
+    return {r.run_id: r for r in found.completed}
+
+
+def _report(found: Scan) -> None:
+    if found.report():
+        print(found.report(), file=sys.stderr)
 
 
 def _row_head(spec: Spec) -> str:

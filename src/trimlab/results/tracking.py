@@ -7,9 +7,12 @@ process environment.
 
 from __future__ import annotations
 
+import netrc
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +45,12 @@ class Tracker:
 
     def __init__(self, logger: Logger | None) -> None:
         self.logger = logger
+
+    @property
+    def run_id(self) -> str:
+        """The W&B run's own id (``wandb agent`` chooses it; otherwise it is trimlab's run id); empty without W&B."""
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        return str(getattr(experiment, "id", "") or "")
 
     def log_record(self, record: RunRecord, run_dir: Path) -> None:
         """The summary, and on W&B the method's files: images as media, the rest as one artifact."""
@@ -79,6 +88,17 @@ def _log_wandb_files(experiment: Any, record: RunRecord, run_dir: Path) -> None:
         experiment.log_artifact(artifact)
 
 
+def wandb_logged_in() -> bool:
+    """A W&B API key is at hand (``WANDB_API_KEY``, or the netrc entry ``wandb login`` writes), without contacting W&B."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:
     """Build the tracker the ``logger`` group asks for."""
     kind = cfg.logger.kind
@@ -88,7 +108,7 @@ def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:
         return Tracker(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     from lightning.pytorch.loggers import WandbLogger
 
-    config = flatten(OmegaConf.to_container(cfg, resolve=True))
+    config = {"trimlab_run_id": run_id, **flatten(OmegaConf.to_container(cfg, resolve=True))}
     logger = WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity or None,
