@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from trimlab.config import ConfigError
 from trimlab.methods import MethodResult
+from trimlab.methods.fisher_prune.latency_lut import LatencyTable, LayerLatency
 from trimlab.results.record import RECORD_FILE, read_record, run_id
 from trimlab.results.table import main as table_main
 from trimlab.run import run
@@ -164,7 +165,28 @@ def test_failed_run_records_the_traceback_and_reraises(
     assert "RuntimeError: boom in the method" in record["error"]
 
 
-def test_latency_budget_prunes_with_a_cached_table(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+@pytest.fixture
+def fixed_latency_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A latency table that does not depend on this machine or its load (timings belong in benchmarks, not tests).
+
+    Attention: 1 ms + 1 ms per head; FFN: 1 ms + 1 µs per neuron. For MiniLM-L6 the cheapest
+    model the search can return (one head, one neuron) is (2 + 1) / (6 · (13 + 2.5)) ≈ 0.032 of the encoder.
+    """
+
+    def measured(hidden, heads, head_dim, ffn_dim, activation, batch_size, seq_len, ffn_points=24, **_) -> LayerLatency:
+        neurons = sorted({max(1, round(ffn_dim * i / ffn_points)) for i in range(1, ffn_points + 1)} | {1})
+        return LayerLatency(
+            LatencyTable(list(range(1, heads + 1)), [1e-3 * (1 + h) for h in range(1, heads + 1)]),
+            LatencyTable(neurons, [1e-3 + 1e-6 * n for n in neurons]),
+            batch_size, seq_len, 1,
+        )
+
+    monkeypatch.setattr("trimlab.methods.fisher_prune.latency_lut.measure_layer_latency", measured)
+
+
+def test_latency_budget_prunes_with_a_cached_table(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, fixed_latency_table: None
+) -> None:
     cfg = compose_cfg(
         "experiment=smoke", "budget=latency_70", "method.lut_batch_size=2", "method.lut_ffn_points=4",
         "method.tune=false", "dataset.sample_size=32", "dataset.max_eval_examples=32",
@@ -176,7 +198,9 @@ def test_latency_budget_prunes_with_a_cached_table(compose_cfg: Callable[..., Di
     assert list((tmp_path / "cache" / "latency_lut").glob("*.json"))
 
 
-def test_unreachable_latency_budget_fails_before_fine_tuning(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+def test_unreachable_latency_budget_fails_before_fine_tuning(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, fixed_latency_table: None
+) -> None:
     cfg = compose_cfg(
         "experiment=smoke", "budget=latency_70", "budget.target=0.01", "method.lut_batch_size=2", "method.lut_ffn_points=4"
     )

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from trimlab.config import ConfigError
-from trimlab.results.record import RECORD_FILE, RunRecord, read_record, run_id, write_record
-from trimlab.results.table import collect, main as table_main, markdown
+from trimlab.results.collect import collect
+from trimlab.results.record import RECORD_FILE, RunRecord, locations, read_record, run_id, write_record
+from trimlab.results.table import main as table_main, markdown
 
 
 def _record(rid: str = "abc", status: str = "completed", **kw) -> RunRecord:
@@ -58,7 +59,7 @@ def test_failed_write_keeps_the_previous_record(tmp_path):
 def test_corrupt_record_names_the_file(tmp_path):
     path = tmp_path / RECORD_FILE
     path.write_text('{"run_id": "abc", "status": "compl')
-    with pytest.raises(ConfigError, match="record.json is not a valid trimlab record.*delete it"):
+    with pytest.raises(ConfigError, match="record.json is not a readable trimlab record.*move it away"):
         read_record(path)
 
 
@@ -78,3 +79,18 @@ def test_record_json_is_plain_json(tmp_path):
     write_record(tmp_path, _record())
     data = json.loads((tmp_path / RECORD_FILE).read_text())
     assert data["status"] == "completed" and data["ratios"]["flops"] == 0.5
+
+
+def test_a_local_weights_or_data_folder_keeps_the_id_of_what_it_stands_for(compose_cfg, tmp_path):
+    weights, data = tmp_path / "bert", tmp_path / "glue"
+    weights.mkdir()
+    data.mkdir()
+    (weights / "config.json").write_text('{"hidden_size": 768}')
+    hub = compose_cfg("model=bert_base", "dataset=sst2")
+    local = compose_cfg("model=bert_base", "dataset=sst2", f"model.path={weights}", f"dataset.data_dir={data}")
+    assert run_id(local) == run_id(hub)
+    assert run_id(compose_cfg("model=bert_base", "model.path=roberta-base")) != run_id(hub)  # another hub model
+    found = locations(local)
+    assert found["model.path"]["path"] == str(weights.resolve()) and len(found["model.path"]["fingerprint"]) == 12
+    (weights / "config.json").write_text('{"hidden_size": 1024}')
+    assert locations(local)["model.path"]["fingerprint"] != found["model.path"]["fingerprint"]

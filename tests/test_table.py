@@ -102,5 +102,16 @@ def test_wandb_run_config_is_flat_so_dashboards_group_by_any_key(compose_cfg, tm
         assert (config["model.name"], config["dataset.name"], config["method.name"], config["budget.kind"]) == (
             "minilm_l6", "bbc_news", "ltp", "tokens")
         assert not any(isinstance(v, dict) for v in config.values())
+        assert config["trimlab_run_id"] == "abc123" and tracker.run_id == "abc123"
     finally:
         tracker.finish()
+
+
+def test_a_wandb_agent_run_is_found_under_trimlabs_run_id() -> None:
+    from types import SimpleNamespace
+
+    from trimlab.results.collect import wandb_records
+
+    agent_run = SimpleNamespace(id="x7agent", config={"trimlab_run_id": "abc123", "model.name": "m"}, summary={"status": "completed"})
+    plain_run = SimpleNamespace(id="def456", config={"model.name": "m"}, summary={"status": "completed"})
+    assert [r.run_id for r in wandb_records([agent_run, plain_run])] == ["abc123", "def456"]

@@ -1,0 +1,112 @@
+"""Run folders: one owner at a time, a completed record never overwritten by an attempt, every attempt kept."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from trimlab.results.collect import scan
+from trimlab.results.record import RECORD_FILE, RunRecord, read_record, write_record
+from trimlab.results.run_folder import ATTEMPT_FILE, HISTORY_DIR, RunBusy, RunFolder, effective_status, owned
+from trimlab.results.table import main as table_main
+
+
+def record(status: str, metric: float = 0.5, started: str = "2026-12-01T10:00:00+00:00") -> RunRecord:
+    return RunRecord(
+        run_id="abc", status=status, model="m", dataset="d", method="dense", budget={"kind": "none", "target": 1.0},
+        seed=0, config={}, dense={"metric": metric}, compressed={"metric": metric, "flops": 1.0}, started_at=started,
+    )
+
+
+def history(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / HISTORY_DIR).glob("*.json")) if (folder / HISTORY_DIR).is_dir() else []
+
+
+def test_an_attempt_on_a_completed_run_writes_beside_it_until_it_completes(tmp_path: Path) -> None:
+    write_record(tmp_path, record("completed", 0.9))
+    with RunFolder(tmp_path).own() as folder:
+        attempt = record("running", 0.0, started="2026-12-02T10:00:00+00:00")
+        assert folder.write(attempt).name == ATTEMPT_FILE
+        assert read_record(tmp_path / RECORD_FILE).compressed["metric"] == 0.9  # still readable meanwhile
+        attempt.status, attempt.compressed = "completed", {"metric": 0.7}
+        folder.finish(attempt)
+    assert read_record(tmp_path / RECORD_FILE).compressed["metric"] == 0.7
+    assert not (tmp_path / ATTEMPT_FILE).exists()
+    assert history(tmp_path) == ["2026-12-01T10-00-00+00-00-completed.json"]  # the earlier result is kept
+
+
+def test_a_failed_attempt_leaves_the_completed_record_and_says_what_happened(tmp_path: Path) -> None:
+    write_record(tmp_path, record("completed", 0.9))
+    with RunFolder(tmp_path).own() as folder:
+        attempt = record("failed", started="2026-12-02T10:00:00+00:00")
+        attempt.error = "boom"
+        folder.finish(attempt)
+    assert read_record(tmp_path / RECORD_FILE).status == "completed"
+    assert read_record(tmp_path / ATTEMPT_FILE).error == "boom"
+    with RunFolder(tmp_path).own():  # the next attempt files the failed one away
+        assert history(tmp_path) == ["2026-12-02T10-00-00+00-00-failed.json"]
+
+
+def test_a_running_record_whose_process_is_gone_is_interrupted(tmp_path: Path) -> None:
+    with RunFolder(tmp_path).own() as folder:
+        folder.write(record("running"))
+        assert owned(tmp_path) and effective_status(read_record(tmp_path / RECORD_FILE), tmp_path) == "running"
+    # the lock is gone as it would be after SIGKILL: the record still says running
+    assert effective_status(read_record(tmp_path / RECORD_FILE), tmp_path) == "interrupted"
+    with RunFolder(tmp_path).own():
+        moved = json.loads((tmp_path / HISTORY_DIR / "2026-12-01T10-00-00+00-00-interrupted.json").read_text())
+        assert moved["status"] == "interrupted" and "killed" in moved["error"]
+
+
+def _hold(path: str, ready, release) -> None:
+    with RunFolder(Path(path)).own():
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_process_is_refused_naming_the_owner(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RunBusy, match=rf"being run right now by pid {holder.pid} on .* since "):
+            RunFolder(tmp_path).own()
+    finally:
+        release.set()
+        holder.join(30)
+    with RunFolder(tmp_path).own():  # free once the owner is gone
+        pass
+
+
+def test_records_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = write_record(tmp_path, record("completed"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # group and others can read it (mkstemp alone gives 0600)
+
+
+def test_one_bad_record_does_not_hide_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_record(tmp_path / "good", record("completed", 0.8))
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / RECORD_FILE).write_text('{"run_id": "x", "stat')
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / RECORD_FILE).write_bytes(bytes(range(256)))
+    write_record(tmp_path / "killed", record("running"))
+    found = scan(tmp_path)
+    assert [r.compressed["metric"] for r in found.completed] == [0.8]
+    assert sorted(p.parent.name for p, _ in found.unreadable) == ["garbage", "truncated"]
+    assert found.unfinished == [(tmp_path / "killed" / RECORD_FILE, "interrupted")]
+    assert table_main(["--runs", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "0.8000" in out
+    assert str(tmp_path / "garbage" / RECORD_FILE) in err and "utf-8" in err  # names the file and the reason
+    assert "interrupted run (left out)" in err
