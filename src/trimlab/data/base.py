@@ -105,6 +105,24 @@ def split_indices(
     return np.asarray(train), np.asarray(val), np.asarray(test)
 
 
+def group_split_indices(
+    groups: Sequence[str], seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic train/val/test indices that keep each group whole (no movie's reviews in two splits).
+
+    The groups, not the examples, are split by the fractions, so the example
+    counts follow them only on average.
+    """
+    names, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_test, n_val = round(len(names) * test_fraction), round(len(names) * val_fraction)
+    part = np.zeros(len(names), dtype=np.int64)
+    part[order[:n_test]] = 2
+    part[order[n_test : n_test + n_val]] = 1
+    of_example = part[group_of]
+    return np.flatnonzero(of_example == 0), np.flatnonzero(of_example == 1), np.flatnonzero(of_example == 2)
+
+
 def carve_indices(labels: np.ndarray | None, n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (stratified when ``labels`` is given) split of ``n`` examples into keep/held-out indices."""
     keep, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=labels)

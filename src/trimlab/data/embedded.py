@@ -32,6 +32,8 @@ class TextCorpus:
     texts: list[str]
     labels: np.ndarray
     label_names: tuple[str, ...]
+    groups: list[str] | None = None
+    """Per document, a group that a split must keep whole (Rotten Tomatoes: the movie); ``None``: none."""
 
 
 def package_dir(package: str, distribution: str) -> Path:

