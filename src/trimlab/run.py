@@ -74,9 +74,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
 def record_refused(cfg: DictConfig, message: str) -> Path | None:
     """Record a run that failed its checks (a multirun goes on past it); None when another process owns its folder."""
     rid = run_id(cfg)
-    record = _new_record(cfg, rid)
-    record.status, record.error, record.stage, record.finished_at = "failed", message, "checks", now()
     try:
+        record = _new_record(cfg, rid)
+        record.status, record.error, record.stage, record.finished_at = "failed", message, "checks", now()
         with RunFolder(Path(cfg.paths.output_dir) / "runs" / rid).own() as folder:
             return folder.finish(record)
     except (ConfigError, OSError) as err:
