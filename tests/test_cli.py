@@ -131,6 +131,11 @@ def test_budget_the_method_cannot_take_fails_before_work(tmp_path: Path) -> None
     assert not list(tmp_path.rglob(RECORD_FILE))
 
 
+def test_version_is_trimlabs(tmp_path: Path) -> None:
+    result = trimlab("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("trimlab ") and "Hydra" not in result.stdout
+
+
 def test_help_lists_the_groups(tmp_path: Path) -> None:
     result = trimlab("--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -6,6 +6,7 @@ import logging
 import sys
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -122,6 +123,9 @@ def register_resolvers() -> None:
 
 def main() -> None:
     """Console script ``trimlab``: exits 2 on a config error, 1 when a multirun job failed, 128 + N on signal N."""
+    if sys.argv[1:] == ["--version"]:  # Hydra's own flag would print Hydra's version
+        print(f"trimlab {metadata.version('trimlab')}")
+        return
     register_resolvers()
     try:
         _app()
