@@ -1,24 +1,26 @@
-"""Each paper's notebook runs top to bottom on fixture records: the table, the Pareto plot and the per-layer plot come out."""
+"""Each paper's notebook runs top to bottom on fixture records: the table (with its intervals), the Pareto plot and the per-layer plot come out."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+from trimlab.results.predictions import Predictions, write_predictions  # noqa: E402
 from trimlab.results.spec import default_block, load_spec  # noqa: E402
-from trimlab.results.table import trimlab_run_ids  # noqa: E402
+from trimlab.results.table import LEGEND, trimlab_run_ids  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def fixture_records(spec_path: Path, runs: Path) -> int:
-    """A completed record for every run of the spec's default block but the last (left missing), metrics made up."""
+    """A completed record for every run of the spec's default block but the last (left missing), metrics and predictions made up."""
     spec = load_spec(spec_path, default_block(spec_path))
     ids = list(trimlab_run_ids(spec).items())
     for i, ((cell, seed), rid) in enumerate(ids[:-1]):
@@ -31,6 +33,9 @@ def fixture_records(spec_path: Path, runs: Path) -> int:
             "ratios": {"flops": flops, "speedup_b1": 1 / flops, "speedup_b32": 1 / flops},
         }
         (runs / rid).mkdir(parents=True)
+        labels = np.arange(100) % 10
+        compressed = np.where(np.arange(100) < i % 7, (labels + 1) % 10, labels)  # wrong on 0 to 6 of 100
+        record["artifacts"] = {"predictions": write_predictions(runs / rid, Predictions("accuracy", labels, labels, compressed))}
         (runs / rid / "record.json").write_text(json.dumps(record))
     return len(ids)
 
@@ -50,6 +55,6 @@ def test_notebook_runs_on_fixture_records(notebook: Path, tmp_path: Path, monkey
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
-    assert "Missing runs (1;" in markdown and "| " in markdown
+    assert "Missing runs (1;" in markdown and "| " in markdown and LEGEND in markdown
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the Pareto plot and the per-layer plot
     assert (tmp_path / "figures" / f"{notebook.stem}-pareto.svg").exists()

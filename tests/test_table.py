@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trimlab.config import ConfigError
+from trimlab.results.predictions import Predictions, write_predictions
 from trimlab.results.spec import load_spec
-from trimlab.results.table import main as table_main, trimlab_run_ids
+from trimlab.results.table import LEGEND, main as table_main, trimlab_run_ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "table"
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 
 
-def runs_from_fixtures(runs_dir: Path) -> None:
-    """Each fixture record (named ``<model>-<column>-seed<n>``) under the run id trimlab gives that cell."""
+def runs_from_fixtures(runs_dir: Path) -> dict[str, Path]:
+    """Each fixture record (named ``<model>-<column>-seed<n>``) under the run id trimlab gives that cell; fixture name → run folder."""
     spec = load_spec(FIXTURES / "spec.yaml", "embedded_runs")
     ids = trimlab_run_ids(spec)
+    folders = {}
     for (cell, seed), rid in ids.items():
-        fixture = FIXTURES / "records" / f"{cell.row[0]}-{cell.column}-seed{seed}.json"
+        name = f"{cell.row[0]}-{cell.column}-seed{seed}"
+        fixture = FIXTURES / "records" / f"{name}.json"
         if fixture.exists():
             record = json.loads(fixture.read_text()) | {"run_id": rid}
             (runs_dir / rid).mkdir(parents=True)
             (runs_dir / rid / "record.json").write_text(json.dumps(record))
+            folders[name] = runs_dir / rid
+    return folders
+
+
+def add_predictions(folder: Path, predictions: Predictions) -> None:
+    """A predictions file in a run folder, named in its record as ``trimlab`` names it."""
+    record = json.loads((folder / "record.json").read_text())
+    record["artifacts"] = {"predictions": write_predictions(folder, predictions)}
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+def accuracy_shift(n: int, gained: int, lost: int) -> Predictions:
+    """Dense right on 99% of ``n`` examples; compressed right on ``gained`` of dense's misses and wrong on ``lost`` of its hits."""
+    labels = np.arange(n) % 10
+    dense = labels.copy()
+    dense[: n // 100] = (labels[: n // 100] + 1) % 10
+    compressed = dense.copy()
+    compressed[:gained] = labels[:gained]
+    compressed[n // 100 : n // 100 + lost] = (labels[n // 100 : n // 100 + lost] + 1) % 10
+    return Predictions("accuracy", labels, dense, compressed)
 
 
 def test_table_from_fixture_records_matches_the_expected_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,10 +62,47 @@ def test_table_from_fixture_records_matches_the_expected_markdown(tmp_path: Path
     assert (out / "table.md").read_text() == (FIXTURES / "expected.md").read_text()
     assert capsys.readouterr().out.strip() == (FIXTURES / "expected.md").read_text().strip()
     csv_lines = (out / "table.csv").read_text().splitlines()
-    assert csv_lines[0] == "model,column,mean,std,seeds,paper,delta,flops_ratio,speedup_b1"
-    assert "cnn_digits,dense,98.5,0.707107,2,,,1,1" in csv_lines
+    assert csv_lines[0] == (
+        "model,column,mean,std,seeds,paper,delta,ci_low,ci_high,delta_vs_dense,delta_vs_dense_ci_low,delta_vs_dense_ci_high,flops_ratio,speedup_b1"
+    )
+    assert "cnn_digits,dense,98.5,0.707107,2,,,92.1469,104.853,,,,1,1" in csv_lines  # 98.5 ± t(0.975, 1) · 0.707 / √2
     assert "\\pm" in (out / "table.tex").read_text()
     assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto.svg").stat().st_size > 0
+
+
+@pytest.mark.parametrize("n,gained,lost,undecided", [(100, 1, 3, True), (1000, 0, 20, False)], ids=["100-examples", "1000-examples"])
+def test_a_compressed_cell_carries_the_paired_interval_and_is_marked_when_it_includes_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, gained: int, lost: int, undecided: bool
+) -> None:
+    folders = runs_from_fixtures(tmp_path / "runs")
+    add_predictions(folders["vit_digits-pwlq_8-seed0"], accuracy_shift(n, gained, lost))  # 99% → 97%, as its record says
+    for seed in (0, 1):  # the dense column: compressed is dense, no difference to show
+        add_predictions(folders[f"cnn_digits-dense-seed{seed}"], replace(accuracy_shift(n, 0, 0), compressed=accuracy_shift(n, 0, 0).dense))
+    out = tmp_path / "table"
+    assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    marker = " ≈" if undecided else ""
+    assert f"| vit_digits | — [99.0] | 97.0{marker} (1/2 seeds) [98.5, -1.5] |" in text
+    assert "| cnn_digits | 98.5 ± 6.4 | — |" in text
+    assert LEGEND in text
+    rows = {(r["model"], r["column"]): r for r in csv.DictReader(io.StringIO((out / "table.csv").read_text()))}
+    pwlq = rows[("vit_digits", "pwlq_8")]
+    assert float(pwlq["delta_vs_dense"]) == pytest.approx(-2.0)
+    assert float(pwlq["delta_vs_dense_ci_low"]) < -2.0 < float(pwlq["delta_vs_dense_ci_high"])
+    assert (float(pwlq["delta_vs_dense_ci_high"]) >= 0) is undecided
+    assert f"-2.0 [{float(pwlq['delta_vs_dense_ci_low']):+.1f}, {float(pwlq['delta_vs_dense_ci_high']):+.1f}]{marker} | 1 |" in text
+    assert rows[("cnn_digits", "dense")]["delta_vs_dense"] == "" and rows[("cnn_digits", "dense")]["ci_low"] == "92.1469"
+    assert ("$\\approx$ (98.5)" in (out / "table.tex").read_text()) is undecided
+
+
+def test_the_listing_shows_compressed_minus_dense_where_runs_stored_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folders = runs_from_fixtures(tmp_path / "runs")
+    add_predictions(folders["vit_digits-pwlq_8-seed0"], accuracy_shift(100, 1, 3))
+    assert table_main(["--runs", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| Δ [95% CI] |") and LEGEND in lines
+    rows = {line.split(" | ")[3]: line for line in lines[2:] if line.startswith("| ")}  # method → its row
+    assert rows["pwlq"].endswith(" ≈ |") and rows["dense"].endswith("|  |")
 
 
 def test_paper_numbers_are_found_through_rows_columns_and_the_common_model() -> None:

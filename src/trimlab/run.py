@@ -2,7 +2,7 @@
 
 compose → validate → build model, data, method → dense model (fine-tuned, cached
 by config hash) → measure → method → measure the result in the same process →
-``record.json`` (+ W&B).
+``record.json`` and both models' test predictions, ``predictions.npz`` (+ W&B).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,7 @@ from trimlab.measure.latency import LatencyResult, compare_latency, measure_late
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
+from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord, environment, locations, now, run_id
 from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
@@ -187,7 +189,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     enter("measure_dense")
     dense = copy.deepcopy(model).eval()
     start = time.perf_counter()
-    record.dense = evaluate(cfg, dense, datamodule, make_trainer, reference=dense)
+    record.dense, labels, dense_preds = evaluate_predicting(cfg, dense, datamodule, make_trainer, reference=dense)
     record.stages["measure_dense"] = time.perf_counter() - start
 
     enter("method")
@@ -199,13 +201,16 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
 
     enter("measure_compressed")
     if cfg.method.name == "dense":
-        compressed = dense
+        compressed, compressed_preds = dense, dense_preds
         record.compressed = dict(record.dense)
     else:
         compressed = result.model.eval()
         start = time.perf_counter()
-        record.compressed = evaluate(cfg, compressed, datamodule, make_trainer, reference=dense)
+        record.compressed, _, compressed_preds = evaluate_predicting(cfg, compressed, datamodule, make_trainer, reference=dense)
         record.stages["measure_compressed"] = time.perf_counter() - start
+    if is_primary():
+        predictions = Predictions(datamodule.metric, labels, dense_preds, compressed_preds)
+        record.artifacts[PREDICTIONS_KEY] = write_predictions(run_dir, predictions)
     record.compressed.update(result.stats)
     record.ratios = compare(cfg, dense, compressed, datamodule, record)
 
@@ -268,18 +273,27 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
 
 def evaluate(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module) -> dict[str, Any]:
     """Task metric on the test split, FLOPs per example, parameters and size."""
+    return evaluate_predicting(cfg, model, datamodule, make_trainer, reference)[0]
+
+
+def evaluate_predicting(
+    cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """:func:`evaluate`'s metrics, and the targets and predictions of each test example (in dataset order) they come from."""
     module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
     # Under DDP every process tests every example: exact metrics, no padded shards.
     results = make_trainer(logger=False, use_distributed_sampler=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     metric = float(results[0][f"test/{datamodule.metric}"])
     flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=cfg.measure.flops_batches)
-    return {
+    metrics = {
         "metric": metric,
         "metric_name": datamodule.metric,
         "flops": float(flops),
         "params": count_params(model),
         "size_mb": model_size_bytes(model) / 2**20,
     }
+    targets, preds = module.test_predictions()
+    return metrics, targets.numpy(), preds.numpy()
 
 
 def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule: Any, record: RunRecord) -> dict[str, float]:

@@ -39,7 +39,9 @@ class ClassifierModule(pl.LightningModule):
     """Cross-entropy (or MSE for one label) training with AdamW and linear warm-up/decay.
 
     For ``metric="agreement"`` (unlabelled data) the targets are the top-1
-    predictions of ``reference``, the full-precision model.
+    predictions of ``reference``, the full-precision model. Testing keeps each
+    example's target and prediction (:meth:`test_predictions`), so a run can
+    store them and tables can tell a real difference from test-set noise.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class ClassifierModule(pl.LightningModule):
         self.reference = reference
         self.val_metric = task_metric(metric, num_labels)
         self.test_metric = task_metric(metric, num_labels)
+        self.test_outputs: list[tuple[Tensor, Tensor]] = []
         if freeze_embeddings and hasattr(model, "embeddings"):
             for p in model.embeddings.parameters():
                 p.requires_grad_(False)
@@ -89,18 +92,30 @@ class ClassifierModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str) -> None:
+    def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str) -> tuple[Tensor, Tensor]:
         logits = self(batch)
         targets = self.targets(batch)
         preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
         metric.update(preds, targets)
         self.log(f"{prefix}/{self.metric_name}", metric, prog_bar=True, batch_size=len(targets))
+        return targets, preds
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metric, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metric, "test")
+        targets, preds = self._eval_step(batch, self.test_metric, "test")
+        self.test_outputs.append((targets.detach().cpu(), preds.detach().float().cpu() if self.num_labels == 1 else preds.detach().cpu()))
+
+    def test_predictions(self) -> tuple[Tensor, Tensor]:
+        """Targets and predictions (class ids; values for one label) of every example the last test saw, in loader order."""
+        if not self.test_outputs:
+            raise RuntimeError("test_predictions() before a test: run trainer.test(module, ...) first")
+        targets, preds = zip(*self.test_outputs)
+        return torch.cat(targets), torch.cat(preds)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: matrices with weight decay; biases, norms and token/position embeddings without."""

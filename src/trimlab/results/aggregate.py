@@ -1,10 +1,17 @@
-"""Records into a paper table's cells: seeds averaged, the paper's number and the missing runs beside each."""
+"""Records into a paper table's cells: seeds averaged with their interval, the paper's number, the missing runs, and
+whether compressed − dense is more than the test set's noise."""
 
 from __future__ import annotations
 
+import functools
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from trimlab.results.intervals import includes_zero, paired_bootstrap, seed_interval
+from trimlab.results.predictions import Predictions
 from trimlab.results.record import RunRecord
 from trimlab.results.spec import Cell, Spec
 
@@ -18,6 +25,8 @@ class CellResult:
     records: list[RunRecord] = field(default_factory=list)
     missing_seeds: list[int] = field(default_factory=list)
     paper: float | None = None
+    predictions: list[Predictions] = field(default_factory=list)
+    """The per-example test predictions of those records that stored them."""
 
     @property
     def values(self) -> list[float]:
@@ -32,8 +41,43 @@ class CellResult:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% Student-t interval of the mean over seeds; None below two seeds."""
+        if len(self.values) < 2:
+            return None
+        _, low, high = seed_interval(self.values)
+        return low, high
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.interval is None else (self.interval[1] - self.interval[0]) / 2
+
+    @property
     def delta(self) -> float | None:
         return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+    @functools.cached_property
+    def vs_dense(self) -> tuple[float, float, float] | None:
+        """Compressed − dense (× scale), averaged over seeds, and its 95% paired-bootstrap interval over the test examples.
+
+        The seeds share the test split (``dataset.split_seed`` fixes it), so each
+        resample draws one set of examples for all of them (see
+        :func:`~trimlab.results.intervals.paired_bootstrap`). None for the dense
+        column, and unless every seed stored its predictions on one split.
+        """
+        runs = self.predictions
+        if not runs or len(runs) != len(self.records) or all(r.method == "dense" for r in self.records):
+            return None
+        if len({len(p.labels) for p in runs}) != 1 or len({p.metric for p in runs}) != 1:
+            return None
+        stack = [np.stack([getattr(p, part) for p in runs]) for part in ("labels", "dense", "compressed")]
+        delta, low, high = paired_bootstrap(*stack, metric=runs[0].metric)
+        return self.scale * delta, self.scale * low, self.scale * high
+
+    @property
+    def undecided(self) -> bool:
+        """The interval of compressed − dense includes 0: this test set does not tell the two models apart."""
+        return self.vs_dense is not None and includes_zero(*self.vs_dense[1:])
 
     def extra(self, name: str) -> float | None:
         """Mean over seeds of an extra column: a ratio (``flops_ratio``, ``speedup_b32``) or a compressed-model quantity."""
@@ -41,8 +85,14 @@ class CellResult:
         return statistics.fmean(values) if values else None
 
 
-def aggregate(spec: Spec, run_ids: dict[tuple[Cell, int], str], records: dict[str, RunRecord]) -> list[CellResult]:
-    """One result per cell of ``spec``, in table order, from the completed ``records`` (by run id)."""
+def aggregate(
+    spec: Spec,
+    run_ids: dict[tuple[Cell, int], str],
+    records: dict[str, RunRecord],
+    predictions: Mapping[str, Predictions] | None = None,
+) -> list[CellResult]:
+    """One result per cell of ``spec``, in table order, from the completed ``records`` and their ``predictions`` (by run id)."""
+    predictions = predictions or {}
     results = []
     for cell in sorted(spec.cells, key=lambda c: (spec.rows.index(c.row), spec.columns.index(c.column))):
         result = CellResult(cell, spec.scale, paper=spec.paper_number(cell))
@@ -52,6 +102,8 @@ def aggregate(spec: Spec, run_ids: dict[tuple[Cell, int], str], records: dict[st
                 result.missing_seeds.append(seed)
             else:
                 result.records.append(record)
+                if record.run_id in predictions:
+                    result.predictions.append(predictions[record.run_id])
         results.append(result)
     return results
 

@@ -16,6 +16,8 @@ class Scan:
     """What a runs folder holds: completed records, the runs that are not (yet), and files that cannot be read."""
 
     completed: list[RunRecord] = field(default_factory=list)
+    folders: dict[str, Path] = field(default_factory=dict)
+    """Run id → the folder of its completed record, where its other files (predictions, masks) lie."""
     unfinished: list[tuple[Path, str]] = field(default_factory=list)
     """Record file and status: ``running`` (its process is alive), ``interrupted`` or ``failed``."""
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
@@ -40,6 +42,7 @@ def scan(runs_dir: Path) -> Scan:
         status = effective_status(record, path.parent)
         if status == "completed":
             found.completed.append(record)
+            found.folders[record.run_id] = path.parent
         else:
             found.unfinished.append((path, status))
     found.completed.sort(key=lambda r: (r.model, r.dataset, r.method, str(r.budget)))

@@ -1,5 +1,6 @@
 """The Pareto plot of a paper table: task metric against FLOPs ratio and against measured speedup, one line per method,
-and the front all methods make together (the points no other point beats on both axes)."""
+and the front all methods make together (the points no other point beats on both axes). A point averaged over
+several seeds carries its 95% interval as a vertical bar, so two points closer than their bars are not ranked."""
 
 from __future__ import annotations
 
@@ -29,16 +30,18 @@ def pareto_plot(results: list[CellResult], stem: Path, title: str, metric: str) 
     ):
         everything = []
         for method, points in lines.items():
-            xy = sorted((p.extra(key), p.mean) for p in points if p.extra(key) is not None)
+            xy = sorted((p.extra(key), p.mean, p.half_width or 0.0) for p in points if p.extra(key) is not None)
             if xy:
-                ax.plot(*zip(*xy), "o-", label=method)
-                everything += xy
+                x, y, bars = zip(*xy)
+                ax.errorbar(x, y, yerr=bars, fmt="o-", capsize=3, label=method)
+                everything += list(zip(x, y))
         if len(lines) > 1 and everything:
             front = pareto_front(everything, lower_x_is_better=key == "flops_ratio")
             ax.plot(*zip(*front), "-", color="grey", linewidth=6, alpha=0.25, zorder=0, label="front (all methods)")
         ax.set(xlabel=label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(metric)
+    has_bars = any(r.half_width is not None for r in results)
+    axes[0].set_ylabel(f"{metric}, bars: 95% CI over seeds" if has_bars else metric)
     if lines:
         axes[1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)

@@ -6,6 +6,12 @@ table in the paper's layout (ours, the paper's number, the difference), lists
 each missing run with the command that makes it (``--run-missing`` runs them),
 and writes Markdown, LaTeX, CSV and the Pareto plot. Without a spec it lists
 every completed run.
+
+Each cell carries the 95% interval of its mean over seeds (Student t) and,
+from the runs' ``predictions.npz``, the 95% paired-bootstrap interval of
+compressed − dense on the same test examples; a cell whose interval includes
+0 is marked ``≈``: its test set does not tell it from the dense model.
+Records without predictions (older runs, W&B) show no such interval.
 """
 
 from __future__ import annotations
@@ -15,21 +21,28 @@ import csv
 import io
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from trimlab.config import ConfigError
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
+from trimlab.results.intervals import includes_zero, paired_bootstrap
+from trimlab.results.predictions import Predictions, load_predictions
 from trimlab.results.record import RunRecord
 from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
+UNDECIDED = "≈"
+"""Marks a cell whose compressed − dense interval includes 0."""
+LEGEND = f"{UNDECIDED}: the 95% paired-bootstrap interval of compressed − dense (same test examples) includes 0: no difference shown."
 
 
-def markdown(records: Iterable[RunRecord]) -> str:
-    """Every completed run, one row each (the listing without a spec)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown(records: Iterable[RunRecord], predictions: Mapping[str, Predictions] | None = None) -> str:
+    """Every completed run, one row each (the listing without a spec); with predictions, compressed − dense and its interval."""
+    records, predictions = list(records), predictions or {}
+    columns = (*COLUMNS, "Δ [95% CI]") if predictions else COLUMNS
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
         budget = f"{r.budget.get('kind')} {r.budget.get('target'):g}"
         cells = (
@@ -44,8 +57,12 @@ def markdown(records: Iterable[RunRecord]) -> str:
             f"{r.ratios.get('flops', float('nan')):.3f}",
             f"{r.ratios.get('speedup_b1', float('nan')):.2f}",
         )
+        if predictions:
+            p = predictions.get(r.run_id)
+            vs_dense = None if p is None or r.method == "dense" else paired_bootstrap(p.labels, p.dense, p.compressed, p.metric)
+            cells = (*cells, _fmt_vs_dense(vs_dense, 4))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", LEGEND] if predictions else lines)
 
 
 def trimlab_run_ids(spec: Spec) -> dict:
@@ -69,13 +86,15 @@ def trimlab_run_ids(spec: Spec) -> dict:
 
 
 def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
-    """The paper's layout (cells: ours mean ± std, then the paper's number and ours − paper), a per-cell detail table, the missing runs."""
+    """The paper's layout (cells: ours mean ± 95% CI, then the paper's number and ours − paper), a per-cell detail table
+    with compressed − dense and its interval, the missing runs."""
     by_cell = {(r.cell.row, r.cell.column): r for r in results}
     head = _row_head(spec)
+    seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}"
     lines = [
         f"## {spec.title} ({spec.block}, {spec.metric} × {spec.scale:g})",
         "",
-        f"Cells: ours (mean ± std over {len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}) [paper, ours − paper]; — not run yet.",
+        f"Cells: ours (mean ± 95% CI half-width over {seeds}, Student t) [paper, ours − paper]; — not run yet.",
         "",
         "| " + " | ".join([head, *spec.columns]) + " |",
         "|" + "---|" * (len(spec.columns) + 1),
@@ -83,13 +102,16 @@ def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
     for row in spec.rows:
         cells = [_cell_text(by_cell.get((row, column)), spec.digits) for column in spec.columns]
         lines.append("| " + " | ".join([" / ".join(row), *cells]) + " |")
-    lines += ["", "| " + " | ".join([head, "column", "ours", "std", "paper", "ours − paper", "seeds", *spec.extra_columns]) + " |"]
-    lines.append("|" + "---|" * (7 + len(spec.extra_columns)))
+    if any(r.vs_dense is not None for r in results):
+        lines += ["", f"{LEGEND} Seeds share one resample of the test examples; Δ is their mean."]
+    columns = [head, "column", "ours", "std", "95% CI", "paper", "ours − paper", "compressed − dense [95% CI]", "seeds", *spec.extra_columns]
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         if r.records or r.paper is not None:
             extras = [_fmt_extra(r.extra(name)) for name in spec.extra_columns]
             d = spec.digits
-            row = [" / ".join(r.cell.row), r.cell.column, _fmt(r.mean, d), _fmt(r.std, d), _fmt(r.paper, d), _fmt(r.delta, d, signed=True)]
+            row = [" / ".join(r.cell.row), r.cell.column, _fmt(r.mean, d), _fmt(r.std, d), _fmt_range(r.interval, d), _fmt(r.paper, d),
+                   _fmt(r.delta, d, signed=True), _fmt_vs_dense(r.vs_dense, d)]
             lines.append("| " + " | ".join([*row, str(len(r.records)), *extras]) + " |")
     missing = [(r, seed) for r in results for seed in r.missing_seeds]
     if missing:
@@ -99,7 +121,7 @@ def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
 
 
 def spec_latex(spec: Spec, results: list[CellResult]) -> str:
-    """The main table as a LaTeX tabular (ours ± std, the paper's number in parentheses)."""
+    """The main table as a LaTeX tabular (ours ± 95% CI half-width, ≈ where dense is not told apart, the paper's number in parentheses)."""
     by_cell = {(r.cell.row, r.cell.column): r for r in results}
     lines = [
         "\\begin{tabular}{l" + "c" * len(spec.columns) + "}",
@@ -112,23 +134,31 @@ def spec_latex(spec: Spec, results: list[CellResult]) -> str:
         for column in spec.columns:
             r = by_cell.get((row, column))
             d = spec.digits
-            text = "--" if r is None or r.mean is None else f"{r.mean:.{d}f}" + (f" $\\pm$ {r.std:.{d}f}" if r.std is not None else "")
+            text = "--" if r is None or r.mean is None else f"{r.mean:.{d}f}" + (f" $\\pm$ {r.half_width:.{d}f}" if r.half_width is not None else "")
+            if r is not None and r.undecided:
+                text += " $\\approx$"
             if r is not None and r.paper is not None:
                 text += f" ({r.paper:.{d}f})"
             cells.append(text)
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\hline", "\\end{tabular}"]
+    if any(r.vs_dense is not None for r in results):
+        lines.append(_tex(LEGEND).replace(UNDECIDED, "$\\approx$"))
     return "\n".join(lines)
 
 
 def spec_csv(spec: Spec, results: list[CellResult]) -> str:
-    """One line per cell: row parts, column, ours (mean, std, seeds), paper, difference, extra columns."""
+    """One line per cell: row parts, column, ours (mean, std, seeds), paper, ours − paper (``delta``), the 95% interval
+    over seeds, compressed − dense with its paired-bootstrap interval, extra columns."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*(a.removesuffix("s") for a in spec.row_axes), "column", "mean", "std", "seeds", "paper", "delta", *spec.extra_columns])
+    intervals = ["ci_low", "ci_high", "delta_vs_dense", "delta_vs_dense_ci_low", "delta_vs_dense_ci_high"]
+    writer.writerow([*(a.removesuffix("s") for a in spec.row_axes), "column", "mean", "std", "seeds", "paper", "delta", *intervals, *spec.extra_columns])
     for r in results:
         extras = [_raw(r.extra(name)) for name in spec.extra_columns]
-        writer.writerow([*r.cell.row, r.cell.column, _raw(r.mean), _raw(r.std), len(r.records), _raw(r.paper), _raw(r.delta), *extras])
+        ci = [_raw(v) for v in r.interval or (None, None)]
+        vs_dense = [_raw(v) for v in r.vs_dense or (None, None, None)]
+        writer.writerow([*r.cell.row, r.cell.column, _raw(r.mean), _raw(r.std), len(r.records), _raw(r.paper), _raw(r.delta), *ci, *vs_dense, *extras])
     return out.getvalue()
 
 
@@ -184,7 +214,7 @@ def _list_runs(runs_dir: Path) -> int:
         return 2
     found = scan(runs_dir)
     _report(found)
-    print(markdown(found.completed) if found.completed else f"no completed runs under {runs_dir}")
+    print(markdown(found.completed, load_predictions(found.completed, found.folders)) if found.completed else f"no completed runs under {runs_dir}")
     return 0
 
 
@@ -195,10 +225,10 @@ def _paper_table(args: argparse.Namespace) -> int:
     if args.run_missing and (args.wandb or args.runs.name != "runs"):
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
     run_ids = trimlab_run_ids(spec)
-    results = aggregate(spec, run_ids, _records(args))
+    results = aggregate(spec, run_ids, *_records(args))
     if args.run_missing and any(r.missing_seeds for r in results):
         failures = run_missing(results, args.runs.parent)
-        results = aggregate(spec, run_ids, _records(args))
+        results = aggregate(spec, run_ids, *_records(args))
         if failures:
             print(f"trimlab-table: {failures} run(s) failed; their records say why (status failed)", file=sys.stderr)
     text = spec_markdown(spec, results)
@@ -215,14 +245,15 @@ def _paper_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(args: argparse.Namespace) -> dict[str, RunRecord]:
+def _records(args: argparse.Namespace) -> tuple[dict[str, RunRecord], dict[str, Predictions]]:
+    """Completed records by run id, and the predictions of those whose folder holds them (none from W&B)."""
     if args.wandb:
-        return {r.run_id: r for r in collect_wandb(args.wandb)}
+        return {r.run_id: r for r in collect_wandb(args.wandb)}, {}
     if not args.runs.is_dir():
-        return {}
+        return {}, {}
     found = scan(args.runs)
     _report(found)
-    return {r.run_id: r for r in found.completed}
+    return {r.run_id: r for r in found.completed}, load_predictions(found.completed, found.folders)
 
 
 def _report(found: Scan) -> None:
@@ -237,7 +268,9 @@ def _row_head(spec: Spec) -> str:
 def _cell_text(result: CellResult | None, digits: int) -> str:
     if result is None:
         return ""
-    ours = "—" if result.mean is None else _fmt(result.mean, digits) + (f" ± {_fmt(result.std, digits)}" if result.std is not None else "")
+    ours = "—" if result.mean is None else _fmt(result.mean, digits) + (f" ± {_fmt(result.half_width, digits)}" if result.half_width is not None else "")
+    if result.undecided:
+        ours += f" {UNDECIDED}"
     if result.records and result.missing_seeds:
         ours += f" ({len(result.records)}/{len(result.records) + len(result.missing_seeds)} seeds)"
     if result.paper is None:
@@ -250,6 +283,18 @@ def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return ""
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fmt_range(bounds: tuple[float, float] | None, digits: int, signed: bool = False) -> str:
+    return "" if bounds is None else f"[{_fmt(bounds[0], digits, signed)}, {_fmt(bounds[1], digits, signed)}]"
+
+
+def _fmt_vs_dense(vs_dense: tuple[float, float, float] | None, digits: int) -> str:
+    """``Δ [low, high]``, marked where the interval includes 0."""
+    if vs_dense is None:
+        return ""
+    text = f"{_fmt(vs_dense[0], digits, signed=True)} {_fmt_range(vs_dense[1:], digits, signed=True)}"
+    return f"{text} {UNDECIDED}" if includes_zero(*vs_dense[1:]) else text
 
 
 def _fmt_extra(value: float | None) -> str:
