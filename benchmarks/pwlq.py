@@ -1,9 +1,11 @@
 """PWLQ vs uniform post-training quantization on CNNs and Transformers, against the full-precision model in one process.
 
 Prints one JSON line per (model, weight bits, scheme): the task metric of the
-fake-quantized model, the full-precision metric, and the calibration time
+fake-quantized model with its 95% bootstrap interval over the test examples
+(``acc_ci_low``/``acc_ci_high``; for PWLQ also the paired interval of PWLQ − uniform
+at the same bits, ``delta_ci_low``/``delta_ci_high``), the full-precision metric, and the calibration time
 (BatchNorm folding, weight quantization, bias correction and activation
-ranges). EfficientNet-Lite0 (packaged ImageNet weights) is scored by top-1
+ranges). EfficientNet-Lite0/1/2 (ImageNet weights) are scored by top-1
 agreement with the full-precision model on crops of the bundled photos; the
 others by accuracy on their labelled test split. Dense checkpoints are the
 ones ``trimlab`` caches under ``--output-dir`` (trained on demand).
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
+from trimlab.results.intervals import metric_interval, paired_bootstrap
 
 from common import compose_config, dense_model  # benchmarks/common.py
 
@@ -32,7 +35,10 @@ perturbation flips; agreement on confident crops isolates quantization damage.""
 
 MODELS = {
     "efficientnet_lite0": ["model=efficientnet_lite0", "dataset=photos", "dataset.crops_per_image=200"],  # 2,000 crops
+    "efficientnet_lite1": ["model=efficientnet_lite1", "dataset=photos", "dataset.crops_per_image=200"],
+    "efficientnet_lite2": ["model=efficientnet_lite2", "dataset=photos", "dataset.crops_per_image=200"],
     "cnn_digits": ["model=cnn_digits", "dataset=digits"],
+    "cnn_animal_mnist": ["model=cnn_animal_mnist", "dataset=animal_mnist"],  # 1,000 test images
     "vit_digits": ["model=vit_digits", "dataset=digits"],
     "minilm_l6": ["model=minilm_l6", "dataset=tweets"],
 }
@@ -64,7 +70,10 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
     metric_fp = task_metric(fp_predictions, fp_predictions, test_batches)
     confident = fp_logits.softmax(-1).amax(-1) >= CONFIDENT
     samples = list(dm.sample_dataloader(batch_size=cfg.method.calib_batch_size))
+    metric_name = "agreement" if dm.num_labels == 0 else "accuracy"
+    truth = fp_predictions if "labels" not in test_batches[0] else torch.cat([b["labels"] for b in test_batches])
     for bits in bits_list:
+        predicted_by: dict[str, torch.Tensor] = {}
         for scheme in schemes:
             method = copy.deepcopy(cfg.method)
             method.scheme = scheme
@@ -74,8 +83,12 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
             callback.compress(quantized)
             calib_seconds = time.perf_counter() - start
             predicted = logits(quantized.eval(), test_batches).argmax(-1)
-            metric = task_metric(predicted, fp_predictions, test_batches)
+            predicted_by[scheme] = predicted
+            metric, low, high = metric_interval(truth.numpy(), predicted.numpy(), metric_name)
             extra = {}
+            if scheme == "pwlq" and "uniform" in predicted_by:  # PWLQ − uniform at the same bits, on the same examples
+                _, delta_low, delta_high = paired_bootstrap(truth.numpy(), predicted_by["uniform"].numpy(), predicted.numpy(), metric_name)
+                extra.update(delta_ci_low=round(delta_low, 4), delta_ci_high=round(delta_high, 4))
             if "labels" not in test_batches[0]:  # label-free: also on the crops the FP model is sure about
                 extra = {
                     "metric_confident": round(float((predicted == fp_predictions)[confident].float().mean()), 4),
@@ -83,11 +96,14 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
                 }
             yield {
                 "model": cfg.model.name,
+                "dataset": cfg.dataset.name,
                 "bits": bits,
                 "scheme": scheme,
                 "metric": round(metric, 4),
+                "acc_ci_low": round(low, 4),
+                "acc_ci_high": round(high, 4),
                 "metric_fp": round(metric_fp, 4),
-                "metric_name": "agreement" if dm.num_labels == 0 else "accuracy",
+                "metric_name": metric_name,
                 "act_bits": int(method.act_bits),
                 "calib_seconds": round(calib_seconds, 1),
                 "eval_examples": len(fp_predictions),

@@ -90,3 +90,17 @@ def test_verdict(low: float, high: float, threshold: float, direction: str, expe
 def test_verdict_refuses_an_unknown_direction() -> None:
     with pytest.raises(ValueError, match="direction"):
         verdict(0.0, 1.0, 0.5, ">")
+
+
+def test_metric_interval_of_a_known_accuracy_contains_it_and_narrows_with_more_examples() -> None:
+    from trimlab.results.intervals import metric_interval
+
+    def interval(n: int) -> tuple[float, float, float]:
+        labels = np.zeros(n, dtype=np.int64)
+        return metric_interval(labels, np.where(np.arange(n) < 0.8 * n, 0, 1), "accuracy")
+
+    value, low, high = interval(100)
+    assert value == pytest.approx(0.8) and low < 0.8 < high
+    assert 0.7 < low and high < 0.9  # binomial: ±1.96·0.04
+    _, low_big, high_big = interval(10_000)
+    assert high_big - low_big < (high - low) / 5

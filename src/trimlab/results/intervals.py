@@ -49,6 +49,18 @@ def paired_bootstrap(
     return delta, float(low), float(high)
 
 
+def metric_interval(
+    labels: np.ndarray, preds: np.ndarray, metric: str, n: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """One model's metric on one test split and its percentile bootstrap interval (the test set's sampling noise)."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.shape != preds.shape or labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must be one non-empty vector each")
+    index = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
+    low, high = np.nanpercentile(score(metric, labels[index], preds[index]), [50 * (1 - level), 50 * (1 + level)])
+    return float(score(metric, labels, preds)), float(low), float(high)
+
+
 def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean over seeds and its Student-t interval; one seed gives ``(value, nan, nan)``: no spread to go by."""
     if not values:
