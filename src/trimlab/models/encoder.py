@@ -13,6 +13,9 @@ methods touch live in one file:
   fusing them into one package token, a float decision multiplies the layer
   output (soft masks while training);
 - a per-head additive attention bias (locality masks);
+- MPNet's relative-position bias: one bucketed table owned by the encoder and
+  read by every layer, evaluated at the tokens' input positions (so it follows
+  dropped tokens) for the heads each layer still has (so it follows pruning);
 - exposed activations: per-layer hidden states, and named sub-modules
   (``attn.proj`` input = per-head contexts, ``ffn.fc2`` input = FFN neurons)
   for forward hooks.
@@ -49,6 +52,8 @@ class EncoderSpec:
     hidden_dropout: float = 0.0
     head_dim: int | None = None
     """Defaults to ``hidden_size // num_heads``."""
+    relative_buckets: int = 0
+    """Buckets of MPNet's relative-position attention bias shared by all layers (0: no such bias)."""
 
     @property
     def dim_per_head(self) -> int:
@@ -132,6 +137,48 @@ class TokenState:
         )
 
 
+def relative_bucket(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
+    """T5's bidirectional bucket of ``distance`` (key minus query position), as MPNet computes it.
+
+    Half the buckets per direction; within one, distances below a quarter of
+    the buckets are exact and larger ones are log-spaced up to ``max_distance``
+    (the last bucket takes everything beyond).
+    """
+    half = num_buckets // 2
+    exact = half // 2
+    n = -distance
+    bucket = (n < 0).long() * half
+    n = n.abs()
+    # the log is only read where n >= exact; the clamp keeps log(0) out of the discarded entries
+    log_ratio = torch.log(n.clamp_min(exact).float() / exact) / math.log(max_distance / exact)
+    far = exact + (log_ratio * (half - exact)).long()
+    return bucket + torch.where(n < exact, n, far.clamp_max(half - 1))
+
+
+class RelativePositionBias(nn.Module):
+    """MPNet's relative-position attention bias: a learned value per head and bucket of key-minus-query distance.
+
+    One table serves every layer. It is evaluated from input positions, not
+    row indices, so tokens left after a token selector removed others keep the
+    bias of their original distances; each layer reads the columns of the heads
+    it still has.
+    """
+
+    def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128) -> None:
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.table = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, positions: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Additive bias ``[B, H, N, N]`` of ``heads`` (default all); ``B`` = 1 when all rows share positions."""
+        if positions.stride(0) == 0:  # an expanded row: one bias for the whole batch
+            positions = positions[:1]
+        buckets = relative_bucket(positions[:, None, :] - positions[:, :, None], self.num_buckets, self.max_distance)
+        weight = self.table.weight if heads is None else self.table.weight[:, heads]
+        return F.embedding(buckets, weight).permute(0, 3, 1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused QKV projection that can lose heads."""
 
@@ -144,6 +191,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, hidden_size)
         self.head_bias: Tensor | None
         self.register_buffer("head_bias", None, persistent=False)  # [H, N0, N0] additive, over input positions
+        self.head_index: Tensor
+        self.register_buffer("head_index", torch.arange(num_heads), persistent=False)  # which input heads remain
+        self._relative: tuple[RelativePositionBias, ...] = ()
+
+    def share_relative_bias(self, relative: RelativePositionBias) -> None:
+        """Read the encoder's relative-position table in every forward.
+
+        Held outside this module's children, so the one shared table is stored,
+        loaded and counted once (as the encoder's), yet a block run on its own
+        (mask tuning, latency tables) still applies it.
+        """
+        self._relative = (relative,)
 
     def set_head_bias(self, bias: Tensor | None) -> None:
         """Install an additive attention bias per head, ``[heads, seq, seq]`` over input positions."""
@@ -152,14 +211,19 @@ class Attention(nn.Module):
         self.head_bias = bias
 
     def _bias(self, state: TokenState) -> Tensor | None:
+        """The relative-position bias plus the installed per-head bias, at the state's input positions."""
+        relative = None
+        if self._relative:
+            relative = self._relative[0](state.positions, self.head_index).to(state.hidden.dtype)
         bias = self.head_bias
         if bias is None:
-            return None
+            return relative
         pos = state.positions
         if pos.shape[1] == bias.shape[-1] and bool((pos == torch.arange(pos.shape[1], device=pos.device)).all()):
-            return bias[None].to(state.hidden.dtype)
-        gathered = bias[:, pos[:, :, None], pos[:, None, :]]  # [H, B, N, N]
-        return gathered.permute(1, 0, 2, 3).to(state.hidden.dtype)
+            bias = bias[None].to(state.hidden.dtype)
+        else:
+            bias = bias[:, pos[:, :, None], pos[:, None, :]].permute(1, 0, 2, 3).to(state.hidden.dtype)  # [B, H, N, N]
+        return bias if relative is None else bias + relative
 
     def forward(
         self, x: Tensor, state: TokenState, head_mask: Tensor | None = None, need_probs: bool = False
@@ -199,6 +263,7 @@ class Attention(nn.Module):
         self.proj = _sliced_linear(self.proj, cols=per_head)
         if self.head_bias is not None:
             self.head_bias = self.head_bias[keep_t]
+        self.head_index = self.head_index[keep_t]
         self.num_heads = len(keep_t)
 
 
@@ -309,6 +374,11 @@ class Encoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.num_layers))
+        self.relative_bias: RelativePositionBias | None = None
+        if spec.relative_buckets:
+            self.relative_bias = RelativePositionBias(spec.num_heads, spec.relative_buckets)
+            for block in self.layers:
+                block.attn.share_relative_bias(self.relative_bias)
         self.token_selector: TokenSelector | None = None
 
     @property

