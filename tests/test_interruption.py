@@ -35,8 +35,11 @@ def tiny(tiny_run: tuple[str, ...], *changes: str) -> list[str]:
 
 
 def start(workdir: Path, *overrides: str) -> subprocess.Popen[str]:
+    """``trimlab`` as a foreground command: SIGINT at its default even where the tests run as a background job
+    (which starts with SIGINT ignored, and trimlab leaves an ignored signal ignored)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "trimlab.cli", *overrides], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "trimlab.cli", *overrides], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
