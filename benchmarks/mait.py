@@ -1,11 +1,17 @@
-"""MaiT vs the unmasked ViT on digits: the same model, recipe and seeds, with and without locality masks.
+"""MaiT vs the unmasked ViT: the same model, recipe and seeds, with and without locality masks.
+
+``--dataset digits`` (vit_digits / cait_digits, 180 test images) or ``animal_mnist``
+(vit_animal_mnist / cait_animal_mnist: 196 patch tokens, 1,000 test images).
 
 Per seed, the unmasked model is trimlab's dense model (trained from scratch with
 the model's recipe, cached) and the MaiT model is the same architecture
 re-initialised and trained with the same recipe, masks installed. Prints one
-JSON line per variant: test accuracy mean and std over the seeds, params,
-FLOPs per image, and the CPU throughput of the variant over the unmasked model
-(batch ``--batch-size``, passes interleaved, median of ``--repeats``).
+JSON line per variant: test accuracy mean, std and 95% Student-t interval over
+the seeds (``acc_ci_low``/``acc_ci_high``), for MaiT the paired bootstrap 95%
+interval of masked − unmasked on the same test images (``delta_ci_low``/
+``delta_ci_high``), params, FLOPs per image, and the CPU throughput of the
+variant over the unmasked model (batch ``--batch-size``, passes interleaved,
+median of ``--repeats``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trimlab.data import build_datamodule
@@ -24,14 +31,16 @@ from trimlab.methods import MethodContext
 from trimlab.methods.mait.masks import install_masks, locality_mask, masked_heads_of
 from trimlab.methods.mait.method import MaiTMethod
 from trimlab.models.build import build_model
-from trimlab.run import evaluate, first_examples
+from trimlab.results.intervals import paired_bootstrap, seed_interval
+from trimlab.run import evaluate_predicting, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_digits", choices=["vit_digits", "cait_digits"])
+    parser.add_argument("--dataset", default="digits", choices=["digits", "animal_mnist"])
+    parser.add_argument("--model", default="vit", choices=["vit", "cait"], help="the ViT or its CaiT-style variant for the dataset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
@@ -39,19 +48,27 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true", help="only time masked vs unmasked (untrained weights: the cost does not depend on them)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.window=[5,5]")
     args = parser.parse_args()
+    args.model = f"{args.model}_{args.dataset}"
     if args.timing_only:
         print(json.dumps(time_masks(args)), flush=True)
         return
     runs = [benchmark_seed(seed, args) for seed in args.seeds]
+    labels, unmasked = np.stack([r["labels"] for r in runs]), np.stack([r["unmasked_preds"] for r in runs])
+    _, delta_low, delta_high = paired_bootstrap(labels, unmasked, np.stack([r["mait_preds"] for r in runs]), "accuracy")
     for variant in ("unmasked", "mait"):
         accs = [r[variant]["metric"] for r in runs]
+        _, low, high = seed_interval(accs)
         print(
             json.dumps(
                 {
                     "variant": variant,
                     "model": args.model,
+                    "dataset": args.dataset,
                     "acc_mean": round(statistics.fmean(accs), 4),
                     "acc_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                    "acc_ci_low": round(low, 4),
+                    "acc_ci_high": round(high, 4),
+                    **({"delta_ci_low": round(delta_low, 4), "delta_ci_high": round(delta_high, 4)} if variant == "mait" else {}),
                     "accs": [round(a, 4) for a in accs],
                     "params": runs[0][variant]["params"],
                     "flops": round(runs[0][variant]["flops"]),
@@ -67,16 +84,21 @@ def main() -> None:
 
 
 def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
-    cfg = compose_config(args.output_dir, f"model={args.model}", "dataset=digits", "method=mait", "budget=none", f"seed={seed}", *args.overrides)
+    cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=mait", "budget=none", f"seed={seed}", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "mait" / f"{args.model}-seed{seed}"
     unmasked, dm, make_trainer = dense_model(cfg, run_dir)
     result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, dm, run_dir, make_trainer))
     mait = result.model.eval()
     batch = first_examples(dm.test_dataloader(), args.batch_size)
     plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=args.repeats)
+    unmasked_metrics, labels, unmasked_preds = evaluate_predicting(cfg, unmasked, dm, make_trainer, reference=unmasked)
+    mait_metrics, _, mait_preds = evaluate_predicting(cfg, mait, dm, make_trainer, reference=mait)
     return {
-        "unmasked": evaluate(cfg, unmasked, dm, make_trainer, reference=unmasked),
-        "mait": evaluate(cfg, mait, dm, make_trainer, reference=mait),
+        "unmasked": unmasked_metrics,
+        "mait": mait_metrics,
+        "labels": labels,
+        "unmasked_preds": unmasked_preds,
+        "mait_preds": mait_preds,
         "throughput_ratio": plain_time.median_s / mait_time.median_s,
         "masked_heads": result.stats["masked_heads"],
     }
@@ -84,7 +106,7 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
 
 def time_masks(args: argparse.Namespace) -> dict:
     """Throughput of the masked over the unmasked model on one batch of real test images, repeats interleaved."""
-    cfg = compose_config(args.output_dir, f"model={args.model}", "dataset=digits", "method=mait", "budget=none", *args.overrides)
+    cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=mait", "budget=none", *args.overrides)
     torch.manual_seed(0)
     built = build_model(cfg.model, cfg.dataset.num_labels)
     dm = build_datamodule(cfg.dataset, built, cfg.seed)

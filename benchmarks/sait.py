@@ -1,12 +1,17 @@
-"""SaiT on vit_digits: one dense/sparse-trained checkpoint at every density vs a dense model trained as long.
+"""SaiT: one dense/sparse-trained checkpoint at every density vs a dense model trained as long.
 
-Per seed: the cached dense vit_digits (trimlab's dense checkpoint) is trained
+``--dataset digits`` (vit_digits, 180 test images) or ``animal_mnist``
+(vit_animal_mnist: 196 patch tokens, 1,000 test images).
+Per seed: the cached dense ViT (trimlab's dense checkpoint) is trained
 further by SaiT (dense + sparse path every step) and, separately, by plain dense
 training with the same recipe and number of steps (``acc_dense_baseline``).
 The SaiT checkpoint is then evaluated at each density: test accuracy, FLOPs
 ratio and CPU throughput speedup over its own dense path (batch
 ``--batch-size``, dense and sparse passes interleaved). Prints one JSON line
-per density with mean and std over the seeds.
+per density with mean, std and 95% Student-t interval over the seeds
+(``acc_ci_low``/``acc_ci_high``), and the paired bootstrap 95% interval of
+SaiT at that density − the dense baseline on the same test images
+(``delta_ci_low``/``delta_ci_high``, seeds pooled).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from trimlab.methods import MethodContext
-from trimlab.methods.sait.method import SaiTMethod
-from trimlab.run import evaluate
+from trimlab.methods.sait.method import SaiTMethod, parse_density
+from trimlab.results.intervals import paired_bootstrap, seed_interval
+from trimlab.run import evaluate_predicting
 from trimlab.training import ClassifierModule, steps_for
 
 from common import compose_config, dense_model  # benchmarks/common.py
@@ -31,6 +38,7 @@ from common import compose_config, dense_model  # benchmarks/common.py
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", choices=["digits", "animal_mnist"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--densities", nargs="+", default=["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
@@ -39,14 +47,22 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.epochs=20")
     args = parser.parse_args()
     per_seed = [benchmark_seed(seed, args) for seed in args.seeds]
+    labels, baseline = np.stack([seed["labels"] for seed in per_seed]), np.stack([seed["baseline_preds"] for seed in per_seed])
     for i, density in enumerate(args.densities):
         points = [seed["curve"][i] for seed in per_seed]
+        _, low, high = seed_interval([p["metric"] for p in points])
+        _, delta_low, delta_high = paired_bootstrap(labels, baseline, np.stack([seed["preds"][i] for seed in per_seed]), "accuracy")
         print(
             json.dumps(
                 {
+                    "dataset": args.dataset,
                     "density": density,
                     "acc": mean(p["metric"] for p in points),
                     "acc_std": std(p["metric"] for p in points),
+                    "acc_ci_low": round(low, 4),
+                    "acc_ci_high": round(high, 4),
+                    "delta_ci_low": round(delta_low, 4),
+                    "delta_ci_high": round(delta_high, 4),
                     "acc_dense_baseline": mean(seed["baseline"] for seed in per_seed),
                     "acc_dense_baseline_std": std(seed["baseline"] for seed in per_seed),
                     "flops_ratio": mean(p["flops_ratio"] for p in points),
@@ -66,8 +82,8 @@ def main() -> None:
 def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
     cfg = compose_config(
         args.output_dir,
-        "model=vit_digits",
-        "dataset=digits",
+        f"model=vit_{args.dataset}",
+        f"dataset={args.dataset}",
         "method=sait",
         "budget=none",
         "method.density=dense",
@@ -77,24 +93,32 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
         f"seed={seed}",
         *args.overrides,
     )
-    run_dir = Path(args.output_dir) / "benchmarks" / "sait" / f"seed{seed}"
+    run_dir = Path(args.output_dir) / "benchmarks" / "sait" / f"{args.dataset}-seed{seed}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
 
     start = time.perf_counter()
     baseline = copy.deepcopy(dense)
     train_dense(cfg, baseline, dm, make_trainer)
     baseline_seconds = time.perf_counter() - start
-    baseline_acc = evaluate(cfg, baseline.eval(), dm, make_trainer, reference=baseline)["metric"]
+    baseline_metrics, labels, baseline_preds = evaluate_predicting(cfg, baseline.eval(), dm, make_trainer, reference=baseline)
 
     start = time.perf_counter()
     torch.manual_seed(seed)
     result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, dm, run_dir, make_trainer))
+    sait, preds = result.model.eval(), []
+    for density in args.densities:  # the same checkpoint at each density, example by example
+        sait.encoder.token_selector.density = parse_density(density, "--densities")
+        preds.append(evaluate_predicting(cfg, sait, dm, make_trainer, reference=sait)[2])
+    total_seconds = time.perf_counter() - start
     return {
         "curve": result.stats["densities"],
-        "baseline": baseline_acc,
+        "preds": preds,
+        "labels": labels,
+        "baseline_preds": baseline_preds,
+        "baseline": baseline_metrics["metric"],
         "baseline_seconds": baseline_seconds,
         "sait_seconds": result.stages["train"],
-        "total_seconds": time.perf_counter() - start,
+        "total_seconds": total_seconds,
     }
 
 

