@@ -179,3 +179,17 @@ def test_a_wandb_agent_run_is_found_under_trimlabs_run_id() -> None:
     agent_run = SimpleNamespace(id="x7agent", config={"trimlab_run_id": "abc123", "model.name": "m"}, summary={"status": "completed"})
     plain_run = SimpleNamespace(id="def456", config={"model.name": "m"}, summary={"status": "completed"})
     assert [r.run_id for r in wandb_records([agent_run, plain_run])] == ["abc123", "def456"]
+
+
+def test_a_run_block_may_carry_its_own_seeds(tmp_path: Path) -> None:
+    from trimlab.results.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "seeds: [0]\nembedded_runs:\n  common: [experiment=smoke]\n  methods:\n    dense: [method=dense]\n"
+        "larger_runs:\n  seeds: [0, 1, 2]\n  common: [experiment=smoke]\n  methods:\n    dense: [method=dense]\n"
+        "table: {rows: [model], columns: [dense]}\n"
+    )
+    assert load_spec(spec, "embedded_runs").seeds == [0]
+    larger = load_spec(spec, "larger_runs")
+    assert larger.seeds == [0, 1, 2] and [c.column for c in larger.cells] == ["dense"]  # seeds is not an axis

@@ -85,7 +85,7 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
     if not table.get("columns") or not table.get("rows"):
         raise ConfigError(f"{path}: table.rows and table.columns must be set")
     runs = content[block]
-    axes = {name: entries for name, entries in runs.items() if name != "common" and _is_axis(entries)}
+    axes = {name: entries for name, entries in runs.items() if name not in ("common", "seeds") and _is_axis(entries)}
     column_axis = _column_axis(axes, table["columns"], content.get("runs", {}), path)
     row_axes = [_axis_of(row, axes) for row in table["rows"]]
     row_axes = [a for a in row_axes if a is not None and a != column_axis]
@@ -111,7 +111,7 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
         rows=rows,
         row_axes=row_axes,
         columns=columns,
-        seeds=[int(s) for s in content.get("seeds") or [0]],
+        seeds=[int(s) for s in runs.get("seeds") or content.get("seeds") or [0]],  # a block's own seeds first
         metric=str(table.get("metric", "metric")),
         scale=float(table.get("scale", 1)),
         extra_columns=[str(c) for c in table.get("extra_columns") or []],
