@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from trimlab.measure.flops import sequence_length
 from trimlab.measure.latency import compare_latency
 from trimlab.methods.fisher_prune.callback import FisherPruning
-from trimlab.run import evaluate, first_examples
+from trimlab.results.intervals import paired_bootstrap
+from trimlab.run import evaluate_predicting, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
 
@@ -40,9 +41,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.sample_size=1024")
     args = parser.parse_args()
     cfg = compose_config(args.output_dir, "method=fisher_prune", *args.overrides)
-    run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune"
+    run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune" / f"{cfg.model.name}-{cfg.dataset.name}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
-    dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
+    dense_eval, labels, dense_preds = evaluate_predicting(cfg, dense, dm, make_trainer, reference=dense)
     samples = list(dm.sample_dataloader(batch_size=cfg.method.batch_size))
     start = time.perf_counter()
     with torch.no_grad():
@@ -65,13 +66,18 @@ def main() -> None:
         callback.compress(pruned)
         prune_seconds = time.perf_counter() - start
         pruned.eval()
-        result = evaluate(cfg, pruned, dm, make_trainer, reference=dense)
+        result, _, pruned_preds = evaluate_predicting(cfg, pruned, dm, make_trainer, reference=dense)
+        _, delta_low, delta_high = paired_bootstrap(labels, dense_preds, pruned_preds, dm.metric)
         a, b = compare_latency(dense, pruned, test_batch, warmup=3, repeats=args.repeats, threads=cfg.measure.threads)
         line = {
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
             "budget": target,
             "stages": stages,
             "acc_dense": round(dense_eval["metric"], 4),
             "acc_pruned": round(result["metric"], 4),
+            "delta_ci_low": round(delta_low, 4),
+            "delta_ci_high": round(delta_high, 4),
             "flops_ratio": round(result["flops"] / dense_eval["flops"], 4),
             "latency_speedup": round(a.median_s / b.median_s, 3),
             "latency_batch": args.batch,

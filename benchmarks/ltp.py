@@ -38,13 +38,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.hard_epochs=2")
     args = parser.parse_args()
     for dataset in args.datasets:
-        cfg = compose_config(args.output_dir, "model=minilm_l6", f"dataset={dataset}", "method=ltp", "budget=tokens_50", *args.overrides)
+        model = [] if any(o.startswith("model=") for o in args.overrides) else ["model=minilm_l6"]  # the default model
+        cfg = compose_config(args.output_dir, *model, f"dataset={dataset}", "method=ltp", "budget=tokens_50", *args.overrides)
         for target in args.targets:
             print(json.dumps(benchmark(cfg, target, args)), flush=True)
 
 
 def benchmark(cfg, target: float, args) -> dict:
-    run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.dataset.name}-{target:g}"
+    run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.model.name}-{cfg.dataset.name}-{target:g}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
     dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
     run_cfg = copy.deepcopy(cfg)
@@ -74,6 +75,7 @@ def benchmark(cfg, target: float, args) -> dict:
         dense_s, ltp_s = interleaved_pass_seconds([dense, ltp], batches, args.repeats)
         speedups[f"throughput_speedup_b{batch_size}"] = round(dense_s / ltp_s, 3)
     return {
+        "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "target": target,
         "acc_dense": round(dense_eval["metric"], 4),
