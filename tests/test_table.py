@@ -193,3 +193,39 @@ def test_a_run_block_may_carry_its_own_seeds(tmp_path: Path) -> None:
     assert load_spec(spec, "embedded_runs").seeds == [0]
     larger = load_spec(spec, "larger_runs")
     assert larger.seeds == [0, 1, 2] and [c.column for c in larger.cells] == ["dense"]  # seeds is not an axis
+
+
+CLAIMS = """
+claims:
+  - {claim: "at most 1 point lost", block: embedded_runs, row: vit_digits, column: pwlq_8, at_least: -1.0}
+  - {claim: "at most 3 points lost", block: embedded_runs, row: [vit_digits], column: pwlq_8, at_least: -3.0}
+  - {claim: "not run", block: embedded_runs, row: cnn_digits, column: pwlq_8, at_least: -1.0}
+  - {claim: "another block's", block: runs, row: cnn_digits, column: pwlq_8, at_least: -1.0}
+"""
+
+
+@pytest.mark.parametrize(
+    "n,gained,lost,first,second", [(100, 1, 3, "undecided", "undecided"), (1000, 0, 20, "not met", "met")], ids=["100-examples", "1000-examples"]
+)
+def test_claims_are_judged_by_the_interval_of_the_cell_they_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, gained: int, lost: int, first: str, second: str
+) -> None:
+    folders = runs_from_fixtures(tmp_path / "runs")
+    add_predictions(folders["vit_digits-pwlq_8-seed0"], accuracy_shift(n, gained, lost))  # −2 points
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((FIXTURES / "spec.yaml").read_text() + CLAIMS)
+    assert table_main([str(spec), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
+    text = capsys.readouterr().out
+    assert f"- at most 1 point lost — **{first}**: ours -2.0 [" in text
+    assert f"- at most 3 points lost — **{second}**: ours -2.0 [" in text  # 100 examples: the interval reaches below −3
+    assert "- not run — not run yet (cnn_digits · pwlq_8: vs_dense >= -1)" in text
+    assert "another block's" not in text
+
+
+def test_a_malformed_claim_names_what_it_needs(tmp_path: Path) -> None:
+    from trimlab.results.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((FIXTURES / "spec.yaml").read_text() + "claims:\n  - {claim: x, block: embedded_runs, row: a, column: b}\n")
+    with pytest.raises(ConfigError, match="one of at_least / at_most"):
+        load_spec(spec, "embedded_runs")

@@ -31,6 +31,23 @@ class Cell:
     overrides: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim, judged on one cell of a run block by the interval of a quantity of ours.
+
+    ``vs_dense``: compressed − dense (× scale) with its paired bootstrap interval;
+    ``mean``: the cell's mean with its interval over seeds.
+    """
+
+    text: str
+    row: tuple[str, ...]
+    column: str
+    quantity: str
+    direction: str
+    """``>=`` (``at_least``) or ``<=`` (``at_most``)."""
+    threshold: float
+
+
 @dataclass
 class Spec:
     """What ``trimlab-table`` needs from a spec file."""
@@ -50,6 +67,8 @@ class Spec:
     paper_numbers: dict[str, Any] = field(default_factory=dict)
     common_model: str | None = None
     """The model every run of the block shares (set in ``common``), when the rows do not name it."""
+    claims: list[Claim] = field(default_factory=list)
+    """The spec's ``claims`` judged on this block."""
 
     @property
     def digits(self) -> int:
@@ -117,7 +136,27 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
         extra_columns=[str(c) for c in table.get("extra_columns") or []],
         paper_numbers=content.get("paper_numbers") or {},
         common_model=_common_model(common),
+        claims=_claims(content.get("claims") or [], block, path),
     )
+
+
+def _claims(entries: list[dict[str, Any]], block: str, path: Path) -> list[Claim]:
+    """The claims whose ``block`` is this one: ``{claim, block, row: [...], column, quantity, at_least | at_most}``."""
+    claims = []
+    for entry in entries:
+        if entry.get("block") != block:
+            continue
+        bound = [(d, entry[k]) for k, d in (("at_least", ">="), ("at_most", "<=")) if k in entry]
+        quantity = entry.get("quantity", "vs_dense")
+        if len(bound) != 1 or quantity not in ("vs_dense", "mean") or not entry.get("claim") or "column" not in entry:
+            raise ConfigError(
+                f"{path}: claim {entry.get('claim')!r} needs `claim`, `row`, `column`, quantity vs_dense or mean, "
+                "and one of at_least / at_most"
+            )
+        row = entry.get("row") or []
+        claims.append(Claim(str(entry["claim"]), tuple(str(r) for r in ([row] if isinstance(row, str) else row)),
+                            str(entry["column"]), quantity, bound[0][0], float(bound[0][1])))
+    return claims
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 from trimlab.config import ConfigError
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
-from trimlab.results.intervals import includes_zero, paired_bootstrap
+from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
 from trimlab.results.predictions import Predictions, load_predictions
 from trimlab.results.record import RunRecord
 from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
@@ -113,11 +114,41 @@ def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
             row = [" / ".join(r.cell.row), r.cell.column, _fmt(r.mean, d), _fmt(r.std, d), _fmt_range(r.interval, d), _fmt(r.paper, d),
                    _fmt(r.delta, d, signed=True), _fmt_vs_dense(r.vs_dense, d)]
             lines.append("| " + " | ".join([*row, str(len(r.records)), *extras]) + " |")
+    if spec.claims:
+        lines += ["", "The paper's claims, judged by our intervals (met: the whole interval satisfies it; not met: none of it):", ""]
+        lines += [f"- {line}" for line in claim_verdicts(spec, results)]
     missing = [(r, seed) for r in results for seed in r.missing_seeds]
     if missing:
         lines += ["", f"Missing runs ({len(missing)}; `--run-missing` runs them):", ""]
         lines += [f"- {' / '.join(r.cell.row)} · {r.cell.column} · seed {seed}: `{command(r, seed)}`" for r, seed in missing]
     return "\n".join(lines)
+
+
+def claim_verdicts(spec: Spec, results: list[CellResult]) -> list[str]:
+    """One line per claim: the paper's words, the verdict, and our value with the interval it rests on."""
+    by_cell = {(r.cell.row, r.cell.column): r for r in results}
+    lines = []
+    for claim in spec.claims:
+        result = by_cell.get((claim.row, claim.column))
+        where = f"{' / '.join(claim.row)} · {claim.column}"
+        bound = f"{claim.quantity} {claim.direction} {claim.threshold:+g}"
+        if result is None:
+            lines.append(f"{claim.text} — no such cell ({where})")
+            continue
+        if claim.quantity == "vs_dense":
+            value, interval = (None, None) if result.vs_dense is None else (result.vs_dense[0], result.vs_dense[1:])
+        else:
+            value, interval = result.mean, result.interval
+        if value is None:
+            lines.append(f"{claim.text} — not run yet ({where}: {bound})")
+            continue
+        low, high = interval if interval is not None else (math.nan, math.nan)
+        d = spec.digits
+        lines.append(
+            f"{claim.text} — **{verdict(low, high, claim.threshold, claim.direction)}**: "
+            f"ours {_fmt(value, d, signed=claim.quantity == 'vs_dense')} {_fmt_range(interval, d, signed=claim.quantity == 'vs_dense')} ({where}: {bound})"
+        )
+    return lines
 
 
 def spec_latex(spec: Spec, results: list[CellResult]) -> str:
