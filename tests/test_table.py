@@ -229,3 +229,17 @@ def test_a_malformed_claim_names_what_it_needs(tmp_path: Path) -> None:
     spec.write_text((FIXTURES / "spec.yaml").read_text() + "claims:\n  - {claim: x, block: embedded_runs, row: a, column: b}\n")
     with pytest.raises(ConfigError, match="one of at_least / at_most"):
         load_spec(spec, "embedded_runs")
+
+
+def test_the_header_names_the_metric_the_blocks_columns_share(tmp_path: Path) -> None:
+    from trimlab.results.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "a_runs:\n  common: [experiment=smoke]\n  datasets: {tweets: [dataset=tweets]}\n  methods: {dense: [method=dense]}\n"
+        "b_runs:\n  common: [experiment=smoke]\n  datasets: {tweets: [dataset=tweets], stsb: [dataset=stsb]}\n  methods: {dense: [method=dense]}\n"
+        "table:\n  rows: [method]\n  columns: [tweets, stsb]\n"
+        "  metrics: {tweets: {trimlab: accuracy}, stsb: {trimlab: pearson}}\n"
+    )
+    assert load_spec(spec, "a_runs").metric == "accuracy"
+    assert load_spec(spec, "b_runs").metric == "metric"  # mixed: each column says its own

@@ -131,13 +131,22 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
         row_axes=row_axes,
         columns=columns,
         seeds=[int(s) for s in runs.get("seeds") or content.get("seeds") or [0]],  # a block's own seeds first
-        metric=str(table.get("metric", "metric")),
+        metric=_metric_name(table, columns),
         scale=float(table.get("scale", 1)),
         extra_columns=[str(c) for c in table.get("extra_columns") or []],
         paper_numbers=content.get("paper_numbers") or {},
         common_model=_common_model(common),
         claims=_claims(content.get("claims") or [], block, path),
     )
+
+
+def _metric_name(table: dict[str, Any], columns: list[str]) -> str:
+    """The table's ``metric``, or the one metric (ours) that ``metrics`` gives every column of this block."""
+    if "metric" in table:
+        return str(table["metric"])
+    per_column = table.get("metrics") or {}
+    ours = {str((per_column.get(c) or {}).get("trimlab", "")) for c in columns}
+    return ours.pop() if len(ours) == 1 and "" not in ours else "metric"
 
 
 def _claims(entries: list[dict[str, Any]], block: str, path: Path) -> list[Claim]:
