@@ -40,7 +40,7 @@ class CellResult:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
-    @property
+    @functools.cached_property
     def interval(self) -> tuple[float, float] | None:
         """The 95% Student-t interval of the mean over seeds; None below two seeds."""
         if len(self.values) < 2:
