@@ -8,7 +8,7 @@ from torch import Tensor
 
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import TextEmbeddings
-from trimlab.models.encoder import Encoder, EncoderSpec, TokenState
+from trimlab.models.encoder import PROBABILITIES, Encoder, EncoderSpec, TokenState
 from trimlab.models.vision import vit_classifier
 
 LAYERS, HEADS, FFN = 3, 4, 32
@@ -33,6 +33,8 @@ def padded_batch() -> dict[str, Tensor]:
 class KeepFixed:
     """A selector that keeps a fixed set of input positions at one layer."""
 
+    reads = PROBABILITIES
+
     def __init__(self, layer: int, keep_positions: Tensor) -> None:
         self.layer = layer
         self.keep_positions = keep_positions
@@ -40,16 +42,18 @@ class KeepFixed:
     def selects_at(self, layer: int) -> bool:
         return layer == self.layer
 
-    def __call__(self, layer: int, probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
-        assert probs.shape[-2:] == (hidden.shape[1], hidden.shape[1])
-        return self.keep_positions[:, : hidden.shape[1]].clone()
+    def __call__(self, layer: int, probs: Tensor, valid: Tensor) -> Tensor:
+        assert probs.shape[-2:] == (valid.shape[1], valid.shape[1])
+        return self.keep_positions[:, : valid.shape[1]].clone()
 
 
 class SoftHalf:
+    reads = PROBABILITIES
+
     def selects_at(self, layer: int) -> bool:
         return True
 
-    def __call__(self, layer: int, probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
+    def __call__(self, layer: int, probs: Tensor, valid: Tensor) -> Tensor:
         return torch.full(valid.shape, 0.5)
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from test_encoder import padded_batch, text_model
-from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens, attention_received, topk_keep_rates
+from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens, importance, topk_keep_rates
+from trimlab.models.encoder import received_attention
 
 
 def test_importance_is_attention_received_averaged_over_heads_and_queries() -> None:
@@ -21,7 +22,7 @@ def test_importance_is_attention_received_averaged_over_heads_and_queries() -> N
     )[None]
     valid = torch.tensor([[True, True, False]])
     by_hand = torch.tensor([[(0.5 + 0.2 + 1.0 + 0.6) / (2 * 4), (0.5 + 0.8 + 0.0 + 0.4) / (2 * 4), 0.0]])
-    torch.testing.assert_close(attention_received(probs, valid, score_length=4), by_hand)
+    torch.testing.assert_close(importance(received_attention(probs, valid), valid, score_length=4), by_hand)
 
 
 def random_attention(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,14 +37,15 @@ def test_soft_mask_tends_to_the_hard_mask_as_temperature_falls() -> None:
     probs, valid = random_attention()
     selector = LearnedThresholds(num_layers=4, final_threshold=0.4, score_length=8)
     selector.hard = True
-    hard = selector(2, probs, None, valid).float()
+    received = received_attention(probs, valid)
+    hard = selector(2, received, valid).float()
     assert 0 < hard[valid].sum() < valid.sum()  # the threshold keeps some tokens and drops others
     selector.hard = False
     gaps = []
     for temperature in (1e-1, 1e-2, 1e-3, 1e-6):
         selector.temperature = temperature
         with torch.no_grad():
-            gaps.append(float((selector(2, probs, None, valid) - hard)[valid].abs().max()))
+            gaps.append(float((selector(2, received, valid) - hard)[valid].abs().max()))
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-6
 
 

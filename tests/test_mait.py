@@ -9,7 +9,7 @@ import torch
 
 from trimlab.config import ConfigError
 from trimlab.methods.mait.masks import head_bias, install_masks, locality_mask, masked_heads_of, thirds_schedule
-from trimlab.models.encoder import TokenState
+from trimlab.models.encoder import PROBABILITIES, TokenState
 from trimlab.models.vision import vit_classifier
 
 
@@ -31,7 +31,7 @@ def test_a_masked_head_gives_zero_attention_outside_its_window() -> None:
     hidden, valid = model.embeddings({"pixel_values": torch.randn(2, 1, 16, 16)})
     state = TokenState(hidden, valid, torch.arange(17).expand(2, 17))
     with torch.no_grad():
-        _, probs = model.encoder.layers[0].attn(hidden, state, need_probs=True)
+        _, probs = model.encoder.layers[0].attn(hidden, state, reads=PROBABILITIES)
     assert float(probs[:, :2][..., ~allowed].abs().max()) == 0.0  # masked heads 0, 1: nothing outside
     assert float(probs[:, 2][..., ~allowed].min()) > 0.0  # the global head still looks everywhere
     assert masked_heads_of(model.encoder) == [2, 1]
@@ -69,7 +69,7 @@ def test_cait_style_model_runs_class_attention_over_masked_self_attention() -> N
     with torch.no_grad():
         out = model(batch)
         hidden, valid = model.embeddings(batch)
-        _, probs = model.encoder.layers[0].attn(hidden, TokenState(hidden, valid, torch.arange(16).expand(2, 16)), need_probs=True)
+        _, probs = model.encoder.layers[0].attn(hidden, TokenState(hidden, valid, torch.arange(16).expand(2, 16)), reads=PROBABILITIES)
     assert out.logits.shape == (2, 5) and out.encoder.hidden.shape == (2, 16, 24)  # the class token is not in self-attention
     assert float(probs[..., ~allowed].abs().max()) == 0.0
     far = dict(batch)  # the class-attention layers read every patch: a change far away reaches the logits

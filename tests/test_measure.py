@@ -20,7 +20,7 @@ from trimlab.measure.latency import compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings, TextEmbeddings
-from trimlab.models.encoder import Encoder, EncoderSpec
+from trimlab.models.encoder import PROBABILITIES, Encoder, EncoderSpec
 
 HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 3
 
@@ -55,10 +55,13 @@ def image_batch(size: int) -> dict[str, Tensor]:
 
 
 def model_and_batch(kind: str, size: int = 2) -> tuple[TransformerClassifier, dict[str, Tensor], int]:
-    """A model, a batch and the encoder length every example of it runs at (padding included)."""
+    """A model in the padded layout, a batch and the encoder length every example of it runs at (padding included)."""
     if kind == "bert":
-        return bert_like(), text_batch([12, 7, 3][:size], padded=12), 12
-    return vit_like(), image_batch(size), 17
+        model, batch, padded = bert_like(), text_batch([12, 7, 3][:size], padded=12), 12
+    else:
+        model, batch, padded = vit_like(), image_batch(size), 17
+    model.encoder.packed = False
+    return model, batch, padded
 
 
 def prune(model: TransformerClassifier) -> None:
@@ -69,13 +72,15 @@ def prune(model: TransformerClassifier) -> None:
 class DropHalf:
     """Keeps, at one layer, the tokens receiving at least the median attention."""
 
+    reads = PROBABILITIES
+
     def __init__(self, layer: int) -> None:
         self.layer = layer
 
     def selects_at(self, layer: int) -> bool:
         return layer == self.layer
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
+    def __call__(self, layer: int, attn_probs: Tensor, valid: Tensor) -> Tensor:
         received = attn_probs.mean(dim=(1, 2))
         return received >= received.median(dim=1, keepdim=True).values
 
@@ -86,7 +91,7 @@ class KeepAll(DropHalf):
     def selects_at(self, layer: int) -> bool:
         return True
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> None:
+    def __call__(self, layer: int, attn_probs: Tensor, valid: Tensor) -> None:
         return None
 
 
@@ -124,6 +129,17 @@ def test_analytic_matches_counter(kind: str, pruned: bool) -> None:
     counted = count_flops(model, batch)
     assert analytic_flops(model, [padded] * 3) == pytest.approx(counted, rel=0.01)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_packed_layout_charges_real_tokens_except_in_the_attention_product() -> None:
+    """Packed, every position-wise layer runs on the 12 + 7 + 3 real tokens; scores and weighted sums on the batch view."""
+    model, batch, padded = model_and_batch("bert", size=3)
+    padded_count = count_flops(model, batch)
+    model.encoder.packed = True
+    lengths, inner = [12, 7, 3], HEADS * (HIDDEN // HEADS)
+    attention_padding = LAYERS * sum(2 * 2 * (padded**2 - n**2) * inner for n in lengths)
+    assert count_flops(model, batch) == pytest.approx(analytic_flops(model, lengths) + attention_padding, rel=1e-6)
+    assert count_flops(model, batch) < padded_count
 
 
 def test_pruning_lowers_flops_by_the_removed_units() -> None:

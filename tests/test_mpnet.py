@@ -29,7 +29,7 @@ from trimlab.config import ConfigError
 from trimlab.models import text
 from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.models.encoder import RelativePositionBias, relative_bucket
+from trimlab.models.encoder import PROBABILITIES, RelativePositionBias, relative_bucket
 from trimlab.models.mpnet_assets import MPNET_NAME, MPNET_PARTS, mpnet_folder, mpnet_folder_path
 from trimlab.models.text import load_text_classifier, text_classifier_from_hf
 
@@ -79,6 +79,8 @@ def max_diff_on_valid(ours: Tensor, theirs: Tensor, mask: Tensor) -> float:
 class KeepFixed:
     """A selector that keeps a fixed set of the current rows at chosen layers (all rows when ``keep`` is None)."""
 
+    reads = PROBABILITIES
+
     def __init__(self, layers: set[int], keep: Tensor | None) -> None:
         self.layers = layers
         self.keep = keep
@@ -86,9 +88,9 @@ class KeepFixed:
     def selects_at(self, layer: int) -> bool:
         return layer in self.layers
 
-    def __call__(self, layer: int, probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
-        assert probs.shape[-2:] == (hidden.shape[1], hidden.shape[1])
-        return torch.ones_like(valid) if self.keep is None else self.keep[:, : hidden.shape[1]].clone()
+    def __call__(self, layer: int, probs: Tensor, valid: Tensor) -> Tensor:
+        assert probs.shape[-2:] == (valid.shape[1], valid.shape[1])
+        return torch.ones_like(valid) if self.keep is None else self.keep[:, : valid.shape[1]].clone()
 
 
 # ---------------------------------------------------------------- parity with transformers

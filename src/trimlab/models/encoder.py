@@ -74,18 +74,31 @@ class PackDropped:
     """``[B, N]`` non-negative importance of each token."""
 
 
+PROBABILITIES, RECEIVED, FIRST_ROW = "probabilities", "received", "first_row"
+"""What a token selector reads of a layer's attention (its ``reads``), from the most to the least costly:
+every probability ``[B, H, N, N]``; the attention each token receives, ``[B, N]``
+(:func:`received_attention`: computed example by example beside the weighted
+sum, so the probabilities never leave the cache); the first query row's
+probabilities ``[B, H, 1, N]`` (computed beside the fused attention kernel)."""
+
+
 class TokenSelector(Protocol):
     """Decides, after a layer's attention, which tokens continue.
 
-    Returning a bool ``[B, N]`` tensor keeps the True tokens and removes the
+    It sees what it ``reads`` of the layer's attention and which of the ``N``
+    entries are tokens (``valid [B, N]``), in the batch view of the engine's
+    layout. Returning a bool ``[B, N]`` tensor keeps the True tokens and removes the
     others from the sequence; a :class:`PackDropped` does the same and fuses
     the removed ones into one token; a float ``[B, N]`` tensor multiplies the
     layer's output (a soft mask); ``None`` keeps everything.
     """
 
+    reads: str
+    """:data:`PROBABILITIES`, :data:`RECEIVED` or :data:`FIRST_ROW`."""
+
     def selects_at(self, layer: int) -> bool: ...
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor | PackDropped | None: ...
+    def __call__(self, layer: int, attention: Tensor, valid: Tensor) -> Tensor | PackDropped | None: ...
 
 
 @dataclass
@@ -99,12 +112,25 @@ class TokenState:
     positions: Tensor
     """``[B, N]`` long: index of each row in the input sequence."""
 
+    @property
+    def batch_positions(self) -> Tensor:
+        """``[B, N]`` input position of each row of the batch view (here the rows themselves)."""
+        return self.positions
+
+    def with_hidden(self, hidden: Tensor) -> TokenState:
+        return TokenState(hidden, self.valid, self.positions)
+
+    def to_batch(self, rows: Tensor) -> Tensor:
+        """The batch view ``[B, N, C]`` of per-row values: this layout is already one."""
+        return rows
+
+    def from_batch(self, batch: Tensor) -> Tensor:
+        """Per-row values from the batch view: this layout is already one."""
+        return batch
+
     def attention_mask(self) -> Tensor | None:
         """Additive key mask ``[B, 1, 1, N]``, or None when every key is valid."""
-        if bool(self.valid.all()):
-            return None
-        neg = torch.finfo(self.hidden.dtype).min
-        return torch.zeros_like(self.valid, dtype=self.hidden.dtype).masked_fill(~self.valid, neg)[:, None, None, :]
+        return _key_mask(self.valid, self.hidden.dtype)
 
     def keep(self, keep: Tensor) -> TokenState:
         """Remove the rows where ``keep`` is False, packing each sequence to the front."""
@@ -118,7 +144,7 @@ class TokenState:
         valid = torch.arange(new_len, device=keep.device)[None, :] < counts[:, None]
         return TokenState(hidden, valid, torch.gather(self.positions, 1, order))
 
-    def package(self, keep: Tensor, weights: Tensor, drop: bool) -> TokenState:
+    def package(self, keep: Tensor, weights: Tensor, drop: bool = True) -> TokenState:
         """Keep the ``keep`` rows and append one token, the ``weights``-weighted mean of the rows left out.
 
         With ``drop=False`` the left-out rows stay in place but invalid (masked);
@@ -135,6 +161,143 @@ class TokenState:
             torch.cat([kept.valid, total > 0], dim=1),
             torch.cat([kept.positions, torch.zeros_like(kept.positions[:, :1])], dim=1),
         )
+
+
+@dataclass
+class PackedState:
+    """The sequence without padding: the rows of every example's tokens, concatenated ``[T, D]``.
+
+    Position-wise work (projections, FFN, norms, residuals) runs on these rows
+    only, so a batch costs what its tokens cost, whatever the padding or the
+    tokens a selector removed. Attention, the one operation that mixes rows,
+    runs on a batch view ``[B, width, C]`` (:meth:`to_batch`), which is a free
+    reshape while every example has ``width`` rows and a scatter otherwise.
+    """
+
+    hidden: Tensor
+    """``[T, D]``: example 0's rows, then example 1's, ... in sequence order."""
+    lengths: Tensor
+    """``[B]`` long: rows of each example."""
+    positions: Tensor
+    """``[T]`` long: input position of each row."""
+    slots: Tensor
+    """``[T]`` long: where each row sits in the flattened batch view ``[B * width]``."""
+    width: int
+    """Rows of the longest example: the batch view's length."""
+    aligned: bool
+    """Every row sits at its input position (nothing removed, no padding inside a sequence)."""
+
+    @staticmethod
+    def from_padded(hidden: Tensor, valid: Tensor) -> PackedState:
+        """Pack the valid rows of a padded batch ``[B, N, D]`` (their input positions are their indices)."""
+        b, n, d = hidden.shape
+        if bool(valid.all()):
+            arange = torch.arange(b * n, device=hidden.device)
+            return PackedState(hidden.reshape(b * n, d), valid.new_full((b,), n, dtype=torch.long), arange % n, arange, n, True)
+        lengths = valid.sum(dim=1)
+        flat = valid.reshape(-1)
+        positions = torch.arange(n, device=hidden.device).repeat(b)[flat]
+        width = int(lengths.max()) if b else 0
+        slots = _slots(lengths, width)
+        aligned = bool((positions == slots % max(width, 1)).all())
+        return PackedState(hidden.reshape(b * n, d)[flat], lengths, positions, slots, width, aligned)
+
+    @property
+    def full(self) -> bool:
+        """Every example has ``width`` rows: the batch view is a reshape, no scatter."""
+        return self.hidden.shape[0] == self.lengths.shape[0] * self.width
+
+    @property
+    def valid(self) -> Tensor:
+        """``[B, width]`` bool: which entries of the batch view are rows."""
+        return torch.arange(self.width, device=self.lengths.device)[None, :] < self.lengths[:, None]
+
+    @property
+    def batch_positions(self) -> Tensor:
+        """``[B, width]`` input position of each entry of the batch view (0 on padding)."""
+        b = self.lengths.shape[0]
+        if self.aligned:
+            return torch.arange(self.width, device=self.lengths.device).expand(b, self.width)
+        return self.to_batch(self.positions[:, None]).squeeze(-1)
+
+    def with_hidden(self, hidden: Tensor) -> PackedState:
+        return PackedState(hidden, self.lengths, self.positions, self.slots, self.width, self.aligned)
+
+    def to_batch(self, rows: Tensor) -> Tensor:
+        """``[T, C]`` rows as the batch view ``[B, width, C]``, zeros on padding."""
+        b, c = self.lengths.shape[0], rows.shape[-1]
+        if self.full:
+            return rows.view(b, self.width, c)
+        return rows.new_zeros(b * self.width, c).index_copy(0, self.slots, rows).view(b, self.width, c)
+
+    def from_batch(self, batch: Tensor) -> Tensor:
+        """The rows ``[T, C]`` of a batch view ``[B, width, C]``."""
+        flat = batch.reshape(-1, batch.shape[-1])
+        return flat if self.full else flat.index_select(0, self.slots)
+
+    def attention_mask(self) -> Tensor | None:
+        """Additive key mask ``[B, 1, 1, width]`` over the batch view, or None when no entry is padding."""
+        return None if self.full else _key_mask(self.valid, self.hidden.dtype)
+
+    def keep(self, keep: Tensor) -> PackedState:
+        """Remove the rows where the batch-view decision ``keep [B, width]`` is False."""
+        rows = self.from_batch(keep[..., None]).squeeze(-1)
+        if bool(rows.all()):
+            return self
+        lengths = (keep & self.valid).sum(dim=1)
+        width = int(lengths.max())
+        return PackedState(self.hidden[rows], lengths, self.positions[rows], _slots(lengths, width), width, False)
+
+    def package(self, keep: Tensor, weights: Tensor, drop: bool = True) -> PackedState:
+        """Keep the ``keep`` rows and append to each example the ``weights``-weighted mean of its rows left out.
+
+        As :meth:`TokenState.package` with ``drop``, the only kind a packed
+        state has; an example that leaves nothing out gets no package row (the
+        padded path gives it an invalid one).
+        """
+        if not drop:
+            raise ValueError("a packed state removes the tokens it does not keep; mask them in the padded layout (Encoder.packed = False)")
+        rows = self.from_batch(keep[..., None]).squeeze(-1)
+        row_weights = self.from_batch(weights[..., None]).squeeze(-1) * (~rows).to(weights.dtype)
+        b = self.lengths.shape[0]
+        example = torch.repeat_interleave(torch.arange(b, device=rows.device), self.lengths)
+        total = torch.zeros(b, dtype=weights.dtype, device=rows.device).index_add(0, example, row_weights)
+        fused = torch.zeros(b, self.hidden.shape[1], dtype=weights.dtype, device=rows.device)
+        fused = fused.index_add(0, example, row_weights[:, None] * self.hidden.to(weights.dtype))
+        has = total > 0
+        fused = (fused[has] / total[has, None]).to(self.hidden.dtype)
+        kept_lengths = (keep & self.valid).sum(dim=1)
+        lengths = kept_lengths + has.long()
+        starts = torch.cumsum(lengths, 0) - lengths
+        kept_example = example[rows]
+        rank = torch.arange(kept_example.shape[0], device=rows.device) - (torch.cumsum(kept_lengths, 0) - kept_lengths)[kept_example]
+        hidden = self.hidden.new_empty(int(lengths.sum()), self.hidden.shape[1])
+        hidden[starts[kept_example] + rank] = self.hidden[rows]
+        package_rows = (starts + kept_lengths)[has]
+        hidden[package_rows] = fused
+        positions = torch.zeros(hidden.shape[0], dtype=torch.long, device=rows.device)
+        positions[starts[kept_example] + rank] = self.positions[rows]
+        width = int(lengths.max())
+        return PackedState(hidden, lengths, positions, _slots(lengths, width), width, False)
+
+    def to_token_state(self) -> TokenState:
+        """The padded layout: batch view, its valid mask and input positions."""
+        return TokenState(self.to_batch(self.hidden), self.valid, self.batch_positions)
+
+
+def _slots(lengths: Tensor, width: int) -> Tensor:
+    """Index of each row of a packed batch in its ``[B * width]`` batch view."""
+    b = lengths.shape[0]
+    example = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    return example * width + torch.arange(example.shape[0], device=lengths.device) - starts[example]
+
+
+def _key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """Additive key mask ``[B, 1, 1, N]`` from a ``[B, N]`` validity mask, or None when every key is valid."""
+    if bool(valid.all()):
+        return None
+    return torch.zeros_like(valid, dtype=dtype).masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def relative_bucket(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
@@ -210,15 +373,17 @@ class Attention(nn.Module):
             raise ValueError(f"head bias has {bias.shape[0]} heads, attention has {self.num_heads}")
         self.head_bias = bias
 
-    def _bias(self, state: TokenState) -> Tensor | None:
-        """The relative-position bias plus the installed per-head bias, at the state's input positions."""
+    def _bias(self, state: TokenState | PackedState) -> Tensor | None:
+        """The relative-position bias plus the installed per-head bias, at the input positions of the state's batch view."""
+        if not self._relative and self.head_bias is None:
+            return None
+        pos = state.batch_positions
         relative = None
         if self._relative:
-            relative = self._relative[0](state.positions, self.head_index).to(state.hidden.dtype)
+            relative = self._relative[0](pos, self.head_index).to(state.hidden.dtype)
         bias = self.head_bias
         if bias is None:
             return relative
-        pos = state.positions
         if pos.shape[1] == bias.shape[-1] and bool((pos == torch.arange(pos.shape[1], device=pos.device)).all()):
             bias = bias[None].to(state.hidden.dtype)
         else:
@@ -226,31 +391,54 @@ class Attention(nn.Module):
         return bias if relative is None else bias + relative
 
     def forward(
-        self, x: Tensor, state: TokenState, head_mask: Tensor | None = None, need_probs: bool = False
+        self, x: Tensor, state: TokenState | PackedState, head_mask: Tensor | None = None, reads: str | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """Return the attention output ``[B, N, D]`` and, if asked, the probabilities ``[B, H, N, N]``."""
-        b, n, _ = x.shape
+        """The attention output (rows as ``x``: ``[B, N, D]`` padded or ``[T, D]`` packed) and what a selector ``reads`` of it.
+
+        Without ``reads`` (or with :data:`FIRST_ROW`) the context comes from the
+        fused kernel; the other reads compute the probabilities explicitly.
+        """
         if self.num_heads == 0:
-            return self.proj(x.new_zeros(b, n, 0)), None
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            return self.proj(x.new_zeros(*x.shape[:-1], 0)), None
+        qkv = state.to_batch(self.qkv(x))
+        b, n, _ = qkv.shape
+        heads = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if reads == RECEIVED:
+            heads = heads.contiguous()  # one copy, so the example-by-example products read contiguous blocks
+        q, k, v = heads.unbind(0)
         mask = state.attention_mask()
         bias = self._bias(state)
         if bias is not None:
             mask = bias if mask is None else mask + bias
         dropout = self.dropout if self.training else 0.0
-        probs = None
-        if need_probs:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if mask is not None:
-                scores = scores + mask
-            probs = scores.softmax(dim=-1)
-            context = F.dropout(probs, dropout, self.training) @ v
-        else:
+        scores = None
+        if reads == PROBABILITIES:
+            scores = _probabilities(q, k, mask)
+            context = F.dropout(scores, dropout, self.training) @ v
+        elif reads == RECEIVED:
+            context, scores = self._received(q, k, v, mask, state.valid, dropout)
+        elif reads in (None, FIRST_ROW):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            if reads == FIRST_ROW:
+                scores = _probabilities(q[:, :, :1], k, None if mask is None else mask[..., :1, :])
+        else:
+            raise ValueError(f"a token selector reads {reads!r}; use {PROBABILITIES}, {RECEIVED} or {FIRST_ROW}")
         if head_mask is not None:
             context = context * head_mask.view(1, -1, 1, 1).to(context.dtype)
         context = context.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj(context), probs
+        return self.proj(state.from_batch(context)), scores
+
+    def _received(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, valid: Tensor, dropout: float) -> tuple[Tensor, Tensor]:
+        """Context and :func:`received_attention`, a few examples at a time, so each block of probabilities stays in cache."""
+        b, h, n, _ = q.shape
+        step = max(1, RECEIVED_CHUNK // (h * n * n))
+        contexts, received = [], []
+        for i in range(0, b, step):
+            part_mask = None if mask is None else mask[i : i + step] if mask.shape[0] == b else mask
+            probs = _probabilities(q[i : i + step], k[i : i + step], part_mask)
+            contexts.append(F.dropout(probs, dropout, self.training) @ v[i : i + step])
+            received.append(received_attention(probs, valid[i : i + step]))
+        return torch.cat(contexts), torch.cat(received)
 
     @torch.no_grad()
     def prune_heads(self, keep: Sequence[int]) -> None:
@@ -265,6 +453,27 @@ class Attention(nn.Module):
             self.head_bias = self.head_bias[keep_t]
         self.head_index = self.head_index[keep_t]
         self.num_heads = len(keep_t)
+
+
+RECEIVED_CHUNK = 2**19
+"""Attention probabilities (floats) computed at once when a selector reads the attention received: about 2 MB."""
+
+
+def received_attention(probs: Tensor, valid: Tensor) -> Tensor:
+    """``[B, N]``: the attention each token receives, averaged over heads and summed over the real query rows.
+
+    Padded and removed queries give nothing; masked keys receive nothing (their probabilities are 0).
+    """
+    queries = valid.to(probs.dtype)[:, None, None, :]
+    return (queries @ probs).mean(dim=1).squeeze(1)  # a vector-matrix product per head: one read of the probabilities
+
+
+def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax attention probabilities of the queries ``q [B, H, R, dh]`` over the keys ``k [B, H, N, dh]``."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scaling q, not the scores: N / dh times less work
+    if mask is not None:
+        scores += mask
+    return scores.softmax(dim=-1)
 
 
 class FeedForward(nn.Module):
@@ -314,26 +523,28 @@ class Block(nn.Module):
 
     def forward(
         self,
-        state: TokenState,
+        state: TokenState | PackedState,
         layer: int,
         head_mask: Tensor | None,
         neuron_mask: Tensor | None,
         selector: TokenSelector | None,
         num_protected: int,
         drop_tokens: bool,
-    ) -> TokenState:
+    ) -> TokenState | PackedState:
+        """One layer on either layout; a packed state needs ``drop_tokens`` (it has no masked-but-present rows)."""
         x = state.hidden
         select = selector is not None and selector.selects_at(layer)
+        reads = selector.reads if select else None
         if self.norm_first:
-            attn_out, probs = self.attn(self.norm1(x), state, head_mask, need_probs=select)
+            attn_out, scores = self.attn(self.norm1(x), state, head_mask, reads)
             h = x + self.dropout(attn_out)
         else:
-            attn_out, probs = self.attn(x, state, head_mask, need_probs=select)
+            attn_out, scores = self.attn(x, state, head_mask, reads)
             h = self.norm1(x + self.dropout(attn_out))
-        state = TokenState(h, state.valid, state.positions)
+        state = state.with_hidden(h)
         soft = None
         if select:
-            decision = selector(layer, probs, h, state.valid)
+            decision = selector(layer, scores, state.valid)
             if isinstance(decision, PackDropped):
                 keep = decision.keep.clone()
                 keep[:, :num_protected] = True
@@ -350,8 +561,8 @@ class Block(nn.Module):
         else:
             out = self.norm2(h + self.dropout(self.ffn(h, neuron_mask)))
         if soft is not None:
-            out = out * soft[..., None].to(out.dtype)
-        return TokenState(out, state.valid, state.positions)
+            out = out * state.from_batch(soft[..., None]).to(out.dtype)
+        return state.with_hidden(out)
 
 
 @dataclass
@@ -368,11 +579,17 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    """A stack of :class:`Block` with masks, structural pruning and token selection."""
+    """A stack of :class:`Block` with masks, structural pruning and token selection.
 
-    def __init__(self, spec: EncoderSpec) -> None:
+    By default the stack runs packed (:class:`PackedState`: no padding rows, a
+    removed token is a removed row); ``packed = False`` runs the padded layout,
+    which a forward that masks tokens instead of removing them always uses.
+    """
+
+    def __init__(self, spec: EncoderSpec, packed: bool = True) -> None:
         super().__init__()
         self.spec = spec
+        self.packed = packed
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.num_layers))
         self.relative_bias: RelativePositionBias | None = None
         if spec.relative_buckets:
@@ -417,8 +634,11 @@ class Encoder(nn.Module):
         b, n, _ = hidden.shape
         if valid is None:
             valid = torch.ones(b, n, dtype=torch.bool, device=hidden.device)
-        positions = torch.arange(n, device=hidden.device).expand(b, n)
-        state = TokenState(hidden, valid.bool(), positions)
+        state: TokenState | PackedState
+        if self.packed and drop_tokens:
+            state = PackedState.from_padded(hidden, valid.bool())
+        else:
+            state = TokenState(hidden, valid.bool(), torch.arange(n, device=hidden.device).expand(b, n))
         kept: list[Tensor] = []
         states: list[Tensor] | None = [] if output_hidden_states else None
         for i, block in enumerate(self.layers):
@@ -431,9 +651,11 @@ class Encoder(nn.Module):
                 num_protected,
                 drop_tokens,
             )
-            kept.append(state.valid.sum(dim=1))
+            kept.append(state.lengths if isinstance(state, PackedState) else state.valid.sum(dim=1))
             if states is not None:
-                states.append(state.hidden)
+                states.append(state.to_batch(state.hidden))
+        if isinstance(state, PackedState):
+            state = state.to_token_state()
         return EncoderOutput(state.hidden, state.valid, state.positions, kept, states)
 
 

@@ -13,19 +13,20 @@ import math
 import torch
 from torch import Tensor, nn
 
+from trimlab.models.encoder import RECEIVED
+
 SCORE_LENGTH = 128
 """The reference code pads every input to 128 tokens and averages attention over all 128 query rows;
 dividing the summed attention by this constant keeps its threshold scale whatever the real padding."""
 
 
-def attention_received(probs: Tensor, valid: Tensor, score_length: int = SCORE_LENGTH) -> Tensor:
-    """Importance ``[B, N]`` of each key token: its attention summed over heads and valid query rows, / (heads · score_length).
+def importance(received: Tensor, valid: Tensor, score_length: int = SCORE_LENGTH) -> Tensor:
+    """LTP's importance ``[B, N]`` of each token: the attention it receives (:func:`received_attention`) / ``score_length``.
 
     With inputs padded to ``score_length`` this is LTP's mean over heads and
     query rows; padded or dropped queries contribute nothing, padded keys get 0.
     """
-    weights = probs * valid[:, None, :, None].to(probs.dtype)
-    return weights.sum(dim=(1, 2)) / (probs.shape[1] * score_length) * valid.to(probs.dtype)
+    return received / score_length * valid.to(received.dtype)
 
 
 class LearnedThresholds(nn.Module):
@@ -45,6 +46,7 @@ class LearnedThresholds(nn.Module):
         self.temperature = temperature
         self.score_length = score_length
         self.hard = False
+        self.reads = RECEIVED
         self.soft_masks: list[Tensor] = []
         """The soft masks of the current forward pass (cleared by :meth:`reset`)."""
 
@@ -57,8 +59,8 @@ class LearnedThresholds(nn.Module):
     def selects_at(self, layer: int) -> bool:
         return layer > 0
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
-        score = attention_received(attn_probs, valid, self.score_length)
+    def __call__(self, layer: int, received: Tensor, valid: Tensor) -> Tensor:
+        score = importance(received, valid, self.score_length)
         theta = self.thresholds()[layer]
         if self.hard or not self.training:
             return score >= theta
@@ -87,16 +89,17 @@ class TopKTokens:
 
     def __init__(self, keep_rates: list[float]) -> None:
         self.keep_rates = keep_rates
+        self.reads = RECEIVED
         self.first = next((i for i, r in enumerate(keep_rates) if r < 1.0), len(keep_rates))
         self.input_lengths: Tensor | None = None
 
     def selects_at(self, layer: int) -> bool:
         return layer >= self.first
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor:
+    def __call__(self, layer: int, received: Tensor, valid: Tensor) -> Tensor:
         if layer == self.first:  # nothing was dropped before: these are the input lengths
             self.input_lengths = valid.sum(dim=1)
-        score = attention_received(attn_probs, valid, score_length=1).masked_fill(~valid, -1.0)
+        score = received.masked_fill(~valid, -1.0)
         score[:, 0] = math.inf  # the class token counts among the kept
         keep_counts = torch.clamp(torch.round(self.input_lengths * self.keep_rates[layer]), min=1).long()
         ranks = score.argsort(dim=1, descending=True).argsort(dim=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trimlab.models.encoder import PackDropped
+from trimlab.models.encoder import FIRST_ROW, PackDropped
 
 MODES = ("adaptive", "fixed")
 
@@ -65,6 +65,7 @@ class SaiTSelector:
         self.mode = mode
         self.package = package
         self.num_protected = num_protected
+        self.reads = FIRST_ROW  # the class token's attention
         self.density: float | None = None
         self.record_layers: set[int] = set()
         self.scores: dict[int, Tensor] = {}
@@ -76,7 +77,7 @@ class SaiTSelector:
     def selects_at(self, layer: int) -> bool:
         return (self.density is not None and layer in self.prune_layers) or layer in self.record_layers
 
-    def __call__(self, layer: int, attn_probs: Tensor, hidden: Tensor, valid: Tensor) -> Tensor | PackDropped | None:
+    def __call__(self, layer: int, attn_probs: Tensor, valid: Tensor) -> Tensor | PackDropped | None:
         score = class_attention(attn_probs, valid, self.num_protected)
         self.scores[layer] = score
         if self.density is None or layer not in self.prune_layers:
