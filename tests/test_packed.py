@@ -185,3 +185,10 @@ def test_received_attention_in_chunks_equals_all_at_once(monkeypatch: pytest.Mon
         monkeypatch.setattr(encoder_module, "RECEIVED_CHUNK", 1)  # one example per chunk
         chunked = model(text_batch())
     assert_same(chunked, whole)
+
+
+def test_model_packed_option_sets_the_layout(compose_cfg) -> None:
+    from trimlab.models.build import build_model
+
+    assert build_model(compose_cfg().model, 3).model.encoder.packed
+    assert not build_model(compose_cfg("model.packed=false").model, 3).model.encoder.packed

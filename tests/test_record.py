@@ -34,8 +34,10 @@ def test_a_key_added_later_keeps_finished_runs_ids_at_its_neutral_value(compose_
     cfg = compose_cfg()
     before = OmegaConf.to_container(cfg, resolve=True)
     del before["trainer"]["num_nodes"]  # a config from before trainer.num_nodes existed
+    del before["model"]["packed"]  # ... and before model.packed
     assert run_id(cfg) == run_id(OmegaConf.create(before))
     assert run_id(compose_cfg("trainer.num_nodes=2")) != run_id(cfg)
+    assert run_id(compose_cfg("model.packed=false")) != run_id(cfg)  # timed on another layout
 
 
 def test_write_record_is_atomic_and_round_trips(tmp_path):

@@ -84,6 +84,9 @@ class TextModelConfig:
     """Tokenizer truncation length."""
     hidden_dropout: float = fraction(0.1, high_open=True)
     attention_dropout: float = fraction(0.1, high_open=True)
+    packed: bool = True
+    """Run the encoder packed (each batch's real tokens only, removed tokens removed; the default and the
+    faster layout) or ``false`` for the padded layout, to compare: the same predictions either way."""
 
 
 @dataclass
@@ -111,6 +114,9 @@ class VitModelConfig:
     class-attention layers (``weights=scratch`` only; CaiT's LayerScale and talking heads are not reproduced)."""
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    packed: bool = True
+    """Run the encoder packed (each batch's real tokens only, removed tokens removed; the default and the
+    faster layout) or ``false`` for the padded layout, to compare: the same predictions either way."""
 
 
 @dataclass
