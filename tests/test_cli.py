@@ -53,6 +53,8 @@ def test_smoke_run_writes_a_completed_record(smoke: tuple[Path, subprocess.Compl
     assert record.dense["latency_ms_b1"] > 0 and record.dense["threads"] >= 1
     assert record.method == "fisher_prune" and record.budget == {"kind": "flops", "target": 0.6}
     assert 0.5 < record.ratios["flops"] < 0.7  # measured on test lengths; the budget is priced at the mean train length
+    for b in (1, 8):  # the smoke experiment's batch sizes: the speedup and its share of the physical limit
+        assert record.ratios[f"limit_fraction_b{b}"] == pytest.approx(record.ratios[f"speedup_b{b}"] * record.ratios["flops"])
     assert record.compressed["params"] < record.dense["params"]
     assert sum(record.compressed["heads_per_layer"]) < 6 * 12
     assert {"finetune", "fisher", "search", "rearrange", "tune", "remove"} <= set(record.stages)
@@ -109,7 +111,7 @@ def test_corrupt_cached_checkpoint_names_the_file_to_delete(
     smoke: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
     workdir, _ = smoke
-    checkpoints = list((workdir / "outputs" / "cache" / "dense").glob("*.pt"))
+    checkpoints = list((workdir / "outputs" / "cache" / "dense").glob("*.safetensors"))
     assert len(checkpoints) == 1
     checkpoints[0].write_bytes(b"not a checkpoint")
     result = trimlab("experiment=smoke", "force=true", cwd=workdir)
@@ -213,7 +215,7 @@ def test_unreachable_latency_budget_fails_before_fine_tuning(
     )
     with pytest.raises(ConfigError, match="raise budget.target"):
         run(cfg)
-    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.safetensors"))
 
 
 @pytest.mark.parametrize(
@@ -228,4 +230,4 @@ def test_pruning_that_cannot_work_fails_before_fine_tuning(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         run(compose_cfg("experiment=smoke", *overrides))
-    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.safetensors"))

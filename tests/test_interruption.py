@@ -101,7 +101,7 @@ def test_a_killed_forced_rerun_keeps_the_completed_result(tmp_path: Path, tiny_r
     before = read_record(folder / RECORD_FILE)
     assert before.status == "completed"
 
-    for checkpoint in (tmp_path / "outputs" / "cache").rglob("*.pt"):
+    for checkpoint in (tmp_path / "outputs" / "cache").rglob("*.safetensors"):
         checkpoint.unlink()  # so the rerun fine-tunes again: a long stage to kill it in
     rerun = start(tmp_path, *overrides, "force=true")
     wait_for_stage(rerun, folder / ATTEMPT_FILE, "finetune")
@@ -171,7 +171,7 @@ def test_a_disk_too_full_for_the_checkpoint_fails_before_fine_tuning(
     monkeypatch.setattr("trimlab.files.shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(ConfigError, match=r"paths.cache_dir=.* has 0 MiB free but this run needs about"):
         run(compose_cfg(*tiny_run))
-    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob(RECORD_FILE)) and not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_an_unreadable_record_in_the_run_folder_is_named(compose_cfg: Callable[..., DictConfig], tmp_path: Path, tiny_run) -> None:

@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from trimlab.methods.pwlq.quantizer import (
-    bias_correct,
+    bias_correction,
     closed_form_breakpoint,
+    pwlq_encode,
     pwlq_error,
     pwlq_quantize,
     pwlq_quantize_rows,
+    pwlq_values,
     search_breakpoint,
+    uniform_codes,
     uniform_quantize,
 )
 
@@ -85,8 +88,17 @@ def test_pwlq_levels_per_region() -> None:
 def test_bias_correction_restores_spread_and_offset() -> None:
     w = laplacian(channels=4, size=1000) + torch.tensor([0.01, -0.02, 0.0, 0.03])[:, None]
     q = uniform_quantize(w, 3)
-    corrected = bias_correct(w, q)
+    corrected = bias_correction(w, uniform_codes(w, 3)).dequantize()
     torch.testing.assert_close(corrected.std(dim=1), w.std(dim=1), rtol=1e-4, atol=1e-7)
     expected = (q + w.mean(1, keepdim=True) - q.mean(1, keepdim=True)) * (w.std(1, keepdim=True) / q.std(1, keepdim=True))
     torch.testing.assert_close(corrected, expected)
     assert mse(corrected.mean(1), w.mean(1)) < mse(q.mean(1), w.mean(1))
+
+
+def test_pwlq_codes_take_one_more_bit_and_decode_to_the_quantized_values() -> None:
+    w = laplacian(channels=3, size=1000)
+    max_abs = w.abs().amax(dim=1, keepdim=True)
+    p = search_breakpoint(w, 4)
+    codes = pwlq_encode(w, 4, p, max_abs)
+    assert 0 <= int(codes.min()) and int(codes.max()) < 2**5 and int(codes.max()) >= 2**4  # centre codes, then tail codes
+    assert torch.equal(pwlq_values(codes, 4, p, max_abs), pwlq_quantize_rows(w, 4, p, max_abs))

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trimlab.config import ConfigError, process_count
@@ -20,6 +21,8 @@ from trimlab.results.record import config_hash
 
 DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
 """Dataset keys that change evaluation only, not the trained weights."""
+MODEL_KEYS_NOT_IN_TRAINING = ("packed",)
+"""Model keys that change how the model runs, not the weights training reaches (the layouts compute the same)."""
 
 
 def dense_checkpoint_path(cfg: DictConfig) -> Path:
@@ -39,10 +42,11 @@ def trained_checkpoint_path(cfg: DictConfig, run_time_keys: tuple[str, ...]) -> 
 
 def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
     dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in MODEL_KEYS_NOT_IN_TRAINING}
     processes = process_count(cfg.trainer)
     key = config_hash(
         {
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "model": model,
             "dataset": dataset,
             "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
             "seed": cfg.seed,
@@ -52,19 +56,25 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
             **extra,
         }
     )
-    return Path(cfg.paths.cache_dir) / kind / f"{cfg.model.name}-{cfg.dataset.name}-{key}.pt"
+    return Path(cfg.paths.cache_dir) / kind / f"{cfg.model.name}-{cfg.dataset.name}-{key}.safetensors"
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Save atomically, so an interrupted save never leaves a corrupt cache entry."""
+    """Save the state dict as safetensors (the kept models' format), atomically: a crash never leaves a corrupt entry."""
     with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a cached checkpoint; a corrupt or mismatched file is a :class:`ConfigError` naming it."""
+    """Load a checkpoint: safetensors, or a ``torch.save`` state dict (a teacher's ``.pt``).
+
+    A corrupt or mismatched file is a :class:`ConfigError` naming it.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 — unpickling, truncation and shape errors all need the same fix
         raise ConfigError(

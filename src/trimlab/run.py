@@ -2,7 +2,8 @@
 
 compose → validate → build model, data, method → dense model (fine-tuned, cached
 by config hash) → measure → method → measure the result in the same process →
-``record.json`` and both models' test predictions, ``predictions.npz`` (+ W&B).
+``record.json``, both models' test predictions (``predictions.npz``) and the
+compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from trimlab.results.record import RECORD_FILE, RunRecord, environment, location
 from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
+from trimlab.saved_model import MODEL_DIR, save_model
 from trimlab.training import ClassifierModule, steps_for
 
 log = logging.getLogger(__name__)
@@ -208,10 +210,14 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
         start = time.perf_counter()
         record.compressed, _, compressed_preds = evaluate_predicting(cfg, compressed, datamodule, make_trainer, reference=dense)
         record.stages["measure_compressed"] = time.perf_counter() - start
+    record.compressed.update(result.stats)
     if is_primary():
         predictions = Predictions(datamodule.metric, labels, dense_preds, compressed_preds)
         record.artifacts[PREDICTIONS_KEY] = write_predictions(run_dir, predictions)
-    record.compressed.update(result.stats)
+        saved = save_model(compressed, run_dir / MODEL_DIR, cfg.model, cfg.dataset.num_labels)
+        record.artifacts[MODEL_DIR] = MODEL_DIR
+        if saved.quantized:  # the size a quantizer claims is the size of what was stored
+            record.compressed["size_mb_quantized"] = saved.size_mb
     record.ratios = compare(cfg, dense, compressed, datamodule, record)
 
 
@@ -315,13 +321,14 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
         _store_latency(record.dense, a)
         _store_latency(record.compressed, b)
         ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
+        # the share of the physical limit (1 / FLOPs ratio) the speedup reaches: 1.0 = the FLOPs saving fully turned into speed
+        ratios[f"limit_fraction_b{a.batch_size}"] = ratios[f"speedup_b{a.batch_size}"] * ratios["flops"]
     return ratios
 
 
 def stored_size_mb(metrics: dict[str, Any]) -> float:
-    """The model's size as stored: a quantizer's (``size_mb_quantized``, a pipeline's last quantizing step), else fp32."""
-    quantized = [v for k, v in metrics.items() if k.rsplit("/", 1)[-1] == "size_mb_quantized"]
-    return float(quantized[-1]) if quantized else float(metrics["size_mb"])
+    """The model's size as stored: a quantized model's saved files (``size_mb_quantized``), else its fp32 parameters."""
+    return float(metrics.get("size_mb_quantized", metrics["size_mb"]))
 
 
 def _store_latency(metrics: dict[str, Any], result: LatencyResult) -> None:

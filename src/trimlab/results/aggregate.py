@@ -109,10 +109,10 @@ def aggregate(
 
 
 def _extra_of(record: RunRecord, name: str) -> float | None:
-    """``<x>_ratio`` and ``speedup_b<n>`` from the ratios; anything else (``params``, ``flops``) of the compressed model."""
+    """``<x>_ratio``, ``speedup_b<n>`` and ``limit_fraction_b<n>`` from the ratios; anything else (``params``, ``flops``) of the compressed model."""
     if name.endswith("_ratio"):
         value = record.ratios.get(name.removesuffix("_ratio"))
-    elif name.startswith("speedup"):
+    elif name.startswith(("speedup", "limit_fraction")):
         value = record.ratios.get(name)
     else:
         value = record.compressed.get(name, record.ratios.get(name))

@@ -21,9 +21,15 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
         b = key.removeprefix("latency_ms_b")
         rows.append(
             (f"latency ms (batch {b})", f"{dense[key]:.2f}", f"{comp.get(key, float('nan')):.2f}",
-             f"{ratios.get(f'speedup_b{b}', 1.0):.2f}x faster")
+             f"{ratios.get(f'speedup_b{b}', 1.0):.2f}x faster" + _limit(ratios, b))
         )
     return rows
+
+
+def _limit(ratios: dict, batch: str) -> str:
+    """How much of the physical limit (1 / FLOPs ratio) the speedup reaches, where FLOPs fell."""
+    fraction = ratios.get(f"limit_fraction_b{batch}")
+    return f" ({fraction:.0%} of the FLOPs limit)" if fraction is not None and ratios.get("flops", 1.0) < 0.99 else ""
 
 
 def print_summary(record: RunRecord) -> None:

@@ -80,7 +80,8 @@ def _log_wandb_files(experiment: Any, record: RunRecord, run_dir: Path) -> None:
     images = {name: wandb.Image(str(run_dir / path)) for name, path in record.artifacts.items() if path.endswith(".png")}
     if images:
         experiment.log(images)
-    files = [path for path in record.artifacts.values() if not path.endswith(".png")]
+    # folders (the kept model) stay in the run folder: W&B would stage a copy of every weight
+    files = [path for path in record.artifacts.values() if not path.endswith(".png") and (run_dir / path).is_file()]
     if files:
         artifact = wandb.Artifact(f"{record.run_id}-{record.method}", type=record.method)
         for path in files:

@@ -108,11 +108,26 @@ def calibrate_ranges(
     return {name: obs.range() for name, obs in observers.items()}
 
 
+@dataclass(frozen=True)
+class InputQuantizer:
+    """A forward pre-hook that fake-quantizes a layer's input to ``bits`` bits over its calibrated range."""
+
+    low: float
+    high: float
+    bits: int
+
+    def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (fake_quantize(args[0], self.low, self.high, self.bits), *args[1:])
+
+
+def install_input_quantizer(layer: nn.Module, quantizer: InputQuantizer) -> RemovableHandle:
+    """Hook ``quantizer`` on ``layer`` and keep it as ``layer.input_quantizer``, where a saved model finds it."""
+    layer.input_quantizer = quantizer
+    return layer.register_forward_pre_hook(quantizer)
+
+
 def install_activation_quantizers(
     layers: Mapping[str, nn.Module], ranges: Mapping[str, tuple[float, float]], bits: int
 ) -> list[RemovableHandle]:
     """Fake-quantize every named layer's input to ``bits`` bits over its calibrated range."""
-    return [
-        m.register_forward_pre_hook(lambda mod, args, r=ranges[name]: (fake_quantize(args[0], *r, bits), *args[1:]))
-        for name, m in layers.items()
-    ]
+    return [install_input_quantizer(m, InputQuantizer(*ranges[name], bits)) for name, m in layers.items()]

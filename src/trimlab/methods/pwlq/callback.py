@@ -4,6 +4,9 @@ Every Conv2d and Linear is quantized in place (fake quantization: the
 weights are replaced by their quantized values, activations pass through
 quantize-dequantize hooks), so any model, CNN or Transformer, pruned or not,
 takes it. The first and last layers can keep more bits, as the paper does.
+Each layer keeps its codes (``quantized_weight``) and its input quantizer
+(``input_quantizer``): the run stores those, and its ``size_mb_quantized`` is
+the size of that stored model (:mod:`trimlab.saved_model`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from trimlab.methods import MethodContext
 from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
-from trimlab.methods.pwlq.quantizer import bias_correct, pwlq_quantize, uniform_quantize
+from trimlab.methods.pwlq.quantizer import bias_correction, pwlq_codes, uniform_codes
 
 SCHEMES = ("pwlq", "uniform")
 
@@ -56,27 +59,29 @@ class PostTrainingQuantization(PostTrainingCallback):
         layers = quantizable_layers(model)
         means = mean_inputs(model, layers, self.samples) if self.cfg.output_bias_correction else {}
         per_layer: dict[str, dict[str, Any]] = {}
-        stored_bits = 0
         for index, (name, module) in enumerate(layers.items()):
             bits = self.layer_bits(index, len(layers))
             w = module.weight.data
             if self.cfg.scheme == "pwlq":
-                q, breakpoints = pwlq_quantize(w, bits, self.cfg.per_channel)
+                quantized = pwlq_codes(w, bits, self.cfg.per_channel)
             else:
-                q, breakpoints = uniform_quantize(w, bits, self.cfg.per_channel, self.cfg.symmetric), None
+                quantized = uniform_codes(w, bits, self.cfg.per_channel, self.cfg.symmetric)
             if self.cfg.bias_correction:
-                q = bias_correct(w, q, self.cfg.per_channel)
+                quantized = bias_correction(w, quantized, self.cfg.per_channel)
+            q = quantized.dequantize()
+            breakpoints = quantized.params.get("breakpoint")
             per_layer[name] = {
                 "bits": bits,
+                "code_bits": quantized.code_bits,
                 "relative_mse": float((q - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-30)),
                 "mean_breakpoint_over_max": None
                 if breakpoints is None
-                else float((breakpoints / w.reshape(len(breakpoints), -1).abs().amax(1).clamp_min(1e-12)).mean()),
+                else float((breakpoints / quantized.params["max_abs"].clamp_min(1e-12)).mean()),
             }
             module.weight.data = q
+            module.quantized_weight = quantized  # what the kept model stores (trimlab.saved_model)
             if name in means:
                 correct_output_bias(module, w, means[name])
-            stored_bits += w.numel() * bits
         self.stages["weights"] = time.perf_counter() - start
         if self.cfg.act_bits > 0:
             start = time.perf_counter()
@@ -85,13 +90,10 @@ class PostTrainingQuantization(PostTrainingCallback):
             for name, (low, high) in ranges.items():
                 per_layer[name]["act_range"] = [low, high]
             self.stages["calibrate"] = time.perf_counter() - start
-        quantized = sum(m.weight.numel() for m in layers.values())
-        other = sum(p.numel() for p in model.parameters()) - quantized
         self.stats.update(
             weight_bits=self.bits,
             act_bits=int(self.cfg.act_bits),
             scheme=self.cfg.scheme,
-            size_mb_quantized=(stored_bits / 8 + other * 4) / 2**20,
             mean_relative_mse=sum(v["relative_mse"] for v in per_layer.values()) / max(1, len(per_layer)),
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,14 @@ a centre [−p, p] and two tails, and gives each region the same number of
 levels: b-bit signed steps of p / (2^(b−1) − 1) in the centre, and (b−1)-bit
 magnitudes of (m − p) / (2^(b−1) − 1) above p in the tails (plus the sign).
 Everything works per output channel (dim 0) unless ``per_channel=False``.
+Both produce integer codes (:class:`QuantizedWeight`), which is what a kept
+model stores; the float values the model computes with are decoded from them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,26 +32,103 @@ def _rows(w: Tensor, per_channel: bool) -> Tensor:
     return w.reshape(w.shape[0], -1) if per_channel and w.ndim > 1 else w.reshape(1, -1)
 
 
-def uniform_quantize(w: Tensor, bits: int, per_channel: bool = True, symmetric: bool = True) -> Tensor:
-    """Round ``w`` to a uniform grid of ``bits`` bits over its (per-channel) range."""
+@dataclass
+class QuantizedWeight:
+    """A weight as unsigned integer codes of ``code_bits`` bits plus per-row parameters: what a kept model stores.
+
+    :meth:`dequantize` gives exactly the floats the quantized model computes
+    with (the quantizers below produce their values through it), so a model
+    rebuilt from the codes predicts as the fake-quantized one did.
+    """
+
+    scheme: str
+    """``uniform`` (``step``, and ``zero`` when asymmetric) or ``pwlq`` (``breakpoint``, ``max_abs``)."""
+    bits: int
+    shape: tuple[int, ...]
+    codes: Tensor
+    """``[rows, K]`` integers in ``[0, 2**code_bits)``."""
+    params: dict[str, Tensor]
+    """Per-row ``[rows, 1]`` floats; ``shift`` and ``scale`` once bias-corrected."""
+
+    @property
+    def code_bits(self) -> int:
+        """Bits per code: PWLQ adds one to say which region (centre or tail) a code is in."""
+        return self.bits + (self.scheme == "pwlq")
+
+    def dequantize(self) -> Tensor:
+        levels = 2 ** (self.bits - 1) - 1
+        p = self.params
+        codes = self.codes.long()
+        if self.scheme == "pwlq":
+            values = pwlq_values(codes, self.bits, p["breakpoint"], p["max_abs"])
+        elif "zero" in p:
+            values = (codes.to(p["step"].dtype) - p["zero"]) * p["step"]
+        else:
+            values = (codes - levels).to(p["step"].dtype) * p["step"]
+        if "shift" in p:
+            values = (values + p["shift"]) * p["scale"]
+        return values.reshape(self.shape)
+
+
+def uniform_codes(w: Tensor, bits: int, per_channel: bool = True, symmetric: bool = True) -> QuantizedWeight:
+    """Round ``w`` to a uniform grid of ``bits`` bits over its (per-channel) range, as codes."""
     rows = _rows(w, per_channel)
     if symmetric:
         levels = 2 ** (bits - 1) - 1
         step = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
-        q = torch.clamp(torch.round(rows / step), -levels, levels) * step
+        codes = torch.clamp(torch.round(rows / step), -levels, levels) + levels
+        params = {"step": step}
     else:
         low, high = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
         step = ((high - low) / (2**bits - 1)).clamp_min(1e-12)
         zero = torch.round(-low / step)
-        q = (torch.clamp(torch.round(rows / step) + zero, 0, 2**bits - 1) - zero) * step
-    return q.reshape(w.shape)
+        codes = torch.clamp(torch.round(rows / step) + zero, 0, 2**bits - 1)
+        params = {"step": step, "zero": zero}
+    return QuantizedWeight("uniform", bits, tuple(w.shape), codes.to(_code_dtype(bits)), params)
+
+
+def uniform_quantize(w: Tensor, bits: int, per_channel: bool = True, symmetric: bool = True) -> Tensor:
+    """Round ``w`` to a uniform grid of ``bits`` bits over its (per-channel) range."""
+    return uniform_codes(w, bits, per_channel, symmetric).dequantize()
+
+
+def pwlq_encode(rows: Tensor, bits: int, breakpoint: Tensor, max_abs: Tensor) -> Tensor:
+    """PWLQ codes of ``rows`` ``[C, K]``, ``bits + 1`` bits each.
+
+    A centre value ``c · step`` is the code ``c + levels`` (below ``2**bits``);
+    a tail value ``±(p + o · tail_step)`` is ``2**bits + o``, plus ``2**(bits−1)`` if negative.
+    """
+    levels = 2 ** (bits - 1) - 1
+    centre_step = breakpoint.clamp_min(1e-12) / levels
+    tail_step = (max_abs - breakpoint).clamp_min(1e-12) / levels
+    centre = torch.clamp(torch.round(rows / centre_step), -levels, levels) + levels
+    offset = torch.clamp(torch.round((rows.abs() - breakpoint) / tail_step), 0, levels)
+    tails = 2**bits + offset + (levels + 1) * (rows < 0)
+    return torch.where(rows.abs() <= breakpoint, centre, tails).long()
+
+
+def pwlq_values(codes: Tensor, bits: int, breakpoint: Tensor, max_abs: Tensor) -> Tensor:
+    """The values of PWLQ codes (:func:`pwlq_encode`): steps of p / levels in the centre, p + steps of (m − p) / levels beyond."""
+    levels = 2 ** (bits - 1) - 1
+    dtype = breakpoint.dtype
+    centre_step = breakpoint.clamp_min(1e-12) / levels
+    tail_step = (max_abs - breakpoint).clamp_min(1e-12) / levels
+    centre = (codes - levels).to(dtype) * centre_step
+    tail = codes - 2**bits
+    negative = tail > levels
+    sign = 1.0 - 2.0 * negative.to(dtype)
+    tails = sign * (breakpoint + (tail - (levels + 1) * negative).to(dtype) * tail_step)
+    return torch.where(codes < 2**bits, centre, tails)
 
 
 def pwlq_quantize_rows(rows: Tensor, bits: int, breakpoint: Tensor, max_abs: Tensor) -> Tensor:
-    """PWLQ of each row of ``rows`` ``[C, K]`` with breakpoints and ranges ``[C, 1]``."""
+    """PWLQ of each row of ``rows`` ``[C, K]`` with breakpoints and ranges ``[C, 1]``.
+
+    The same values as decoding :func:`pwlq_encode`'s codes, computed in floats
+    throughout: the breakpoint search calls this hundreds of times per layer.
+    """
     levels = 2 ** (bits - 1) - 1
-    p = breakpoint.clamp_min(1e-12)
-    centre_step = p / levels
+    centre_step = breakpoint.clamp_min(1e-12) / levels
     tail_step = (max_abs - breakpoint).clamp_min(1e-12) / levels
     centre = torch.clamp(torch.round(rows / centre_step), -levels, levels) * centre_step
     offset = torch.clamp(torch.round((rows.abs() - breakpoint) / tail_step), 0, levels) * tail_step
@@ -78,21 +158,35 @@ def closed_form_breakpoint(rows: Tensor, distribution: str) -> Tensor:
     return torch.minimum(p.clamp_min(0), max_abs)
 
 
-def pwlq_quantize(w: Tensor, bits: int, per_channel: bool = True) -> tuple[Tensor, Tensor]:
-    """PWLQ of ``w`` with the searched breakpoints; returns the quantized tensor and the breakpoints."""
+def pwlq_codes(w: Tensor, bits: int, per_channel: bool = True) -> QuantizedWeight:
+    """PWLQ of ``w`` with the searched breakpoints, as codes."""
     rows = _rows(w, per_channel)
     breakpoint = search_breakpoint(rows, bits)
-    q = pwlq_quantize_rows(rows, bits, breakpoint, rows.abs().amax(dim=1, keepdim=True))
-    return q.reshape(w.shape), breakpoint.flatten()
+    max_abs = rows.abs().amax(dim=1, keepdim=True)
+    codes = pwlq_encode(rows, bits, breakpoint, max_abs)
+    params = {"breakpoint": breakpoint, "max_abs": max_abs}
+    return QuantizedWeight("pwlq", bits, tuple(w.shape), codes.to(_code_dtype(bits + 1)), params)
 
 
-def bias_correct(w: Tensor, q: Tensor, per_channel: bool = True) -> Tensor:
+def pwlq_quantize(w: Tensor, bits: int, per_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """PWLQ of ``w`` with the searched breakpoints; returns the quantized tensor and the breakpoints."""
+    quantized = pwlq_codes(w, bits, per_channel)
+    return quantized.dequantize(), quantized.params["breakpoint"].flatten()
+
+
+def bias_correction(w: Tensor, quantized: QuantizedWeight, per_channel: bool = True) -> QuantizedWeight:
     """The paper's weight bias correction (after Banner et al.): ``(q + mean(w) − mean(q)) · std(w) / std(q)`` per channel.
 
     Quantization shifts and shrinks each channel's distribution; this restores
-    its mean offset and its spread.
+    its mean offset and its spread. The shift and scale join the codes' parameters.
     """
-    rows, qrows = _rows(w, per_channel), _rows(q, per_channel)
+    rows, qrows = _rows(w, per_channel), _rows(quantized.dequantize(), per_channel)
     q_std = qrows.std(dim=1, keepdim=True)
     scale = torch.where(q_std > 0, rows.std(dim=1, keepdim=True) / q_std.clamp_min(1e-12), torch.ones_like(q_std))
-    return ((qrows + rows.mean(dim=1, keepdim=True) - qrows.mean(dim=1, keepdim=True)) * scale).reshape(w.shape)
+    shift = rows.mean(dim=1, keepdim=True) - qrows.mean(dim=1, keepdim=True)
+    params = {**quantized.params, "shift": shift, "scale": scale}
+    return QuantizedWeight(quantized.scheme, quantized.bits, quantized.shape, quantized.codes, params)
+
+
+def _code_dtype(bits: int) -> torch.dtype:
+    return torch.uint8 if bits <= 8 else torch.int32
