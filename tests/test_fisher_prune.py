@@ -283,6 +283,7 @@ def test_callback_prunes_a_vit_to_the_budget(tmp_path) -> None:
 
     from trimlab.config import FisherPruneConfig
     from trimlab.methods.fisher_prune.callback import FisherPruning
+    from trimlab.methods.post_training import Budget
     from trimlab.models.vision import vit_classifier
 
     torch.manual_seed(0)
@@ -290,7 +291,7 @@ def test_callback_prunes_a_vit_to_the_budget(tmp_path) -> None:
     gen = torch.Generator().manual_seed(0)
     batches = [{"pixel_values": torch.randn(8, 1, 16, 16, generator=gen), "labels": torch.randint(0, 3, (8,), generator=gen)} for _ in range(3)]
     callback = FisherPruning(
-        OmegaConf.structured(FisherPruneConfig()), OmegaConf.create({"kind": "flops", "target": 0.5}), batches,
+        OmegaConf.structured(FisherPruneConfig()), Budget("flops", 0.5), batches,
         num_labels=3, seq_len=17.0, cache_dir=tmp_path, run_dir=tmp_path / "run",
     )
     callback.compress(model)

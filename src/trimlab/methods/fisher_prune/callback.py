@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
 from trimlab.config import ConfigError
 from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost, sequence_length
 from trimlab.methods import MethodContext
-from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
+from trimlab.methods.post_training import Budget, PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
 from trimlab.methods.fisher_prune.plot import plot_masks
@@ -36,13 +36,17 @@ log = logging.getLogger(__name__)
 
 
 class FisherPruning(PostTrainingCallback):
-    """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget``."""
+    """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget`` (flops or latency).
+
+    ``cfg`` is the method's own config (:class:`~trimlab.config.FisherPruneConfig`);
+    each batch of ``samples`` gives one Fisher gradient.
+    """
 
     def __init__(
         self,
         cfg: DictConfig,
-        budget: DictConfig,
-        samples: DataLoader,
+        budget: Budget,
+        samples: Iterable[Mapping[str, Tensor]],
         num_labels: int,
         seq_len: float,
         cache_dir: Path,
@@ -162,15 +166,35 @@ def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float,
     )
 
 
+def check_transformer(model: nn.Module, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``model`` has the unified encoder whose heads and neurons this method prunes."""
+    if not isinstance(model, TransformerClassifier):
+        raise ConfigError(
+            f"method=fisher_prune prunes attention heads and FFN neurons; {name} is not a "
+            "Transformer. Use a BERT or ViT model, or method=pwlq for CNNs."
+        )
+
+
+def check_budget(model: TransformerClassifier, budget: Budget, cfg: DictConfig, seq_len: float, cache_dir: Path) -> None:
+    """Raise :class:`ConfigError` for a budget the search cannot meet, before the Fisher gradients are paid for.
+
+    A latency budget measures (or reads) this machine's latency table under ``cache_dir`` now.
+    """
+    if budget.kind == "flops":
+        encoder_flops_target(model, budget.target, seq_len)
+    elif budget.kind == "latency":
+        spec = model.encoder.spec
+        tables, _ = layer_latency(model, cfg, seq_len, cache_dir)
+        check_latency_budget(budget.target, spec.num_layers, spec.num_heads, spec.ffn_dim, tables.attention.fit(), tables.ffn.fit())
+    else:
+        raise ConfigError(f"method=fisher_prune takes flops or latency budgets, not {budget.kind!r}")
+
+
 class FisherPruneMethod(PostTrainingMethod):
     """Runs :class:`FisherPruning` in a validate run, so the pruned model's val metric is logged at once."""
 
     def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
-        if not isinstance(model, TransformerClassifier):
-            raise ConfigError(
-                f"method=fisher_prune prunes attention heads and FFN neurons; model={cfg.model.name} is not a "
-                "Transformer. Use a BERT or ViT model, or method=pwlq for CNNs."
-            )
+        check_transformer(model, f"model={cfg.model.name}")
         if cfg.dataset.sample_size < 1 or self.cfg.batch_size < 1:
             raise ConfigError("dataset.sample_size and method.batch_size must be positive for method=fisher_prune")
         if self.cfg.teacher_steps < 1:
@@ -183,21 +207,13 @@ class FisherPruneMethod(PostTrainingMethod):
                 f"(weights={cfg.model.weights}) has no {cfg.dataset.name} classifier; use finetune=text "
                 "(or finetune=vit_scratch), or point model.path at a fine-tuned checkpoint"
             )
-        seq_len = sequence_length(model, datamodule)
-        if cfg.budget.kind == "flops":
-            encoder_flops_target(model, cfg.budget.target, seq_len)
-        if cfg.budget.kind == "latency":  # measure (or read) the latency table now, to reject a target it cannot reach
-            spec = model.encoder.spec
-            tables, _ = layer_latency(model, self.cfg, seq_len, Path(cfg.paths.cache_dir))
-            check_latency_budget(
-                cfg.budget.target, spec.num_layers, spec.num_heads, spec.ffn_dim, tables.attention.fit(), tables.ffn.fit()
-            )
+        check_budget(model, Budget.of(cfg.budget), self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
 
     def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         dm = ctx.datamodule
         return FisherPruning(
             self.cfg,
-            ctx.cfg.budget,
+            Budget.of(ctx.cfg.budget),
             dm.sample_dataloader(batch_size=self.cfg.batch_size),
             dm.num_labels,
             sequence_length(model, dm),

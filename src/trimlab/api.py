@@ -1,0 +1,349 @@
+"""``compress(model, method, budget, data)``: trimlab's post-training methods on a model of your own, no Hydra.
+
+The model is converted into trimlab's unified encoder
+(:func:`trimlab.models.convert.to_trimlab`); the method's config is composed from
+its packaged YAML on its schema, the same defaults ``trimlab method=<name>`` runs
+with (``options`` overrides its keys); then each step's post-training callback
+compresses the model directly, on the given batches, under the budget as a value:
+no Lightning trainer, no run folder. FLOPs are counted on those batches before
+and after, as a run counts them on its test set.
+
+>>> from trimlab.api import compress
+>>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
+>>> report.flops_ratio, report.params
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from trimlab.config import ConfigError, check_keys, register_configs
+from trimlab.measure.flops import mean_flops_per_example, sequence_length
+from trimlab.measure.size import count_params
+from trimlab.methods.fisher_prune.callback import FisherPruning, check_budget, check_transformer
+from trimlab.methods.post_training import RATIO_KINDS, Budget, PostTrainingCallback
+from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, folding_error
+from trimlab.methods.pwlq.callback import SCHEMES, PostTrainingQuantization, quantizable_layers
+from trimlab.models.classifier import TransformerClassifier
+from trimlab.models.convert import to_trimlab
+from trimlab.models.embeddings import TextEmbeddings
+
+__all__ = ["Budget", "CompressionReport", "compress"]
+
+QUANTIZERS = ("pwlq", "uniform_ptq")
+POST_TRAINING = ("fisher_prune", *QUANTIZERS)
+"""Methods ``compress`` runs, alone or as the steps of a pipeline; the others train the model (use the ``trimlab`` CLI)."""
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "labels")
+"""What a batch may carry into the model and its loss (others are dropped)."""
+
+
+@dataclass
+class CompressionReport:
+    """What :func:`compress` did: the budget, FLOPs and parameters before and after, and the method's own numbers."""
+
+    method: str
+    budget: Budget
+    dense_flops: float
+    """Mean FLOPs per example of ``data`` (unpadded lengths, as a run counts them)."""
+    flops: float
+    dense_params: int
+    params: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    """The method's record (kept heads and neurons per layer, weight bits…); ``<step>/<key>`` in a pipeline."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per step of the method."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Name → file under ``output_dir`` (masks, quantization tables); empty without one."""
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops / self.dense_flops
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params / self.dense_params
+
+
+def compress(
+    model: nn.Module,
+    method: str | Sequence[str] = "fisher_prune",
+    budget: float | Budget | None = None,
+    data: Iterable[Any] | Mapping[str, Tensor] | None = None,
+    *,
+    bits: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+) -> tuple[nn.Module, CompressionReport]:
+    """Compress ``model`` post-training and return trimlab's compressed model with a :class:`CompressionReport`.
+
+    ``model``: a ``transformers`` BERT / DistilBERT / MiniLM / MPNet sequence
+    classifier, a timm ViT/DeiT (any timm model for quantization) or a trimlab
+    model; it is left as it was. ``method``: ``fisher_prune``, ``pwlq``,
+    ``uniform_ptq``, a pipeline option of them (``fisher_prune_pwlq``) or a list of
+    them in order (``["fisher_prune", "pwlq"]``). ``budget``: a number is a target of
+    the method's first budget kind (a FLOPs ratio for Fisher, bits for a quantizer);
+    ``Budget("latency", 0.7)`` names another. ``bits``: the weight bits of the
+    quantizing steps. ``data``: a DataLoader or list of batches like trimlab's
+    datamodules yield (``input_ids``/``attention_mask``/``labels`` or
+    ``pixel_values``/``labels``; ``(images, labels)`` pairs too): the sample set, each
+    batch as it is (one Fisher gradient, one calibration batch). ``options``: keys of
+    the method's config (``{"tune": False}``), per step name for a pipeline
+    (``{"quantize": {"act_bits": 8}}``). ``output_dir``: where the method's files
+    go (and the latency table is cached); none are kept without it.
+
+    The returned model takes the same batches and returns ``.logits``. A bad
+    argument raises :class:`~trimlab.config.ConfigError` (a ValueError) naming it
+    and what would work, before any expensive work.
+    """
+    _check_bits(bits)
+    name, steps, accepted = _method_steps(method, options or {})
+    budget = _resolve_budget(name, steps, accepted, budget, bits)
+    step_bits = _step_bits(name, steps, budget, bits)
+    batches = _batches(data)
+    compressed = to_trimlab(model)
+    _check_inputs(compressed, batches[0])
+    with _work_dir(output_dir) as work:
+        for step, cfg in steps.items():
+            if cfg.name == "fisher_prune":
+                check_transformer(compressed, f"model ({type(model).__name__})")
+                check_budget(compressed, budget, cfg, _sequence_length(compressed, batches), work / "cache")
+            else:
+                _check_quantizer(step, cfg, compressed, batches)
+        dense_flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
+        dense_params = count_params(compressed)
+        report = CompressionReport(name, budget, dense_flops, dense_flops, dense_params, dense_params)
+        for step, cfg in steps.items():
+            prefix, folder = (f"{step}/", work / step) if len(steps) > 1 else ("", work)
+            callback = _callback(cfg, compressed, budget, step_bits.get(step), batches, work / "cache", folder)
+            callback.compress(compressed)
+            report.stats.update({prefix + k: v for k, v in callback.stats.items()})
+            report.stages.update({prefix + k: v for k, v in callback.stages.items()})
+            if output_dir is not None:
+                report.artifacts.update({prefix + k: str(folder / v) for k, v in callback.artifacts.items()})
+    compressed.eval()
+    report.flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
+    report.params = count_params(compressed)
+    return compressed, report
+
+
+# ---------------------------------------------------------------- the method's config
+def method_options() -> list[str]:
+    """Every ``method=`` option trimlab ships (``conf/method/*.yaml``)."""
+    folder = resources.files("trimlab.conf") / "method"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def method_config(name: str) -> DictConfig:
+    """``conf/method/<name>.yaml`` on its schema, exactly as ``trimlab method=<name>`` composes it."""
+    from hydra import compose
+
+    if name not in method_options():
+        raise ConfigError(f"method={name!r} is not a trimlab method; compress() takes {_takes()}")
+    with _composing():
+        return compose("config", overrides=[f"method={name}"]).method
+
+
+def _method_steps(method: str | Sequence[str], options: Mapping[str, Any]) -> tuple[str, dict[str, DictConfig], list[str]]:
+    """The method's name, its steps (step name → that method's config, ``options`` applied) and the budget kinds it takes."""
+    if isinstance(method, str):
+        cfg = method_config(method)
+        steps = dict(cfg.steps) if "steps" in cfg else {method: cfg}
+        name, accepted = method, list(cfg.budgets)
+    else:
+        names = list(method)
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"method={names}: list each method once, in the order they run, e.g. ['fisher_prune', 'pwlq']")
+        steps = {n: method_config(n) for n in names}
+        name = "+".join(names)
+        ratio = [list(c.budgets) for c in steps.values() if set(c.budgets) & set(RATIO_KINDS)]
+        accepted = ratio[0] if ratio else ["bits"]
+    for cfg in steps.values():
+        if cfg.name not in POST_TRAINING:
+            raise ConfigError(
+                f"method={name}: {cfg.name} is not a post-training method (it trains the model; run it with the trimlab CLI); "
+                f"compress() takes {_takes()}"
+            )
+    if len([c for c in steps.values() if c.name == "fisher_prune"]) > 1:
+        raise ConfigError(f"method={name} prunes twice; one fisher_prune step takes the whole budget")
+    if len(steps) > 1 and set(options) - set(steps):
+        unknown = ", ".join(sorted(set(options) - set(steps)))
+        raise ConfigError(f"options: {unknown} is not a step of method={name}; key the options by step: {', '.join(steps)}")
+    for step, cfg in steps.items():
+        given, where = (options, "options") if len(steps) == 1 else (options.get(step, {}), f"options.{step}")
+        try:
+            merged = OmegaConf.merge(cfg, given)
+        except OmegaConfBaseException as exc:
+            keys = ", ".join(k for k in cfg if k not in ("name", "budgets"))
+            raise ConfigError(f"{where}: {str(exc).splitlines()[0]}; the keys of {cfg.name} are: {keys}") from exc
+        check_keys(merged, f"{where}.")
+        steps[step] = merged
+    return name, steps, accepted
+
+
+def _takes() -> str:
+    """The methods compress() runs, for error messages."""
+    pipelines = ", ".join(_pipelines())
+    return f"{', '.join(POST_TRAINING)}, a pipeline of them ({pipelines}) or a list such as ['fisher_prune', 'pwlq']"
+
+
+@functools.cache
+def _pipelines() -> tuple[str, ...]:
+    """The packaged pipeline options whose steps are all post-training methods."""
+    from hydra import compose
+
+    found = []
+    with _composing():
+        for option in method_options():
+            cfg = compose("config", overrides=[f"method={option}"]).method
+            if "steps" in cfg and all(step.name in POST_TRAINING for step in cfg.steps.values()):
+                found.append(option)
+    return tuple(found)
+
+
+@contextmanager
+def _composing() -> Iterator[None]:
+    """Hydra on trimlab's packaged configs for the block, whatever Hydra state the caller has (restored after)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    register_configs()
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("trimlab.conf", version_base="1.3"):
+            yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+# ---------------------------------------------------------------- budget and bits
+def _check_bits(bits: Any) -> None:
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16):
+        raise ConfigError(f"bits={bits!r} must be a whole number of bits in [2, 16]")
+
+
+def _resolve_budget(name: str, steps: Mapping[str, DictConfig], accepted: list[str], budget: Any, bits: int | None) -> Budget:
+    """The budget as a value: a number is a target of the method's first kind; a quantizer's is its ``bits``."""
+    prunes = any(c.name == "fisher_prune" for c in steps.values())
+    examples = "budget=0.6 (60% of the FLOPs) or budget=Budget('latency', 0.7)" if prunes else "bits=4 (or budget=4)"
+    if budget is None and not prunes:
+        budget = bits
+    if budget is None:
+        raise ConfigError(f"budget: method={name} needs one, e.g. {examples}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, Budget)):
+        raise ConfigError(f"budget={budget!r} is neither a number nor a Budget; e.g. {examples}")
+    if not isinstance(budget, Budget):
+        budget = Budget(accepted[0], float(budget))
+    if budget.kind not in accepted:
+        raise ConfigError(
+            f"budget: method={name} cannot take a {budget.kind!r} budget; it accepts {', '.join(accepted)}, e.g. {examples}"
+        )
+    return budget
+
+
+def _step_bits(name: str, steps: Mapping[str, DictConfig], budget: Budget, bits: int | None) -> dict[str, int]:
+    """Weight bits of each quantizing step: ``bits``, else a bits budget's target, else the step's own ``bits`` key."""
+    quantizers = [step for step, cfg in steps.items() if cfg.name in QUANTIZERS]
+    if not quantizers and bits is not None:
+        raise ConfigError(
+            f"bits={bits}: method={name} does not quantize; use method=['{name}', 'pwlq'] or method=fisher_prune_pwlq"
+        )
+    from_budget = int(budget.target) if budget.kind == "bits" else None
+    if bits is not None and from_budget is not None and bits != from_budget:
+        raise ConfigError(f"bits={bits} and budget={from_budget} (bits) disagree; give one of them")
+    chosen = {step: bits or from_budget or int(steps[step].bits) for step in quantizers}
+    if not all(chosen.values()):
+        raise ConfigError(f"bits: method={name} quantizes, so it needs weight bits, e.g. bits=4")
+    return chosen
+
+
+# ---------------------------------------------------------------- data and checks
+def _batches(data: Any) -> list[dict[str, Tensor]]:
+    """The batches as trimlab's datamodules yield them, read once (every step sees the same examples)."""
+    hint = "give a DataLoader or a list of batches: dicts with input_ids/attention_mask/labels or pixel_values/labels"
+    if data is None or isinstance(data, (Tensor, str)):
+        raise ConfigError(f"data: {hint}")
+    batches = []
+    for batch in [data] if isinstance(data, Mapping) else data:
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor) and batch[0].ndim == 4:
+            batch = {"pixel_values": batch[0], "labels": batch[1]}
+        if not isinstance(batch, Mapping) or not {"input_ids", "pixel_values"} & set(batch):
+            raise ConfigError(f"data: a batch of type {type(batch).__name__} has neither input_ids nor pixel_values; {hint}")
+        batches.append({k: batch[k] for k in BATCH_KEYS if k in batch})
+    if not batches:
+        raise ConfigError(f"data is empty; {hint}")
+    return batches
+
+
+def _check_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> None:
+    """Text models read ``input_ids``, image models ``pixel_values``: say so before a KeyError deep in a forward."""
+    text = isinstance(model, TransformerClassifier) and isinstance(model.embeddings, TextEmbeddings)
+    key = "input_ids" if text else "pixel_values"
+    if key not in batch:
+        kind = "text" if text else "vision"
+        raise ConfigError(f"data: the model is a {kind} model and reads {key}, but the batches have {', '.join(batch)}")
+
+
+def _sequence_length(model: TransformerClassifier, batches: Sequence[Mapping[str, Tensor]]) -> float:
+    """Tokens per example Fisher prices heads and neurons at: the mean unpadded text length, or patches + class token."""
+    if "input_ids" not in batches[0]:
+        return sequence_length(model, None)
+    tokens = examples = 0
+    for b in batches:
+        tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        examples += len(b["input_ids"])
+    return tokens / examples
+
+
+def _check_quantizer(step: str, cfg: DictConfig, model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> None:
+    """What would make quantization fail or change the model's function, before it runs."""
+    if cfg.scheme not in SCHEMES:
+        raise ConfigError(f"options: scheme={cfg.scheme!r} of step {step} is not one of {', '.join(SCHEMES)}")
+    if not quantizable_layers(model):
+        raise ConfigError(f"model has no Conv2d or Linear layer for step {step} to quantize")
+    if cfg.fold_batchnorm and conv_batchnorm_pairs(model):
+        error = folding_error(model, {k: v[:2] for k, v in batches[0].items() if k != "labels"})
+        if error > 1e-4:
+            raise ConfigError(
+                f"folding the BatchNorms of the model into its convolutions changes its outputs (relative error {error:.1e}); "
+                "pass options={'fold_batchnorm': False}"
+            )
+
+
+# ---------------------------------------------------------------- running a step
+def _callback(
+    cfg: DictConfig,
+    model: nn.Module,
+    budget: Budget,
+    bits: int | None,
+    batches: list[dict[str, Tensor]],
+    cache: Path,
+    folder: Path,
+) -> PostTrainingCallback:
+    """The step's post-training callback, built from values (its config, budget or bits, the batches)."""
+    if cfg.name == "fisher_prune":
+        num_labels = model.head.classifier.out_features
+        return FisherPruning(cfg, budget, batches, num_labels, _sequence_length(model, batches), cache, folder)
+    return PostTrainingQuantization(cfg, bits, batches, folder)
+
+
+@contextmanager
+def _work_dir(output_dir: str | Path | None) -> Iterator[Path]:
+    """``output_dir``, or a temporary folder removed afterwards."""
+    if output_dir is not None:
+        yield Path(output_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="trimlab-") as tmp:
+        yield Path(tmp)

@@ -1,0 +1,194 @@
+"""``compress()``: a user's own transformers / timm model, compressed post-training with no Hydra config."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
+)
+
+from trimlab.api import Budget, compress, method_config
+from trimlab.config import ConfigError
+from trimlab.models.classifier import TransformerClassifier
+from trimlab.models.convert import to_trimlab
+
+BOUND = 1e-4
+VOCAB, LENGTH = 100, 16
+
+
+def small_bert(num_labels: int = 3) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=LENGTH + 2, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def text_batches(n: int = 3, num_labels: int = 3, first_id: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Right-padded batches with a mask, as trimlab's text datamodules yield them."""
+    gen = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(first_id, VOCAB, (8, LENGTH), generator=gen)
+        mask = (torch.arange(LENGTH)[None] < torch.randint(5, LENGTH + 1, (8, 1), generator=gen)).long()
+        batches.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.randint(0, num_labels, (8,), generator=gen)})
+    return batches
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8, depth=3).eval()
+
+
+def image_batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(2)
+    return [{"pixel_values": torch.randn(4, 3, 32, 32, generator=gen), "labels": torch.randint(0, 3, (4,), generator=gen)} for _ in range(n)]
+
+
+def hf_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(batch).logits
+
+
+# ---------------------------------------------------------------- conversion parity
+@pytest.mark.parametrize(
+    "reference",
+    [
+        lambda: small_bert(),
+        lambda: DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=LENGTH, num_labels=2)
+        ),
+        lambda: MPNetForSequenceClassification(
+            MPNetConfig(
+                vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=LENGTH + 2, num_labels=2,
+            )
+        ),
+    ],
+    ids=["bert", "distilbert", "mpnet"],
+)
+def test_converted_text_classifier_matches_transformers(reference) -> None:
+    torch.manual_seed(0)
+    hf = reference().eval()
+    ours = to_trimlab(hf)
+    batch = text_batches(1, first_id=2)[0]  # MPNet pads with id 1: no real token may take it
+    assert isinstance(ours, TransformerClassifier) and not ours.training
+    assert float((logits(ours, batch) - hf_logits(hf, batch)).abs().max()) <= BOUND
+
+
+def test_converted_timm_vit_matches_timm() -> None:
+    net = tiny_vit()
+    batch = image_batches(1)[0]
+    with torch.no_grad():
+        expected = net(batch["pixel_values"])
+    assert float((logits(to_trimlab(net), batch) - expected).abs().max()) <= BOUND
+
+
+# ---------------------------------------------------------------- compress
+def test_fisher_prunes_a_transformers_bert_to_the_flops_budget() -> None:
+    hf = small_bert()
+    batches = text_batches()
+    before = hf_logits(hf, batches[0])
+    small, report = compress(hf, method="fisher_prune", budget=0.6, data=batches)
+    assert report.budget == Budget("flops", 0.6) and report.method == "fisher_prune"
+    assert report.flops_ratio <= 0.6 + 0.02
+    assert report.params < report.dense_params == sum(p.numel() for p in to_trimlab(hf).parameters())
+    assert sum(report.stats["heads_per_layer"]) < 2 * 4 and {"fisher", "search", "tune"} <= set(report.stages)
+    after = logits(small, batches[0])
+    assert after.shape == before.shape and float((after - before).abs().max()) > 1e-5
+    torch.testing.assert_close(hf_logits(hf, batches[0]), before)  # the user's model is left as it was
+
+
+def test_pwlq_4_bit_quantizes_every_linear(tmp_path) -> None:
+    hf = small_bert()
+    batches = text_batches(2)
+    quantized, report = compress(hf, "pwlq", bits=4, data=batches, output_dir=tmp_path)
+    assert report.budget == Budget("bits", 4) and report.stats["weight_bits"] == 4 and report.flops_ratio == pytest.approx(1.0)
+    fc1 = quantized.encoder.layers[0].ffn.fc1.weight
+    assert all(len(torch.unique(row)) <= 2 * 2**4 for row in fc1)  # PWLQ: two 4-bit grids (centre and tails)
+    assert not torch.allclose(logits(quantized, batches[0]), hf_logits(hf, batches[0]), atol=1e-4)
+    assert (tmp_path / "quantization.json").is_file() and report.artifacts["quantization"] == str(tmp_path / "quantization.json")
+
+
+def test_a_pipeline_prunes_then_quantizes_each_step_recorded_apart() -> None:
+    hf = small_bert()
+    small, report = compress(hf, "fisher_prune_pwlq", budget=0.5, data=text_batches(2), bits=6, options={"prune": {"tune": False}})
+    assert report.flops_ratio <= 0.5 + 0.02 and "prune/tune_stopped" not in report.stats
+    assert report.stats["quantize/weight_bits"] == 6 and "prune/heads_per_layer" in report.stats
+    as_list, listed = compress(hf, ["fisher_prune", "uniform_ptq"], Budget("flops", 0.5), text_batches(2), bits=8)
+    assert listed.method == "fisher_prune+uniform_ptq" and listed.stats["uniform_ptq/weight_bits"] == 8
+
+
+def test_fisher_prunes_a_timm_vit_and_a_trimlab_model_is_not_changed() -> None:
+    vit = to_trimlab(tiny_vit())
+    batches = image_batches()
+    dense = logits(vit, batches[0])
+    pairs = [(b["pixel_values"], b["labels"]) for b in batches]  # a torchvision-style loader's batches
+    small, report = compress(vit, "fisher_prune", 0.7, pairs, options={"tune": False})
+    assert report.flops_ratio <= 0.7 + 0.02 and logits(small, batches[0]).shape == (4, 3)
+    torch.testing.assert_close(logits(vit, batches[0]), dense)
+
+
+def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(compose_cfg) -> None:
+    assert method_config("fisher_prune_pwlq").steps.quantize.bits == 8
+    assert compose_cfg("method=uniform_ptq").method.scheme == "uniform"
+
+
+# ---------------------------------------------------------------- clear errors
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "fisher_prunez", "budget": 0.6}, r"method='fisher_prunez' is not a trimlab method; compress\(\) takes fisher_prune, pwlq"),
+        ({"method": "ltp", "budget": 0.6}, "ltp is not a post-training method"),
+        ({"method": "fisher_prune", "budget": Budget("bits", 4)}, "cannot take a 'bits' budget; it accepts flops, latency"),
+        ({"method": "pwlq", "budget": Budget("flops", 0.5)}, "cannot take a 'flops' budget; it accepts bits"),
+        ({"method": "fisher_prune"}, "budget: method=fisher_prune needs one"),
+        ({"method": "fisher_prune", "budget": 0.6, "bits": 4}, "does not quantize"),
+        ({"method": "pwlq"}, "needs one, e.g. bits=4"),
+        ({"method": "pwlq", "bits": 3, "budget": 4}, "disagree"),
+        ({"method": "fisher_prune", "budget": 1.5}, r"budget.target=1.5 must be a ratio in \(0, 1\]"),
+        ({"method": "fisher_prune", "budget": 0.6, "options": {"tunez": False}}, "options: .*tunez.*the keys of fisher_prune are"),
+        ({"method": "fisher_prune_pwlq", "budget": 0.6, "options": {"tune": False}}, "options: tune is not a step .* prune, quantize"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": None}, "data: give a DataLoader"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": image_batches(1)}, "reads input_ids, but the batches have pixel_values"),
+    ],
+)
+def test_a_bad_argument_is_one_clear_error(kwargs: dict, match: str) -> None:
+    kwargs.setdefault("data", text_batches(1))
+    with pytest.raises(ConfigError, match=match):
+        compress(small_bert(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (nn.Sequential(nn.Linear(4, 2)), "torch.nn.modules.container.Sequential cannot be converted; give a transformers"),
+        (BertModel(BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)),
+         "BertModel has no classification head"),
+    ],
+    ids=["module", "headless"],
+)
+def test_a_model_that_cannot_be_converted_is_a_value_error(model: nn.Module, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        compress(model, "fisher_prune", 0.6, text_batches(1))
+
+
+def test_fisher_refuses_a_cnn_and_names_the_quantizers() -> None:
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    with pytest.raises(ConfigError, match="is not a Transformer.*method=pwlq"):
+        compress(net, "fisher_prune", 0.6, image_batches(1))
