@@ -1,0 +1,281 @@
+"""``trimlab-export``: a kept model as an ONNX or TorchScript file that runs without trimlab.
+
+Both formats are captured by tracing the model on an example batch, so what
+the model decides from its data with Python control flow is frozen at the
+example's values. The export sets the model up so that no such decision can
+differ between inputs:
+
+- the encoder runs its padded layout (``encoder.packed = False``): the packed
+  layout's row counts are Python ints read from the data;
+- a text example always holds padding, so the key mask that padding needs is
+  in the graph (the encoder skips it for a batch without padding);
+- a token-pruned model (``encoder.token_selector`` set) masks the tokens its
+  selector drops out of later attention instead of removing them
+  (``drop_tokens=False``): same logits, shapes independent of the data, but
+  the exported graph computes every token, so it has none of the token
+  pruning's speedup. Removing them needs data-dependent shapes, which the
+  tracing exporters freeze at the example's kept counts.
+
+Dense, structurally pruned and quantized models export as they compute: a
+pruned model with its smaller Linear weights, a quantized one with its
+dequantized float weights and its activation fake quantization as plain float
+operations (Div, Round, Clip, Mul), not as QuantizeLinear/DequantizeLinear
+pairs. ONNX uses torch's TorchScript-based exporter: the torch.export-based
+one cannot capture the encoder's padding check (``bool(valid.all())``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from trimlab.config import model_kind
+from trimlab.results.record import RECORD_FILE, read_record
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+ONNX_OPSET = 17
+EXPORT_EXTRA = "pip install 'trimlab[export]'"
+IMAGE_KEY = "pixel_values"
+
+
+class LogitsGraph(nn.Module):
+    """The model as a function of plain tensors (in ``names`` order) to logits, which exporters can trace."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], mask_dropped_tokens: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+        self.mask_dropped_tokens = mask_dropped_tokens
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        batch = dict(zip(self.names, tensors, strict=True))
+        if self.mask_dropped_tokens:
+            return self.model(batch, drop_tokens=False).logits
+        return self.model(batch).logits
+
+
+def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str) -> Path:
+    """Write ``model`` (a trimlab classifier) as ``fmt`` (``onnx`` or ``torchscript``) to ``path``.
+
+    The file takes the example batch's tensors (labels left out) in its key
+    order, with a dynamic batch size and, for text, a dynamic sequence length,
+    and returns the logits. Check the result with :func:`max_logit_difference`.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = _with_padding(model, {k: v for k, v in example_batch.items() if k != "labels"})
+    with _traceable(model, list(inputs)) as graph, _quiet_tracing(), torch.no_grad():
+        _check_selection_is_traced(graph, inputs)
+        args = tuple(inputs.values())
+        if fmt == "onnx":
+            _optional("onnx", "writing ONNX")  # torch's exporter imports it deep inside, with a less helpful message
+            torch.onnx.export(
+                graph,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=list(inputs),
+                output_names=["logits"],
+                dynamic_axes={**_dynamic_axes(inputs), "logits": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+            )
+        else:
+            torch.jit.save(torch.jit.trace(graph, args, check_trace=False), str(path))
+    return path
+
+
+def max_logit_difference(path: Path, model: nn.Module, batch: Mapping[str, Tensor]) -> float:
+    """Largest absolute difference between the exported file's logits and ``model``'s on ``batch``.
+
+    The model runs as it does in trimlab (eval mode, tokens really dropped),
+    so this also checks that the export's masking of dropped tokens is exact.
+    A ``.onnx`` file runs in onnxruntime (``trimlab[export]``), any other in
+    ``torch.jit.load``, which takes the tensors in the export's key order.
+    """
+    path = Path(path)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if path.suffix == ".onnx":
+        onnxruntime = _optional("onnxruntime", "running an ONNX file")
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+        exported = torch.from_numpy(session.run(["logits"], feed)[0])
+    else:
+        with _quiet_tracing(), torch.no_grad():
+            exported = torch.jit.load(str(path))(*inputs.values())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(inputs).logits
+    finally:
+        model.train(was_training)
+    return float((exported - reference).abs().max())
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence what tracing says about every export: the exporters' deprecation, and a warning wherever
+    Python reads a tensor (the export's setup makes each of those reads the same for every input)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+.* is deprecated", category=FutureWarning)
+        yield
+
+
+def _optional(module: str, purpose: str) -> Any:
+    """Import a package of the ``export`` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{purpose} needs the {module} package: {EXPORT_EXTRA}") from err
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module, names: Sequence[str]) -> Iterator[LogitsGraph]:
+    """``model`` in eval mode on the padded layout, wrapped as a :class:`LogitsGraph`; restored on exit."""
+    encoder = getattr(model, "encoder", None)
+    packed = getattr(encoder, "packed", None)
+    was_training = model.training
+    model.eval()
+    if packed is not None:
+        encoder.packed = False
+    try:
+        yield LogitsGraph(model, names, mask_dropped_tokens=getattr(encoder, "token_selector", None) is not None)
+    finally:
+        model.train(was_training)
+        if packed is not None:
+            encoder.packed = packed
+
+
+def _with_padding(model: nn.Module, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A text batch with at least one padded position: one pad column is appended to a batch without any.
+
+    Padding leaves the real tokens' outputs unchanged; it only makes the traced
+    graph carry the key mask that inputs with padding need.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or not bool(mask.all()):
+        return inputs
+    pad_id = getattr(getattr(model, "embeddings", None), "pad_token_id", 0)
+    return {
+        key: torch.cat([value, value.new_full((value.shape[0], 1), pad_id if key == "input_ids" else 0)], dim=1)
+        if value.ndim == 2 and key != IMAGE_KEY
+        else value
+        for key, value in inputs.items()
+    }
+
+
+def _check_selection_is_traced(graph: LogitsGraph, inputs: dict[str, Tensor]) -> None:
+    """Refuse a token-pruned model whose example keeps every token at the selector's first layer.
+
+    The encoder builds the key mask only when some token is masked; a trace of
+    an example that masks none would never mask a token for any input.
+    """
+    if not graph.mask_dropped_tokens:
+        return
+    encoder = graph.model.encoder
+    selector = encoder.token_selector
+    layers = [i for i in range(len(encoder.layers)) if selector.selects_at(i)]
+    if not layers:
+        return
+    out = graph.model(inputs, drop_tokens=False, output_hidden_states=True).encoder
+    first = layers[0]
+    if bool((out.kept_tokens[first] == out.hidden_states[first].shape[1]).all()):
+        raise ValueError(
+            f"the token selector ({type(selector).__name__}) drops no token of the example batch at layer {first}: "
+            "the traced graph would keep every token for every input. Export with an example batch on which it "
+            "drops at least one token (a batch of real data usually does)."
+        )
+
+
+def _dynamic_axes(inputs: Mapping[str, Tensor]) -> dict[str, dict[int, str]]:
+    """Batch is dynamic for every input; sequence length too for token inputs (images keep their size)."""
+    return {key: {0: "batch"} if key == IMAGE_KEY else {0: "batch", 1: "sequence"} for key in inputs}
+
+
+def synthetic_batch(model: nn.Module, model_cfg: DictConfig, size: int = 2, length: int = 16) -> dict[str, Tensor]:
+    """A fixed random batch of the inputs ``model`` takes, shaped by its model config.
+
+    Text: token ids inside the vocabulary, the second example padded in its
+    second half, token types where the model has them. Images: normal noise
+    at the configured size and channels.
+    """
+    gen = torch.Generator().manual_seed(0)
+    if model_kind(model_cfg) != "text":
+        side = model_cfg.image_size
+        return {IMAGE_KEY: torch.randn(size, model_cfg.in_chans, side, side, generator=gen)}
+    embeddings = model.embeddings
+    length = min(length, model_cfg.max_length)
+    ids = torch.randint(embeddings.pad_token_id + 1, embeddings.word.num_embeddings, (size, length), generator=gen)
+    mask = torch.ones(size, length, dtype=torch.long)
+    mask[1:, (length + 1) // 2 :] = 0
+    batch = {"input_ids": ids.masked_fill(mask == 0, embeddings.pad_token_id)}
+    if embeddings.token_type is not None:
+        batch["token_type_ids"] = torch.zeros_like(ids)
+    batch["attention_mask"] = mask
+    return batch
+
+
+def _run_folder(run: str, runs: Path | None) -> Path:
+    """``run`` itself if it is a folder, else the run id's folder under ``runs`` (as ``load_model`` finds it)."""
+    from trimlab.saved_model import DEFAULT_RUNS
+
+    return Path(run) if Path(run).is_dir() else (runs or DEFAULT_RUNS) / run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``trimlab-export``."""
+    parser = argparse.ArgumentParser(
+        prog="trimlab-export",
+        description="Export the model a trimlab run kept as ONNX or TorchScript, then print how far the file's\n"
+        "logits are from the PyTorch model's on a fixed example batch.",
+        epilog="what the file holds:\n"
+        "  inputs   input_ids, [token_type_ids,] attention_mask (text) or pixel_values (images),\n"
+        "           batch size dynamic, and sequence length for text; output: logits\n"
+        "  dense and structurally pruned models: as they compute (pruned: the smaller weights)\n"
+        "  quantized models: dequantized float weights, activation fake quantization as float ops\n"
+        "  token-pruned models (LTP, SaiT): dropped tokens are masked instead of removed: the same\n"
+        "           logits, but every token is computed, so without the token-pruning speedup\n"
+        f"  ONNX needs {EXPORT_EXTRA}; TorchScript needs nothing more\n\n"
+        "examples:\n"
+        "  trimlab-export outputs/runs/3f2a9c1b0d --format onnx\n"
+        "  trimlab-export 3f2a9c1b0d --format torchscript --output model.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run", help="a run folder, or a run id under --runs")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx) or torchscript (.pt)")
+    parser.add_argument("--runs", type=Path, help="folder of run folders, to find a run id (default: outputs/runs)")
+    parser.add_argument("--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt)")
+    args = parser.parse_args(argv)
+    try:
+        from trimlab.saved_model import load_model
+
+        model = load_model(args.run, runs=args.runs)
+        folder = _run_folder(args.run, args.runs)
+        batch = synthetic_batch(model, OmegaConf.create(read_record(folder / RECORD_FILE).config["model"]))
+        path = export_model(model, batch, args.output or folder / f"model{SUFFIXES[args.format]}", args.format)
+        difference = max_logit_difference(path, model, batch)
+    except (ImportError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"trimlab-export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); inputs: {', '.join(batch)} → logits")
+    print(f"max |logits difference| to the PyTorch model on an example batch: {difference:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
