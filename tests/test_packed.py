@@ -192,3 +192,14 @@ def test_model_packed_option_sets_the_layout(compose_cfg) -> None:
 
     assert build_model(compose_cfg().model, 3).model.encoder.packed
     assert not build_model(compose_cfg("model.packed=false").model, 3).model.encoder.packed
+
+
+def test_a_layer_without_heads_keeps_every_token() -> None:
+    """Fisher may remove all of a layer's heads; a token selector there has no attention to go by and drops nothing."""
+    model = text_model()
+    model.encoder.prune([[0, 1, 2, 3], [], [0, 1]], [range(64)] * 3)
+    model.encoder.token_selector = TopKTokens([1.0, 0.5, 0.5])
+    packed, padded = both_layouts(model, text_batch())
+    assert_same(packed, padded)
+    assert packed.encoder.kept_tokens[1].tolist() == [12, 5, 9, 2]  # layer 1: no heads, nothing dropped
+    assert packed.encoder.kept_tokens[2].sum() < 28

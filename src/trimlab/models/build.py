@@ -48,11 +48,11 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> BuiltModel:
             hidden_dropout=model_cfg.hidden_dropout,
             attention_dropout=model_cfg.attention_dropout,
         )
-        model.encoder.packed = model_cfg.packed
+        model.encoder.packed = model_cfg.get("packed", True)  # configs written before the key existed: the default
         return BuiltModel(model, kind, tokenizer, model_cfg.max_length, None, None, None, None)
     if kind == "vit":
         model, in_chans = build_vit(model_cfg, num_labels), model_cfg.in_chans
-        model.encoder.packed = model_cfg.packed
+        model.encoder.packed = model_cfg.get("packed", True)  # configs written before the key existed: the default
     else:
         model, in_chans = build_cnn(model_cfg, num_labels), model_cfg.in_chans
     mean, std = list(model_cfg.mean), list(model_cfg.std)

@@ -543,7 +543,7 @@ class Block(nn.Module):
             h = self.norm1(x + self.dropout(attn_out))
         state = state.with_hidden(h)
         soft = None
-        if select:
+        if select and scores is not None:  # a layer without heads has no attention to select by: it keeps every token
             decision = selector(layer, scores, state.valid)
             if isinstance(decision, PackDropped):
                 keep = decision.keep.clone()
