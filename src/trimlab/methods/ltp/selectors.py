@@ -92,13 +92,16 @@ class TopKTokens:
         self.reads = RECEIVED
         self.first = next((i for i, r in enumerate(keep_rates) if r < 1.0), len(keep_rates))
         self.input_lengths: Tensor | None = None
+        self.last_layer = -1
 
     def selects_at(self, layer: int) -> bool:
         return layer >= self.first
 
     def __call__(self, layer: int, received: Tensor, valid: Tensor) -> Tensor:
-        if layer == self.first:  # nothing was dropped before: these are the input lengths
+        if layer <= self.last_layer or self.input_lengths is None:
+            # the first call of a forward pass (at self.first, or later if that layer lost its heads): nothing dropped yet
             self.input_lengths = valid.sum(dim=1)
+        self.last_layer = layer
         score = received.masked_fill(~valid, -1.0)
         score[:, 0] = math.inf  # the class token counts among the kept
         keep_counts = torch.clamp(torch.round(self.input_lengths * self.keep_rates[layer]), min=1).long()
