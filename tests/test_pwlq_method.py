@@ -206,3 +206,35 @@ def test_fisher_pruning_then_pwlq_in_one_run(compose_cfg) -> None:
     run_dir = Path(record.config["paths"]["output_dir"]) / "runs" / record.run_id
     assert {"prune/masks", "quantize/quantization"} <= set(record.artifacts)
     assert json.loads((run_dir / record.artifacts["quantize/quantization"]).read_text())["encoder.layers.1.ffn.fc1"]["bits"] == 4
+
+
+def test_int8_kernel_model_runs_the_quantized_linears_through_int8_kernels() -> None:
+    from trimlab.measure.int8_kernel import int8_kernel_model
+    from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
+    from trimlab.methods.pwlq.quantizer import uniform_codes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    assert int8_kernel_model(model) is None  # nothing quantized
+    for layer in (model[0], model[2]):
+        layer.quantized_weight = uniform_codes(layer.weight.detach(), 8)
+        layer.weight.data = layer.quantized_weight.dequantize()
+        install_input_quantizer(layer, InputQuantizer(-4.0, 4.0, 8))
+    x = torch.randn(64, 16)
+    kernel = int8_kernel_model(model)
+    assert isinstance(kernel[0], torch.ao.nn.quantized.dynamic.Linear) and not kernel[0]._forward_pre_hooks
+    assert model[0]._forward_pre_hooks  # the simulated model keeps its quantizers
+    with torch.no_grad():
+        simulated, integer = model(x), kernel(x)
+    assert (integer - simulated).abs().max() < 0.05 * simulated.abs().max()  # dynamic input ranges: close, not equal
+    model[0].quantized_weight = uniform_codes(model[0].weight.detach(), 4)
+    model[2].quantized_weight = uniform_codes(model[2].weight.detach(), 4)
+    assert int8_kernel_model(model) is None  # no int8 kernel for 4-bit weights here
+
+
+def test_an_8_bit_run_times_the_int8_kernel_path(compose_cfg) -> None:
+    from trimlab.run import run
+
+    record = run(compose_cfg("experiment=smoke", "model=vit_digits", "dataset=digits", "method=uniform_ptq", "budget=bits_8"))
+    for b in (1, 8):
+        assert record.ratios[f"speedup_b{b}_int8_kernel"] > 0 and record.compressed[f"latency_ms_b{b}_int8_kernel"] > 0

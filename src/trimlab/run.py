@@ -31,6 +31,7 @@ from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
 from trimlab.measure.flops import mean_flops_per_example
+from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.methods import MethodContext, build_method
@@ -311,6 +312,7 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
         "metric_delta": record.compressed["metric"] - record.dense["metric"],
     }
     m = cfg.measure
+    kernel = int8_kernel_model(compressed)
     for batch_size in m.latency_batch_sizes:
         batch = first_examples(datamodule.test_dataloader(), batch_size)
         if compressed is dense:
@@ -323,6 +325,10 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
         ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
         # the share of the physical limit (1 / FLOPs ratio) the speedup reaches: 1.0 = the FLOPs saving fully turned into speed
         ratios[f"limit_fraction_b{a.batch_size}"] = ratios[f"speedup_b{a.batch_size}"] * ratios["flops"]
+        if kernel is not None:  # the same weights through int8 kernels: what quantization buys on this CPU
+            d, c = compare_latency(dense, kernel, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
+            record.compressed[f"latency_ms_b{c.batch_size}_int8_kernel"] = c.median_s * 1e3
+            ratios[f"speedup_b{c.batch_size}_int8_kernel"] = d.median_s / c.median_s
     return ratios
 
 

@@ -23,6 +23,11 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
             (f"latency ms (batch {b})", f"{dense[key]:.2f}", f"{comp.get(key, float('nan')):.2f}",
              f"{ratios.get(f'speedup_b{b}', 1.0):.2f}x faster" + _limit(ratios, b))
         )
+        if f"{key}_int8_kernel" in comp:
+            rows.append(
+                ("  ... through int8 kernels", f"{dense[key]:.2f}", f"{comp[f'{key}_int8_kernel']:.2f}",
+                 f"{ratios.get(f'speedup_b{b}_int8_kernel', 1.0):.2f}x faster")
+            )
     return rows
 
 
