@@ -16,7 +16,7 @@ from trimlab.data import build_datamodule
 from trimlab.models.build import build_model
 from trimlab.results.tracking import Tracker
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
-from trimlab.run import build_trainer, finetune
+from trimlab.engine import build_trainer, finetune
 
 
 def compose_config(output_dir: str, *overrides: str) -> DictConfig:

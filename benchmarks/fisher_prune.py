@@ -24,7 +24,7 @@ from trimlab.measure.flops import sequence_length
 from trimlab.measure.latency import compare_latency
 from trimlab.methods.fisher_prune.callback import FisherPruning
 from trimlab.results.intervals import paired_bootstrap
-from trimlab.run import evaluate_predicting, first_examples
+from trimlab.engine import evaluate_predicting, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
 

@@ -23,7 +23,7 @@ import torch
 from trimlab.config import ConfigError
 from trimlab.methods import MethodContext
 from trimlab.methods.ltp.method import LTPMethod
-from trimlab.run import evaluate
+from trimlab.engine import evaluate
 
 from common import compose_config, dense_model  # benchmarks/common.py
 

@@ -32,7 +32,7 @@ from trimlab.methods.mait.masks import install_masks, locality_mask, masked_head
 from trimlab.methods.mait.method import MaiTMethod
 from trimlab.models.build import build_model
 from trimlab.results.intervals import paired_bootstrap, seed_interval
-from trimlab.run import evaluate_predicting, first_examples
+from trimlab.engine import evaluate_predicting, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from trimlab.methods import MethodContext
 from trimlab.methods.sait.method import SaiTMethod, parse_density
 from trimlab.results.intervals import paired_bootstrap, seed_interval
-from trimlab.run import evaluate_predicting
+from trimlab.engine import evaluate_predicting
 from trimlab.training import ClassifierModule, steps_for
 
 from common import compose_config, dense_model  # benchmarks/common.py

@@ -15,7 +15,7 @@ from trimlab.config import ConfigError, process_count
 from trimlab.data import build_datamodule
 from trimlab.models.build import build_model
 from trimlab.results.tracking import Tracker
-from trimlab.run import build_trainer, evaluate
+from trimlab.engine import build_trainer, evaluate
 from trimlab.training import steps_for
 
 DDP_ON_CPU = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true")

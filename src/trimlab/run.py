@@ -13,16 +13,14 @@ import logging
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
 from trimlab.config import ConfigError, validate
@@ -30,10 +28,8 @@ from trimlab.data import build_datamodule
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
-from trimlab.measure.flops import mean_flops_per_example
-from trimlab.measure.int8_kernel import int8_kernel_model
-from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
-from trimlab.measure.size import count_params, model_size_bytes
+from trimlab.engine import build_trainer, compare, evaluate_predicting, finetune
+from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
@@ -42,7 +38,6 @@ from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
 from trimlab.saved_model import MODEL_DIR, save_model
-from trimlab.training import ClassifierModule, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -228,139 +223,3 @@ def _cache_dense(model: nn.Module, checkpoint: Path) -> None:
         save_checkpoint(model, checkpoint)
     except OSError as err:
         log.warning("could not cache the fine-tuned model at %s (%s); this run goes on, the next one fine-tunes again", checkpoint, err)
-
-
-def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides: Any) -> pl.Trainer:
-    """A Trainer with the run's hardware settings; the run's tracker is its logger."""
-    t = cfg.trainer
-    kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_eval_batches,
-        limit_test_batches=t.limit_eval_batches,
-        enable_progress_bar=t.progress_bar,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        deterministic=t.deterministic,
-        log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val or None,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        logger=tracker.logger if tracker.logger is not None else False,
-        default_root_dir=str(run_dir),
-    )
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
-
-
-def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any) -> None:
-    """Fine-tune (or train from scratch) the dense model with the ``finetune`` recipe."""
-    ft = cfg.finetune
-    module = ClassifierModule(
-        model,
-        datamodule.num_labels,
-        datamodule.metric,
-        lr=ft.lr,
-        weight_decay=ft.weight_decay,
-        warmup_ratio=ft.warmup_ratio,
-        label_smoothing=ft.label_smoothing,
-        freeze_embeddings=ft.freeze_embeddings,
-    )
-    steps = steps_for(ft.epochs, len(datamodule.train_dataloader()), cfg.trainer)
-    trainer = make_trainer(max_steps=steps, max_epochs=-1)
-    log.info("fine-tuning %s on %s for %.2g epochs (%d steps)", cfg.model.name, cfg.dataset.name, ft.epochs, trainer.max_steps)
-    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
-
-
-def evaluate(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module) -> dict[str, Any]:
-    """Task metric on the test split, FLOPs per example, parameters and size."""
-    return evaluate_predicting(cfg, model, datamodule, make_trainer, reference)[0]
-
-
-def evaluate_predicting(
-    cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """:func:`evaluate`'s metrics, and the targets and predictions of each test example (in dataset order) they come from."""
-    module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
-    # Under DDP every process tests every example: exact metrics, no padded shards.
-    results = make_trainer(logger=False, use_distributed_sampler=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
-    metric = float(results[0][f"test/{datamodule.metric}"])
-    flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=cfg.measure.flops_batches)
-    metrics = {
-        "metric": metric,
-        "metric_name": datamodule.metric,
-        "flops": float(flops),
-        "params": count_params(model),
-        "size_mb": model_size_bytes(model) / 2**20,
-    }
-    targets, preds = module.test_predictions()
-    return metrics, targets.numpy(), preds.numpy()
-
-
-def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule: Any, record: RunRecord) -> dict[str, float]:
-    """Latency side by side (interleaved, same inputs, same process) and the compressed/dense ratios."""
-    ratios = {
-        "flops": record.compressed["flops"] / record.dense["flops"],
-        "params": record.compressed["params"] / record.dense["params"],
-        "size": stored_size_mb(record.compressed) / record.dense["size_mb"],
-        "metric_delta": record.compressed["metric"] - record.dense["metric"],
-    }
-    m = cfg.measure
-    kernel = int8_kernel_model(compressed)
-    for batch_size in m.latency_batch_sizes:
-        batch = first_examples(datamodule.test_dataloader(), batch_size)
-        if compressed is dense:
-            a = measure_latency(dense, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
-            b = a
-        else:
-            a, b = compare_latency(dense, compressed, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
-        _store_latency(record.dense, a)
-        _store_latency(record.compressed, b)
-        ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
-        # the share of the physical limit (1 / FLOPs ratio) the speedup reaches: 1.0 = the FLOPs saving fully turned into speed
-        ratios[f"limit_fraction_b{a.batch_size}"] = ratios[f"speedup_b{a.batch_size}"] * ratios["flops"]
-        if kernel is not None:  # the same weights through int8 kernels: what quantization buys on this CPU
-            d, c = compare_latency(dense, kernel, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
-            record.compressed[f"latency_ms_b{c.batch_size}_int8_kernel"] = c.median_s * 1e3
-            ratios[f"speedup_b{c.batch_size}_int8_kernel"] = d.median_s / c.median_s
-    return ratios
-
-
-def stored_size_mb(metrics: dict[str, Any]) -> float:
-    """The model's size as stored: a quantized model's saved files (``size_mb_quantized``), else its fp32 parameters."""
-    return float(metrics.get("size_mb_quantized", metrics["size_mb"]))
-
-
-def _store_latency(metrics: dict[str, Any], result: LatencyResult) -> None:
-    b = result.batch_size
-    metrics[f"latency_ms_b{b}"] = result.median_s * 1e3
-    metrics[f"throughput_b{b}"] = result.throughput
-    metrics["threads"] = result.threads
-
-
-def first_examples(loader: Iterable[Mapping[str, Tensor]], n: int) -> dict[str, Tensor]:
-    """The first ``n`` examples of a loader as one batch (right-padding sequence tensors to a common length)."""
-    parts: list[Mapping[str, Tensor]] = []
-    count = 0
-    for batch in loader:
-        parts.append(batch)
-        count += len(next(iter(batch.values())))
-        if count >= n:
-            break
-    out: dict[str, Tensor] = {}
-    for key in parts[0]:
-        tensors = [p[key] for p in parts]
-        if tensors[0].ndim == 2 and key != "pixel_values":
-            length = max(t.shape[1] for t in tensors)
-            tensors = [F.pad(t, (0, length - t.shape[1])) for t in tensors]
-        out[key] = torch.cat(tensors)[:n]
-    if "attention_mask" in out:
-        length = int(out["attention_mask"].sum(1).max())
-        out = {k: v[:, :length] if v.ndim == 2 and k != "labels" else v for k, v in out.items()}
-    return out

@@ -23,7 +23,7 @@ from trimlab.methods.ltp.module import TokenPruningModule
 from trimlab.methods.ltp.plot import plot_kept_tokens
 from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens, topk_keep_rates
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.training import steps_for
+from trimlab.engine import fit
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,7 @@ class LTPMethod:
     def _fit(self, model: nn.Module, ctx: MethodContext, epochs: float, module: TokenPruningModule) -> None:
         if epochs <= 0:
             return
-        dm = ctx.datamodule
-        steps = steps_for(epochs, len(dm.train_dataloader()), ctx.cfg.trainer)
-        trainer = ctx.make_trainer(max_steps=steps, max_epochs=-1)
-        model.train()  # Lightning keeps the mode it finds; measurement left the model in eval mode
-        trainer.fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
-        model.eval()
+        fit(module, model, ctx.datamodule, epochs, ctx.cfg.trainer, ctx.make_trainer)
 
     def _stats(self, model: TransformerClassifier, dm: Any, ctx: MethodContext, calibration_ratio: float) -> dict[str, Any]:
         kept = kept_fraction_per_layer(model, dm.test_dataloader())

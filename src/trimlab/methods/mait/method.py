@@ -25,7 +25,7 @@ from trimlab.methods.mait.plot import plot_masks
 from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings
-from trimlab.training import steps_for
+from trimlab.engine import fit
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,9 @@ class MaiTMethod:
             warmup_ratio=ft.warmup_ratio,
             label_smoothing=ft.label_smoothing,
         )
-        steps = steps_for(ft.epochs, len(dm.train_dataloader()), cfg.trainer)
-        log.info("MaiT: masked heads per layer %s, window %s, training %s for %d steps", counts, list(m.window), m.init, steps)
+        log.info("MaiT: masked heads per layer %s, window %s, training %s for %.3g epochs", counts, list(m.window), m.init, ft.epochs)
         start = time.perf_counter()
-        model.train()
-        ctx.make_trainer(max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
-        model.eval()
+        fit(module, model, dm, ft.epochs, cfg.trainer, ctx.make_trainer)
         stages = {"train": time.perf_counter() - start}
         stats = {"masked_heads": masked_heads_of(model.encoder), "window": list(m.window), "init": m.init}
         ctx.run_dir.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,7 @@ from trimlab.methods.sait.module import DenseSparseModule
 from trimlab.methods.sait.plot import plot_density_curve
 from trimlab.methods.sait.selector import MODES, SaiTSelector
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.run import evaluate, first_examples
-from trimlab.training import steps_for
+from trimlab.engine import evaluate, first_examples, fit
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +143,9 @@ class SaiTMethod:
             teacher.encoder.token_selector = SaiTSelector([], num_protected=model.num_protected)
             teacher.requires_grad_(False).train()  # Lightning expects train mode at fit start; each use switches it to eval
         module = DenseSparseModule(model, dm.num_labels, dm.metric, m, teacher=teacher, seed=ctx.cfg.seed)
-        steps = steps_for(m.epochs, len(dm.train_dataloader()), ctx.cfg.trainer)
-        log.info("SaiT dense/sparse training for %.3g epochs (%d steps)", m.epochs, steps)
-        model.train()
-        ctx.make_trainer(max_steps=steps, max_epochs=-1).fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
+        log.info("SaiT dense/sparse training for %.3g epochs", m.epochs)
+        fit(module, model, dm, m.epochs, ctx.cfg.trainer, ctx.make_trainer)
         model.encoder.token_selector.reset()
-        model.eval()
 
     def _density_for(self, model: TransformerClassifier, ctx: MethodContext, target: float) -> float:
         """The density whose mean FLOPs ratio on calibration images is closest to ``target`` (bisection)."""
