@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 
 from trimlab.config import ConfigError, validate
 
-CONF = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
+CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ("model", "dataset", "method", "finetune", "budget", "trainer", "logger", "experiment")
 
 

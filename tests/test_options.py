@@ -90,7 +90,7 @@ def sample_batch(built: BuiltModel) -> dict[str, torch.Tensor]:
 
 
 def test_every_model_and_dataset_option_is_exercised_here() -> None:
-    conf = Path(__file__).parents[1] / "src" / "trimlab" / "conf"
+    conf = Path(__file__).parents[1] / "conf"
     assert sorted(MODEL_OPTIONS + REGISTRY_MODEL_OPTIONS) == sorted(p.stem for p in (conf / "model").glob("*.yaml"))
     assert sorted(DATASET_OPTIONS + REGISTRY_DATASET_OPTIONS) == sorted(p.stem for p in (conf / "dataset").glob("*.yaml"))
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from trimlab.results.record import run_id
 
-EXPERIMENTS = sorted((Path(__file__).parents[1] / "src" / "trimlab" / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted((Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
 STUDIES = [p for p in EXPERIMENTS if "sweeper:" in p.read_text() and "optuna" not in p.read_text()]  # grids (Optuna searches: test_search.py)
 
 

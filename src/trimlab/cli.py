@@ -38,7 +38,7 @@ OUTCOMES: list[JobOutcome] = []
 launchers that run jobs elsewhere, Submitit and Ray, leave it empty: their records say how each ended)."""
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://trimlab.conf", config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
     """One run; returns the compressed model's task metric, the objective a search sweeper (Optuna) maximises.
 
