@@ -198,7 +198,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     record.artifacts.update(result.artifacts)
 
     enter("measure_compressed")
-    if cfg.method.name == "dense":
+    if result.unchanged:
         compressed, compressed_preds = dense, dense_preds
         record.compressed = dict(record.dense)
     else:

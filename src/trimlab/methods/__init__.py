@@ -33,6 +33,8 @@ class MethodResult:
     """Wall seconds per step of the method."""
     artifacts: dict[str, str] = field(default_factory=dict)
     """Name → path relative to the run folder."""
+    unchanged: bool = False
+    """The model is the dense one as it came in: the run reuses the dense measurement instead of repeating it."""
 
 
 class Method(Protocol):

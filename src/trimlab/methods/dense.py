@@ -18,4 +18,4 @@ class DenseMethod:
         """Nothing can be infeasible without compression."""
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
-        return MethodResult(model)
+        return MethodResult(model, unchanged=True)
