@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import DictConfig
@@ -194,13 +196,16 @@ def fixed_latency_table(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_latency_budget_prunes_with_a_cached_table(
-    compose_cfg: Callable[..., DictConfig], tmp_path: Path, fixed_latency_table: None
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, fixed_latency_table: None, smoke: tuple[Path, Any]
 ) -> None:
+    shutil.copytree(smoke[0] / "outputs" / "cache" / "dense", tmp_path / "cache" / "dense")  # the smoke run's fine-tune
+    cached = sorted((tmp_path / "cache" / "dense").iterdir())
     cfg = compose_cfg(
         "experiment=smoke", "budget=latency_70", "method.lut_batch_size=2", "method.lut_ffn_points=4",
         "method.tune=false", "dataset.sample_size=32", "dataset.max_eval_examples=32",
     )
     record = run(cfg)
+    assert sorted((tmp_path / "cache" / "dense").iterdir()) == cached  # it started from the smoke run's weights
     assert record.status == "completed"
     assert record.compressed["latency_lut_cached"] is True  # the method's check measured it before any work
     assert sum(record.compressed["heads_per_layer"]) < 6 * 12 or sum(record.compressed["neurons_per_layer"]) < 6 * 1536

@@ -101,13 +101,18 @@ def test_a_killed_forced_rerun_keeps_the_completed_result(tmp_path: Path, tiny_r
     before = read_record(folder / RECORD_FILE)
     assert before.status == "completed"
 
-    for checkpoint in (tmp_path / "outputs" / "cache").rglob("*.safetensors"):
-        checkpoint.unlink()  # so the rerun fine-tunes again: a long stage to kill it in
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    checkpoints = {c: aside / c.name for c in (tmp_path / "outputs" / "cache").rglob("*.safetensors")}
+    for checkpoint, kept in checkpoints.items():
+        checkpoint.rename(kept)  # so the rerun fine-tunes again: a long stage to kill it in
     rerun = start(tmp_path, *overrides, "force=true")
     wait_for_stage(rerun, folder / ATTEMPT_FILE, "finetune")
     assert read_record(folder / RECORD_FILE).finished_at == before.finished_at  # still there while the rerun runs
     rerun.kill()  # SIGKILL: no clean-up at all
     rerun.communicate()
+    for checkpoint, kept in checkpoints.items():
+        kept.rename(checkpoint)  # the next attempt need not fine-tune again
 
     after = read_record(folder / RECORD_FILE)
     assert after.status == "completed" and after.compressed == before.compressed
