@@ -258,25 +258,23 @@ class PackedState:
         if not drop:
             raise ValueError("a packed state removes the tokens it does not keep; mask them in the padded layout (Encoder.packed = False)")
         rows = self.from_batch(keep[..., None]).squeeze(-1)
-        row_weights = self.from_batch(weights[..., None]).squeeze(-1) * (~rows).to(weights.dtype)
-        b = self.lengths.shape[0]
-        example = torch.repeat_interleave(torch.arange(b, device=rows.device), self.lengths)
-        total = torch.zeros(b, dtype=weights.dtype, device=rows.device).index_add(0, example, row_weights)
-        fused = torch.zeros(b, self.hidden.shape[1], dtype=weights.dtype, device=rows.device)
-        fused = fused.index_add(0, example, row_weights[:, None] * self.hidden.to(weights.dtype))
+        left_out = (self.valid & ~keep).to(weights.dtype) * weights
+        total = left_out.sum(dim=1)
+        # the weighted sum as one batched product over the batch view (a scatter-add into B rows is slow on CPU)
+        fused = torch.bmm(left_out[:, None, :], self.to_batch(self.hidden).to(weights.dtype)).squeeze(1)
         has = total > 0
         fused = (fused[has] / total[has, None]).to(self.hidden.dtype)
         kept_lengths = (keep & self.valid).sum(dim=1)
         lengths = kept_lengths + has.long()
         starts = torch.cumsum(lengths, 0) - lengths
-        kept_example = example[rows]
+        kept_example = torch.div(self.slots, self.width, rounding_mode="floor")[rows]
         rank = torch.arange(kept_example.shape[0], device=rows.device) - (torch.cumsum(kept_lengths, 0) - kept_lengths)[kept_example]
-        hidden = self.hidden.new_empty(int(lengths.sum()), self.hidden.shape[1])
-        hidden[starts[kept_example] + rank] = self.hidden[rows]
+        kept_rows = starts[kept_example] + rank
         package_rows = (starts + kept_lengths)[has]
-        hidden[package_rows] = fused
+        hidden = self.hidden.new_empty(int(lengths.sum()), self.hidden.shape[1])
+        hidden.index_copy_(0, kept_rows, self.hidden[rows]).index_copy_(0, package_rows, fused)
         positions = torch.zeros(hidden.shape[0], dtype=torch.long, device=rows.device)
-        positions[starts[kept_example] + rank] = self.positions[rows]
+        positions.index_copy_(0, kept_rows, self.positions[rows])
         width = int(lengths.max())
         return PackedState(hidden, lengths, positions, _slots(lengths, width), width, False)
 
