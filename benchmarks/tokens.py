@@ -26,7 +26,9 @@ Settings: ``ltp`` (MiniLM-L6 × BBC News, LTP at 0.5 of the FLOPs), ``sait``
 ``dense`` (MiniLM-L6 on tweets: packed vs padded, the same model).
 Trained weights are trimlab's caches (made on demand: LTP on BBC News trains
 for tens of minutes on 2 cores; ``--quick`` shortens every training to a
-fraction of an epoch, for trying the script, not for numbers).
+fraction of an epoch, for trying the script, not for numbers). ``--profile``
+adds ``profile_b1``/``profile_b32``: each model's costliest operators in one
+packed pass, as shares of its CPU time (what the speedup is made of).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved passes per model (the median is kept)")
     parser.add_argument("--output-dir", default="outputs", help="where trained weights are cached (trimlab's paths.output_dir)")
     parser.add_argument("--quick", action="store_true", help="fractions of an epoch of training: try the script, do not quote it")
+    parser.add_argument("--profile", action="store_true", help="add where each model's packed pass spends its time (top operators)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every setting")
     args = parser.parse_args()
     for name in args.settings:
@@ -113,6 +116,8 @@ def benchmark(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for label in models.keys() - {"dense", "pruned"}:
             line[f"{label}_speedup_{b}"] = round(seconds["dense", True] / seconds[label, True], 3)
         line[f"dense_ms_per_example_{b}"] = round(1e3 * seconds["dense", True] / len(examples), 3)
+        if args.profile:
+            line[f"profile_{b}"] = _profile(models, _batches(examples, batch_size))
     _, low, high = metric_interval(labels, dense_preds, dm.metric)
     line.update(acc_dense=round(dense_metrics["metric"], 4), acc_dense_ci_low=round(low, 4), acc_dense_ci_high=round(high, 4))
     _, low, high = metric_interval(labels, preds, dm.metric)
@@ -206,6 +211,21 @@ def _interleaved(models: dict[str, nn.Module], batches: list[dict[str, Tensor]],
     for model in models.values():
         model.encoder.packed = True
     return {run: statistics.median(t) for run, t in times.items()}
+
+
+@torch.inference_mode()
+def _profile(models: dict[str, nn.Module], batches: list[dict[str, Tensor]], top: int = 8) -> dict[str, dict[str, float]]:
+    """Each model's costliest operators in one packed pass: share of the pass's self CPU time (profiled, so per-op costs weigh more)."""
+    shares = {}
+    for label, model in models.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for batch in batches:
+                model(batch)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        shares[label] = {e.key: round(e.self_cpu_time_total / total, 3) for e in ranked}
+    return shares
 
 
 @torch.inference_mode()
