@@ -115,8 +115,12 @@ def test_corrupt_cached_checkpoint_names_the_file_to_delete(
     workdir, _ = smoke
     checkpoints = list((workdir / "outputs" / "cache" / "dense").glob("*.safetensors"))
     assert len(checkpoints) == 1
+    weights = checkpoints[0].read_bytes()
     checkpoints[0].write_bytes(b"not a checkpoint")
-    result = trimlab("experiment=smoke", "force=true", cwd=workdir)
+    try:
+        result = trimlab("experiment=smoke", "force=true", cwd=workdir)
+    finally:
+        checkpoints[0].write_bytes(weights)  # the smoke run's cache serves other tests
     assert result.returncode == 2
     assert "trimlab: error:" in result.stderr and "corrupt" in result.stderr
     assert str(checkpoints[0].name) in result.stderr and "delete it" in result.stderr
