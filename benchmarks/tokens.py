@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from trimlab.methods import MethodContext, build_method
 from trimlab.results.intervals import metric_interval, paired_bootstrap
 from trimlab.results.record import run_id
-from trimlab.engine import evaluate_predicting
+from trimlab.engine import evaluate_predicting, first_examples
 
 from common import compose_config, dense_model  # benchmarks/common.py
 
@@ -168,21 +168,7 @@ def _test_examples(dm: Any, n: int) -> list[dict[str, Tensor]]:
 
 def _batches(examples: list[dict[str, Tensor]], batch_size: int) -> list[dict[str, Tensor]]:
     """Consecutive examples stacked, text right-padded to the batch's longest example (as a data loader pads)."""
-    batches = []
-    for i in range(0, len(examples), batch_size):
-        part = examples[i : i + batch_size]
-        if "attention_mask" in part[0]:
-            length = max(int(e["attention_mask"].sum()) for e in part)
-            widths = {k: length for k, v in part[0].items() if v.ndim == 2}
-            batch = {k: torch.cat([_pad(e[k], widths[k]) if k in widths else e[k] for e in part]) for k in part[0]}
-        else:
-            batch = {k: torch.cat([e[k] for e in part]) for k in part[0]}
-        batches.append(batch)
-    return batches
-
-
-def _pad(t: Tensor, length: int) -> Tensor:
-    return t[:, :length] if t.shape[1] >= length else torch.nn.functional.pad(t, (0, length - t.shape[1]))
+    return [first_examples(examples[i : i + batch_size], batch_size) for i in range(0, len(examples), batch_size)]
 
 
 @torch.inference_mode()
