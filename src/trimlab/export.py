@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,7 +41,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from trimlab.config import model_kind
-from trimlab.results.record import RECORD_FILE, read_record
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -230,13 +230,6 @@ def synthetic_batch(model: nn.Module, model_cfg: DictConfig, size: int = 2, leng
     return batch
 
 
-def _run_folder(run: str, runs: Path | None) -> Path:
-    """``run`` itself if it is a folder, else the run id's folder under ``runs`` (as ``load_model`` finds it)."""
-    from trimlab.saved_model import DEFAULT_RUNS
-
-    return Path(run) if Path(run).is_dir() else (runs or DEFAULT_RUNS) / run
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``trimlab-export``."""
     parser = argparse.ArgumentParser(
@@ -262,12 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt)")
     args = parser.parse_args(argv)
     try:
-        from trimlab.saved_model import load_model
+        from trimlab.saved_model import STRUCTURE_FILE, model_folder, read_model
 
-        model = load_model(args.run, runs=args.runs)
-        folder = _run_folder(args.run, args.runs)
-        batch = synthetic_batch(model, OmegaConf.create(read_record(folder / RECORD_FILE).config["model"]))
-        path = export_model(model, batch, args.output or folder / f"model{SUFFIXES[args.format]}", args.format)
+        folder = model_folder(args.run, args.runs)
+        model = read_model(folder)
+        batch = synthetic_batch(model, OmegaConf.create(json.loads((folder / STRUCTURE_FILE).read_text())["model"]))
+        path = export_model(model, batch, args.output or folder.parent / f"model{SUFFIXES[args.format]}", args.format)
         difference = max_logit_difference(path, model, batch)
     except (ImportError, ValueError) as err:  # ConfigError is a ValueError
         print(f"trimlab-export: error: {err}", file=sys.stderr)

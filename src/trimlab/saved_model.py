@@ -86,7 +86,7 @@ def load_model(run: str | Path, runs: str | Path | None = None) -> nn.Module:
     ``run`` is a run folder (holding ``record.json`` and ``model/``), a model
     folder itself, or a run id looked up under ``runs`` (default ``outputs/runs``).
     """
-    return read_model(_model_folder(run, runs))
+    return read_model(model_folder(run, runs))
 
 
 def read_model(folder: Path) -> nn.Module:
@@ -118,7 +118,8 @@ def read_model(folder: Path) -> nn.Module:
     return model.eval()
 
 
-def _model_folder(run: str | Path, runs: str | Path | None) -> Path:
+def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:
+    """The ``model/`` folder of a run folder, of a run id under ``runs`` (default ``outputs/runs``), or ``run`` itself if it is one."""
     path = Path(run)
     if (path / STRUCTURE_FILE).exists():
         return path
