@@ -152,13 +152,12 @@ class TokenState:
         bias treats it as global. An example that leaves nothing out gets an
         invalid package row.
         """
-        left_out = (self.valid & ~keep).to(weights.dtype) * weights
-        total = left_out.sum(dim=1, keepdim=True)
-        fused = (left_out[..., None] * self.hidden).sum(dim=1, keepdim=True) / total.clamp_min(1e-12)[..., None]
+        summed, total = _left_out_sum(self.valid, keep, weights, self.hidden)
+        fused = summed / total.clamp_min(1e-12)[:, None]
         kept = self.keep(keep) if drop else TokenState(self.hidden, self.valid & keep, self.positions)
         return TokenState(
-            torch.cat([kept.hidden, fused.to(kept.hidden.dtype)], dim=1),
-            torch.cat([kept.valid, total > 0], dim=1),
+            torch.cat([kept.hidden, fused[:, None].to(kept.hidden.dtype)], dim=1),
+            torch.cat([kept.valid, total[:, None] > 0], dim=1),
             torch.cat([kept.positions, torch.zeros_like(kept.positions[:, :1])], dim=1),
         )
 
@@ -258,12 +257,9 @@ class PackedState:
         if not drop:
             raise ValueError("a packed state removes the tokens it does not keep; mask them in the padded layout (Encoder.packed = False)")
         rows = self.from_batch(keep[..., None]).squeeze(-1)
-        left_out = (self.valid & ~keep).to(weights.dtype) * weights
-        total = left_out.sum(dim=1)
-        # the weighted sum as one batched product over the batch view (a scatter-add into B rows is slow on CPU)
-        fused = torch.bmm(left_out[:, None, :], self.to_batch(self.hidden).to(weights.dtype)).squeeze(1)
+        summed, total = _left_out_sum(self.valid, keep, weights, self.to_batch(self.hidden))
         has = total > 0
-        fused = (fused[has] / total[has, None]).to(self.hidden.dtype)
+        fused = (summed[has] / total[has, None]).to(self.hidden.dtype)
         kept_lengths = (keep & self.valid).sum(dim=1)
         lengths = kept_lengths + has.long()
         starts = torch.cumsum(lengths, 0) - lengths
@@ -281,6 +277,15 @@ class PackedState:
     def to_token_state(self) -> TokenState:
         """The padded layout: batch view, its valid mask and input positions."""
         return TokenState(self.to_batch(self.hidden), self.valid, self.batch_positions)
+
+
+def _left_out_sum(valid: Tensor, keep: Tensor, weights: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """SaiT's package before normalising: each example's ``weights``-weighted sum of the valid rows ``keep`` leaves out ``[B, D]``, and the weights' total ``[B]``.
+
+    One batched product over the batch view ``[B, N, D]`` (a scatter-add into B rows is slow on CPU).
+    """
+    left_out = (valid & ~keep).to(weights.dtype) * weights
+    return torch.bmm(left_out[:, None, :], batch.to(weights.dtype)).squeeze(1), left_out.sum(dim=1)
 
 
 def _slots(lengths: Tensor, width: int) -> Tensor:
