@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext
 from trimlab.methods.ltp.method import LTPMethod
 from trimlab.engine import evaluate
@@ -48,8 +48,7 @@ def benchmark(cfg, target: float, args) -> dict:
     run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.model.name}-{cfg.dataset.name}-{target:g}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
     dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
-    run_cfg = copy.deepcopy(cfg)
-    run_cfg.budget.kind, run_cfg.budget.target = "tokens", target
+    budget = Budget("tokens", target)
     results, unreachable = {}, {}
     for selector in ("thresholds", "topk"):
         method_cfg = copy.deepcopy(cfg.method)
@@ -58,13 +57,13 @@ def benchmark(cfg, target: float, args) -> dict:
         start = time.perf_counter()
         method = LTPMethod(method_cfg)
         try:
-            method.check(run_cfg, model, dm)
+            method.check(cfg, budget, model, dm)
         except ConfigError as error:
             if selector == "thresholds":
                 raise
             unreachable[selector] = str(error)  # top-k's schedule keeps its first layers whole: report, don't train
             continue
-        method.apply(model, MethodContext(run_cfg, dm, run_dir / selector, make_trainer))
+        method.apply(model, MethodContext(cfg, budget, dm, run_dir / selector, make_trainer))
         results[selector] = (model.eval(), evaluate(cfg, model, dm, make_trainer, reference=dense), time.perf_counter() - start)
     ltp, ltp_eval, ltp_seconds = results["thresholds"]
     examples = [{k: v[i : i + 1] for k, v in b.items()} for b in dm.test_dataloader() for i in range(len(b["labels"]))]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trimlab.config import Budget
 from trimlab.data import build_datamodule
 from trimlab.measure.latency import compare_latency
 from trimlab.methods import MethodContext
@@ -87,7 +88,7 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
     cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=mait", "budget=none", f"seed={seed}", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "mait" / f"{args.model}-seed{seed}"
     unmasked, dm, make_trainer = dense_model(cfg, run_dir)
-    result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, dm, run_dir, make_trainer))
+    result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
     mait = result.model.eval()
     batch = first_examples(dm.test_dataloader(), args.batch_size)
     plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=args.repeats)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from trimlab.config import Budget
 from trimlab.methods import MethodContext
 from trimlab.methods.sait.method import SaiTMethod, parse_density
 from trimlab.results.intervals import paired_bootstrap, seed_interval
@@ -104,7 +105,7 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, dm, run_dir, make_trainer))
+    result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
     sait, preds = result.model.eval(), []
     for density in args.densities:  # the same checkpoint at each density, example by example
         sait.encoder.token_selector.density = parse_density(density, "--densities")

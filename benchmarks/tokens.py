@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trimlab.config import Budget
 from trimlab.methods import MethodContext, build_method
 from trimlab.results.intervals import metric_interval, paired_bootstrap
 from trimlab.results.record import run_id
@@ -139,15 +140,15 @@ def _compressed(cfg: Any, run_dir: Path) -> tuple[nn.Module, Any, nn.Module, Cal
     """The dense model, its datamodule, the method's compressed copy (kept in ``run_dir``), a trainer factory, the method's seconds."""
     dense, dm, make_trainer = dense_model(cfg, run_dir)
     start = time.perf_counter()
-    method = build_method(cfg)
-    method.check(cfg, dense, dm)
+    method = build_method(cfg.method)
+    method.check(cfg, Budget.of(cfg.budget), dense, dm)
     if cfg.method.name == "dense":
         return dense, dm, dense, make_trainer, 0.0
     kept = run_dir / f"compressed-{run_id(cfg)}.pt"  # the whole module, so a rerun times it again without training
     if kept.exists():
         return dense, dm, torch.load(kept, weights_only=False).eval(), make_trainer, 0.0
     torch.manual_seed(cfg.seed)
-    result = method.apply(copy.deepcopy(dense), MethodContext(cfg, dm, run_dir, make_trainer))
+    result = method.apply(copy.deepcopy(dense), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
     seconds = time.perf_counter() - start
     kept.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result.model, kept)

@@ -161,7 +161,7 @@ def test_missing_weights_folder_fails_before_work(compose_cfg: Callable[..., Dic
 
 
 class Exploding:
-    def check(self, cfg, model, datamodule) -> None:
+    def check(self, cfg, budget, model, datamodule) -> None:
         """Nothing to check."""
 
     def apply(self, model, ctx) -> MethodResult:

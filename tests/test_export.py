@@ -17,10 +17,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from trimlab.config import QuantizeConfig
 from trimlab.export import export_model, main, max_logit_difference
 from trimlab.methods.ltp.selectors import LearnedThresholds
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
+from trimlab.methods.pwlq.schema import QuantizeConfig
 from trimlab.methods.sait.selector import SaiTSelector
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.cnn import CnnClassifier, small_cnn

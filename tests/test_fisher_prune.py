@@ -281,9 +281,9 @@ def test_fisher_prune_rejects_a_cnn_and_non_pruning_budgets(compose_cfg) -> None
 def test_callback_prunes_a_vit_to_the_budget(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from trimlab.config import FisherPruneConfig
+    from trimlab.config import Budget
     from trimlab.methods.fisher_prune.callback import FisherPruning
-    from trimlab.methods.post_training import Budget
+    from trimlab.methods.fisher_prune.schema import FisherPruneConfig
     from trimlab.models.vision import vit_classifier
 
     torch.manual_seed(0)

@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trimlab.config import QuantizeConfig
 from trimlab.methods.pwlq.batchnorm import fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import RangeObserver, calibrate_ranges, fake_quantize
 from trimlab.methods.pwlq.callback import PostTrainingQuantization, quantizable_layers
+from trimlab.methods.pwlq.schema import QuantizeConfig
 from trimlab.models.cnn import CnnClassifier
 
 

@@ -28,11 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from trimlab.config import ConfigError, check_keys, register_configs
+from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
 from trimlab.methods.fisher_prune.callback import FisherPruning, check_budget, check_transformer
-from trimlab.methods.post_training import RATIO_KINDS, Budget, PostTrainingCallback
+from trimlab.methods.post_training import PostTrainingCallback
 from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, folding_error
 from trimlab.methods.pwlq.callback import SCHEMES, PostTrainingQuantization, quantizable_layers
 from trimlab.models.classifier import TransformerClassifier

@@ -3,8 +3,10 @@
 Each YAML option names its schema first in its defaults list (for example
 ``conf/model/minilm_l6.yaml`` starts with ``- text_model_schema``), so its node
 is typed: an unknown key or a wrong type fails at composition, naming the key.
-Every key a user may set is documented here. :func:`validate` adds the checks
-that span groups (budget kind vs method, paths that must exist).
+Every key a user may set is documented here, or, for a method's keys, in that
+method's ``methods/<name>/schema.py`` (registered from there, see
+:func:`trimlab.methods.method_kinds`). :func:`validate` adds the checks that
+span groups (budget kind vs method, paths that must exist).
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ class ImageDatasetConfig:
     num_workers: int = at_least(0, 0)
 
 
-# ---------------------------------------------------------------- methods
+# ---------------------------------------------------------------- the dense starting point
 @dataclass
 class FinetuneConfig:
     """How the dense starting model is made: fine-tuned from its weights, trained from scratch, or used as loaded.
@@ -223,204 +225,6 @@ class FinetuneConfig:
     """Keep the input embeddings fixed (faster on CPU, often no loss for small sets)."""
 
 
-@dataclass
-class DenseMethodConfig:
-    """No compression: evaluate and measure the dense (fine-tuned) model."""
-
-    name: str = "dense"
-    budgets: list[str] = field(default_factory=lambda: ["none"])
-    """Budget kinds this method can take."""
-
-
-@dataclass
-class FisherPruneConfig:
-    """Post-training pruning of heads and FFN neurons (Kwon et al. 2022), no retraining.
-
-    The sample set is ``dataset.sample_size`` training examples (2048 by default).
-    """
-
-    name: str = "fisher_prune"
-    budgets: list[str] = field(default_factory=lambda: ["flops", "latency"])
-    """Budget kinds this method can take."""
-    batch_size: int = at_least(1, 32)
-    """Sample-set mini-batch: one Fisher gradient per batch (the paper's 32)."""
-    rearrange: bool = True
-    """Stage 2: re-choose units within each layer with the block-diagonal Fisher."""
-    tune: bool = True
-    """Stage 3: least-squares mask tuning against a milder-pruned teacher, folded into the weights."""
-    teacher_steps: int = at_least(1, 2)
-    """Teacher of mask tuning = the first step of this many geometric steps to the target (1 = the dense model)."""
-    damping: float = at_least(0, 1.0)
-    """LSMR damping of mask tuning (the paper's 1)."""
-    max_scale: float = positive(10.0)
-    """Tuning stops at the first layer with a scale beyond ±max_scale (the paper's safeguard)."""
-    lut_batch_size: int = at_least(1, 32)
-    """Input batch the latency look-up table is timed at (latency budgets)."""
-    lut_ffn_points: int = at_least(1, 24)
-    """FFN widths timed for the latency table (evenly spaced up to the full width)."""
-
-
-@dataclass
-class QuantizeConfig:
-    """Post-training quantization of every Conv2d and Linear (Fang et al. 2020): PWLQ or the uniform baseline.
-
-    ``budget=bits_N`` sets the weight bits. The calibration set is ``dataset.sample_size`` examples.
-    """
-
-    name: str = "pwlq"
-    budgets: list[str] = field(default_factory=lambda: ["bits"])
-    """Budget kinds this method can take."""
-    scheme: str = "pwlq"
-    """``pwlq`` (piecewise linear, searched breakpoint) or ``uniform``."""
-    bits: int = bounded(0, 0, 16)
-    """Weight bits; 0 = the budget's (``budget=bits_N``). Set it when quantization follows another
-    method that takes the run's budget (``method=fisher_prune_pwlq``)."""
-    fold_batchnorm: bool = True
-    """Fold each BatchNorm into the convolution before it, then quantize the folded weights (the paper's setting)."""
-    per_channel: bool = True
-    """One range (and breakpoint) per output channel; false: one per tensor."""
-    symmetric: bool = True
-    """Uniform scheme only: symmetric [−m, m] grid; false: asymmetric [min, max]."""
-    bias_correction: bool = True
-    """Restore each channel's weight mean and std after quantization."""
-    output_bias_correction: bool = True
-    """Shift each layer's bias by the mean output change of its weight quantization on the calibration set."""
-    act_bits: int = bounded(0, 0, 16)
-    """Bits of every quantized layer's input activations (0 = full precision)."""
-    first_last_bits: int = bounded(0, 0, 16)
-    """Bits of the first and last quantized layers; 0 = the same bits as every other layer (the paper's code)."""
-    top_k: int = at_least(1, 10)
-    """Activation range = mean over calibration batches of the median of each batch's top_k largest / smallest values."""
-    calib_batch_size: int = at_least(1, 4)
-    """Calibration mini-batch (the paper's code: 4; the range statistics are per batch)."""
-
-
-@dataclass
-class LTPConfig:
-    """Learned token pruning (Kim et al. 2021), or its top-k baseline, trained from the dense checkpoint.
-
-    Defaults are the reference code's (kssteven418/LTP README and training arguments).
-    ``budget=tokens_X`` is the model's FLOPs ratio on the calibration examples; after
-    the soft stage one shift of every threshold (or, for top-k, the final keep rate)
-    is set by bisection to meet it.
-    """
-
-    name: str = "ltp"
-    budgets: list[str] = field(default_factory=lambda: ["tokens"])
-    """Budget kinds this method can take."""
-    selector: str = "thresholds"
-    """``thresholds`` (LTP) or ``topk`` (fixed per-layer keep rates, the paper's prior-work baseline)."""
-    final_threshold: float = at_least(0, 0.01)
-    """Threshold of the last layer at start; layer l starts at final_threshold · l / L (layer 0 never prunes)."""
-    temperature: float = positive(1e-3)
-    """T of the soft mask σ((score − θ) / T)."""
-    lam: float = at_least(0, 0.1)
-    """λ of the mask penalty in the soft stage (the reference suggests 0.01–0.2)."""
-    soft_epochs: float = at_least(0, 1.0)
-    """Stage 1 (soft masks, thresholds learn): 1 epoch for large sets, 10 for small ones in the reference."""
-    hard_epochs: float = at_least(0, 5.0)
-    """Stage 2 (binary masks, thresholds fixed, weights fine-tune); also the top-k baseline's training."""
-    lr: float = positive(2e-5)
-    """Weights' learning rate in stage 1."""
-    threshold_lr: float = at_least(0, 2e-5)
-    """Thresholds' learning rate (their own AdamW group, no weight decay)."""
-    hard_lr: float = positive(1e-5)
-    """Weights' learning rate in stage 2 (the reference searches 0.5, 1, 2 × 1e-5)."""
-    score_length: int = at_least(1, 128)
-    """Attention received is divided by heads × this (the reference's padded length), whatever the real padding."""
-    calibration_examples: int = at_least(1, 256)
-    """Training examples the budget bisection measures FLOPs on."""
-
-
-@dataclass
-class SaiTConfig:
-    """SaiT (Li, Thorsley, Hassoun 2022): one checkpoint trained on dense and sparse paths, token density chosen at run time.
-
-    Trained from the dense checkpoint; the trained weights are cached without
-    the run-time keys (``density``, ``eval_densities``, ``calibration_examples``),
-    so a run at another density reuses them: evaluation only, no retraining.
-    Where the paper leaves a choice open (no public code) the key documents ours.
-    """
-
-    name: str = "sait"
-    budgets: list[str] = field(default_factory=lambda: ["flops", "tokens", "none"])
-    """Budget kinds this method can take: ``flops`` or ``tokens`` (both: the FLOPs ratio ``density=budget`` meets),
-    or ``none`` (with a fixed ``density``)."""
-    density: str = "budget"
-    """Run-time density of the returned model: ``dense`` (no pruning, the zero-drop option), a number
-    (the attention mass to keep, or the share of patch tokens with ``mode=fixed``; needs budget=none),
-    or ``budget`` (the density whose FLOPs ratio on calibration images meets ``budget.target``)."""
-    mode: str = "adaptive"
-    """``adaptive``: keep the tokens with the most class attention until their cumulative share reaches the density,
-    so the kept count follows the image; ``fixed``: keep that share of the patch tokens of every image."""
-    prune_layers: list[int] = field(default_factory=list)
-    """Layers after whose attention tokens are pruned (0-based); empty = the layer at a quarter of the depth (L // 4)."""
-    package: bool = True
-    """Fuse the pruned tokens into one token, their mean weighted by importance, instead of discarding them."""
-    epochs: float = positive(30.0)
-    """Dense/sparse training epochs from the dense checkpoint (each step trains both paths)."""
-    lr: float = positive(5e-4)
-    weight_decay: float = at_least(0, 0.05)
-    warmup_ratio: float = fraction(0.05)
-    label_smoothing: float = fraction(0.1, high_open=True)
-    train_densities: list[float] = bounded([0.5, 0.95], 0, 1, low_open=True)
-    """[low, high]: each training step's sparse path uses a density drawn uniformly from this range."""
-    distill_weight: float = fraction(0.5)
-    """α: the sparse path's loss is (1 − α) · task loss + α · T² · KL(teacher ‖ sparse) on logits."""
-    distill_temperature: float = positive(1.0)
-    """T of the logit distillation."""
-    selection_distill_weight: float = at_least(0, 1.0)
-    """Weight of KL(teacher's last-layer class attention ‖ class attention at the first pruning layer): teaches
-    the early layer to select the tokens the deep model finds important (0 = off)."""
-    teacher: str = "self"
-    """``self``: the dense path of the model being trained (detached) is the teacher; or a path to a
-    state-dict checkpoint of the same model (e.g. a cached dense checkpoint), frozen."""
-    calibration_examples: int = at_least(1, 256)
-    """Training images the ``density=budget`` bisection measures FLOPs on."""
-    eval_densities: list[str] = field(default_factory=lambda: ["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
-    """Densities the trained checkpoint is evaluated at (accuracy, FLOPs, throughput) for the record and the curve."""
-
-
-@dataclass
-class MaiTConfig:
-    """MaiT (Li, Shafiee Ardestani, Hassoun 2022): chosen heads attend only to a window of patches, the rest globally.
-
-    Trained with the dense model's own recipe (the ``finetune`` group: epochs, lr, …),
-    so masked and unmasked models differ only in their masks. Class tokens stay global.
-    """
-
-    name: str = "mait"
-    budgets: list[str] = field(default_factory=lambda: ["none"])
-    """Budget kinds this method can take (masks change accuracy, not the cost)."""
-    window: list[int] = bounded([3, 3], 1)
-    """Neighbourhood [rows, cols] of patches a masked head sees around each patch (odd; the paper's default 3×3)."""
-    masked_heads: list[int] = field(default_factory=list)
-    """Masked heads (the first ones) per layer; empty = the paper's placement: every head in the first third
-    of the layers, one head in the middle third, none in the last third."""
-    init: str = "scratch"
-    """``scratch``: retrain from random weights like the dense model (``model.weights=scratch``);
-    ``dense``: fine-tune the dense checkpoint with the masks installed (hub ViTs)."""
-
-
-@dataclass
-class PipelineConfig:
-    """Methods applied one after another in one run under one budget (``trimlab.methods.pipeline``).
-
-    Consecutive post-training steps share one validate run; a training step (LTP)
-    runs its own fits. The pruning steps share the run's budget (see ``split``);
-    quantizers carry their ``bits``. Each step's keys are those of its own method.
-    """
-
-    name: str = MISSING
-    budgets: list[str] = field(default_factory=list)
-    """Budget kinds the pipeline can take."""
-    steps: dict[str, Any] = field(default_factory=dict)
-    """Step name → that method's config, in the order they run, e.g. ``prune`` (fisher_prune), ``tokens`` (ltp), ``quantize`` (pwlq)."""
-    split: float = 0.5
-    """With two pruning steps: the first gets ``target ** split`` of the FLOPs, the second the rest
-    (re-measured after the first), so the product meets the run's flops budget."""
-
-
 # ---------------------------------------------------------------- the rest
 @dataclass
 class BudgetConfig:
@@ -430,6 +234,36 @@ class BudgetConfig:
     """``none`` | ``flops`` | ``latency`` | ``tokens`` | ``bits``."""
     target: float = 1.0
     """Ratio of the dense model in (0, 1] for flops/latency/tokens; bit width for bits."""
+
+
+BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
+RATIO_KINDS = ("flops", "latency", "tokens")
+"""Budget kinds whose target is a ratio of the dense model."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the compressed model must fit, as a value: methods take this, not the run config.
+
+    ``kind`` is one of ``none``, ``flops``, ``latency``, ``tokens`` (targets are
+    ratios of the dense model in (0, 1]) or ``bits`` (a whole bit width in [2, 16]).
+    """
+
+    kind: str
+    target: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ConfigError(f"budget.kind={self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+        if self.kind in RATIO_KINDS and not 0.0 < self.target <= 1.0:
+            raise ConfigError(f"budget.target={self.target:g} must be a ratio in (0, 1] for a {self.kind} budget")
+        if self.kind == "bits" and not (2 <= self.target <= 16 and float(self.target).is_integer()):
+            raise ConfigError(f"budget.target={self.target:g} must be a whole number of bits in [2, 16]")
+
+    @classmethod
+    def of(cls, node: Any) -> Budget:
+        """The budget of a config node (``cfg.budget``) or anything else with ``kind`` and ``target``."""
+        return cls(str(node.kind), float(node.target))
 
 
 @dataclass
@@ -515,25 +349,27 @@ class TrimlabConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
     "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
-    "method": {"dense_schema": DenseMethodConfig, "fisher_prune_schema": FisherPruneConfig, "quantize_schema": QuantizeConfig,
-               "ltp_schema": LTPConfig, "sait_schema": SaiTConfig, "mait_schema": MaiTConfig, "pipeline_schema": PipelineConfig},
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},
     "logger": {"logger_schema": LoggerConfig},
 }
+"""The run-level schemas by group; the method group's come from the methods themselves."""
 
 
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore (idempotent): the run-level ones, then each method's."""
+    from trimlab.methods import method_kinds
+
     cs = ConfigStore.instance()
     cs.store(name="trimlab_schema", node=TrimlabConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
+    for kind in method_kinds().values():
+        cs.store(group="method", name=kind.schema_name, node=kind.schema)
 
 
-BUDGET_KINDS = ("none", "flops", "latency", "tokens", "bits")
 MODEL_WEIGHTS = {"text": ("embedded", "registry", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "registry", "hub", "file", "random", "scratch")}
 
 
@@ -541,19 +377,13 @@ def validate(cfg: DictConfig) -> None:
     """Checks that span groups or touch the disk; raise :class:`ConfigError` before any expensive work."""
     check_keys(cfg)
     check_names(cfg)
-    budget = cfg.budget
-    if budget.kind not in BUDGET_KINDS:
-        raise ConfigError(f"budget.kind={budget.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+    budget = Budget.of(cfg.budget)
     accepted = list(cfg.method.budgets)
     if budget.kind not in accepted:
         raise ConfigError(
             f"method={cfg.method.name} cannot take a {budget.kind!r} budget; it accepts {', '.join(accepted)}. "
             f"Choose e.g. budget={_budget_example(accepted[0])}, or a method that takes {budget.kind} budgets."
         )
-    if budget.kind in ("flops", "latency", "tokens") and not 0.0 < budget.target <= 1.0:
-        raise ConfigError(f"budget.target={budget.target} must be a ratio in (0, 1] for a {budget.kind} budget")
-    if budget.kind == "bits" and not (2 <= budget.target <= 16 and float(budget.target).is_integer()):
-        raise ConfigError(f"budget.target={budget.target} must be a whole number of bits in [2, 16]")
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset, cfg.model)
     if cfg.logger.kind not in ("wandb", "csv", "none"):

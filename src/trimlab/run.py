@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
-from trimlab.config import ConfigError, validate
+from trimlab.config import Budget, ConfigError, validate
 from trimlab.data import build_datamodule
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
@@ -144,8 +144,8 @@ def _build(cfg: DictConfig) -> tuple[nn.Module, Any, Any, Path]:
         torch.set_num_threads(cfg.trainer.num_threads)
     built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
     datamodule = build_datamodule(cfg.dataset, built, cfg.seed)
-    method = build_method(cfg)
-    method.check(cfg, built.model, datamodule)
+    method = build_method(cfg.method)
+    method.check(cfg, Budget.of(cfg.budget), built.model, datamodule)
     checkpoint = dense_checkpoint_path(cfg)
     if cfg.finetune.enabled and checkpoint.exists():
         load_checkpoint(built.model, checkpoint)
@@ -192,7 +192,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
 
     enter("method")
     start = time.perf_counter()
-    result = method.apply(model, MethodContext(cfg, datamodule, run_dir, make_trainer))
+    result = method.apply(model, MethodContext(cfg, Budget.of(cfg.budget), datamodule, run_dir, make_trainer))
     record.method_cost_s = time.perf_counter() - start
     record.stages.update(result.stages)
     record.artifacts.update(result.artifacts)

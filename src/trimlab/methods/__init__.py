@@ -1,23 +1,39 @@
-"""Compression methods, each behind the same small interface so ``run.py`` stays method-agnostic."""
+"""Compression methods, each behind the same small interface so ``run.py`` stays method-agnostic.
+
+A method is one folder ``methods/<name>/``: its code, and a ``schema.py`` that
+holds the schema of its options (the keys of ``conf/method/*.yaml`` that name
+it) and declares ``KIND``, a :class:`MethodKind`. Nothing else lists methods: a
+new one is its folder and one YAML file. Importing this package (and every
+``schema.py``) stays free of torch, so composing a config is quick.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from omegaconf import DictConfig
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
 class MethodContext:
-    """What a method may use besides the model: config, data, where to write, and how to build a trainer."""
+    """What a method may use besides the model: the run's config, its own budget, data, where to write, a trainer.
+
+    ``budget`` is the method's: the run's budget, or a pipeline step's share of it.
+    """
 
     cfg: DictConfig
+    budget: Budget
     datamodule: Any
     run_dir: Path
     make_trainer: Callable[..., Any]
@@ -38,42 +54,66 @@ class MethodResult:
 
 
 class Method(Protocol):
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
-        """Raise :class:`ConfigError` for a setting this method cannot run, before any expensive work."""
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+        """Raise :class:`ConfigError` for a setting this method cannot run under ``budget``, before any expensive work."""
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
-        """Compress (or train) ``model`` and return the result."""
+        """Compress (or train) ``model`` under ``ctx.budget`` and return the result."""
 
 
-def build_method(cfg: DictConfig) -> Method:
-    """The method of ``cfg.method``; a config with ``steps`` is a pipeline of methods under one budget."""
-    from trimlab.methods.dense import DenseMethod
-    from trimlab.methods.fisher_prune.callback import FisherPruneMethod
-    from trimlab.methods.ltp.method import LTPMethod
-    from trimlab.methods.mait.method import MaiTMethod
-    from trimlab.methods.pipeline import PipelineMethod
-    from trimlab.methods.pwlq.callback import QuantizeMethod
-    from trimlab.methods.sait.method import SaiTMethod
+@dataclass(frozen=True)
+class MethodKind:
+    """A method as the framework knows it; each ``methods/<name>/schema.py`` declares one as ``KIND``."""
 
-    registry: dict[str, Callable[[DictConfig], Any]] = {
-        "dense": DenseMethod,
-        "fisher_prune": FisherPruneMethod,
-        "ltp": LTPMethod,
-        "ltp_topk": LTPMethod,
-        "pwlq": QuantizeMethod,
-        "uniform_ptq": QuantizeMethod,
-        "sait": SaiTMethod,
-        "mait": MaiTMethod,
-    }
+    schema_name: str
+    """The schema's name in Hydra's ConfigStore: the first entry of its options' defaults lists."""
+    schema: type
+    """The dataclass of its options; a composed ``cfg.method`` of this type is built as this method."""
+    implementation: str
+    """``module:Class`` of the :class:`Method`, imported when a run builds it (so composing a config needs no torch)."""
+    composable: bool = False
+    """It may be a step of a pipeline (``method.steps``)."""
 
-    def build(method_cfg: DictConfig, composable: tuple[str, ...] = tuple(registry)) -> Any:
-        name = method_cfg.name
-        if name not in composable:
-            raise ConfigError(f"method={name} is not implemented here; choose one of {', '.join(sorted(composable))}")
-        return registry[name](method_cfg)
+    def build(self, cfg: DictConfig) -> Method:
+        module, name = self.implementation.split(":")
+        return getattr(importlib.import_module(module), name)(cfg)
 
-    if "steps" in cfg.method:
-        composable = ("fisher_prune", "ltp", "ltp_topk", "pwlq", "uniform_ptq")
-        steps = {step: build(step_cfg, composable) for step, step_cfg in cfg.method.steps.items()}
-        return PipelineMethod(cfg.method, steps)
-    return build(cfg.method)
+
+def method_kinds() -> dict[str, MethodKind]:
+    """Every method's :class:`MethodKind`, by schema name, read from the ``schema.py`` of each folder here."""
+    kinds = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = f"{__name__}.{info.name}.schema"
+        if info.ispkg and importlib.util.find_spec(module) is not None:
+            kind = importlib.import_module(module).KIND
+            kinds[kind.schema_name] = kind
+    return kinds
+
+
+def kind_of(method_cfg: DictConfig) -> MethodKind:
+    """The :class:`MethodKind` whose schema types ``method_cfg``."""
+    schema = OmegaConf.get_type(method_cfg)
+    for kind in method_kinds().values():
+        if kind.schema is schema:
+            return kind
+    raise ConfigError(
+        f"method={method_cfg.get('name')} has no method schema; start its YAML's defaults list with one of "
+        f"{', '.join(sorted(method_kinds()))}"
+    )
+
+
+def build_method(method_cfg: DictConfig) -> Method:
+    """The method ``method_cfg`` configures (a pipeline builds its steps with :func:`build_step`)."""
+    return kind_of(method_cfg).build(method_cfg)
+
+
+def build_step(step: str, step_cfg: DictConfig) -> Method:
+    """Step ``step`` of a pipeline: a method whose kind is composable."""
+    kind = kind_of(step_cfg)
+    if not kind.composable:
+        composable = ", ".join(sorted(k.schema_name for k in method_kinds().values() if k.composable))
+        raise ConfigError(
+            f"method.steps.{step}: method {step_cfg.name} cannot be a pipeline step; a step's config starts from one of "
+            f"{composable} (e.g. '- pwlq@steps.{step}' in the pipeline's defaults list)"
+        )
+    return kind.build(step_cfg)

@@ -8,45 +8,15 @@ callback (``stats``, ``stages``, ``artifacts``) into the run record.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.config import BUDGET_KINDS, ConfigError
+from trimlab.config import Budget
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.training import ClassifierModule
-
-RATIO_KINDS = ("flops", "latency", "tokens")
-"""Budget kinds whose target is a ratio of the dense model."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the compressed model must fit, as a value: methods take this, not the run config.
-
-    ``kind`` is one of ``none``, ``flops``, ``latency``, ``tokens`` (targets are
-    ratios of the dense model in (0, 1]) or ``bits`` (a whole bit width in [2, 16]).
-    """
-
-    kind: str
-    target: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise ConfigError(f"budget.kind={self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
-        if self.kind in RATIO_KINDS and not 0.0 < self.target <= 1.0:
-            raise ConfigError(f"budget.target={self.target:g} must be a ratio in (0, 1] for a {self.kind} budget")
-        if self.kind == "bits" and not (2 <= self.target <= 16 and float(self.target).is_integer()):
-            raise ConfigError(f"budget.target={self.target:g} must be a whole number of bits in [2, 16]")
-
-    @classmethod
-    def of(cls, node: Any) -> Budget:
-        """The budget of a config node (``cfg.budget``) or anything else with ``kind`` and ``target``."""
-        return cls(str(node.kind), float(node.target))
-
 
 class PostTrainingCallback(pl.Callback):
     """Calls :meth:`compress` on ``pl_module.model`` once, at the setup of the first validate or test run."""
@@ -83,7 +53,7 @@ class PostTrainingMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         """Raise :class:`~trimlab.config.ConfigError` for a setting this method cannot run."""
 
     @abstractmethod

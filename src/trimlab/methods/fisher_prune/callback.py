@@ -19,10 +19,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost, sequence_length
 from trimlab.methods import MethodContext
-from trimlab.methods.post_training import Budget, PostTrainingCallback, PostTrainingMethod
+from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
 from trimlab.methods.fisher_prune.plot import plot_masks
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class FisherPruning(PostTrainingCallback):
     """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget`` (flops or latency).
 
-    ``cfg`` is the method's own config (:class:`~trimlab.config.FisherPruneConfig`);
+    ``cfg`` is the method's own config (:class:`~trimlab.methods.fisher_prune.schema.FisherPruneConfig`);
     each batch of ``samples`` gives one Fisher gradient.
     """
 
@@ -193,7 +193,7 @@ def check_budget(model: TransformerClassifier, budget: Budget, cfg: DictConfig, 
 class FisherPruneMethod(PostTrainingMethod):
     """Runs :class:`FisherPruning` in a validate run, so the pruned model's val metric is logged at once."""
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         check_transformer(model, f"model={cfg.model.name}")
         if cfg.dataset.sample_size < 1 or self.cfg.batch_size < 1:
             raise ConfigError("dataset.sample_size and method.batch_size must be positive for method=fisher_prune")
@@ -207,13 +207,13 @@ class FisherPruneMethod(PostTrainingMethod):
                 f"(weights={cfg.model.weights}) has no {cfg.dataset.name} classifier; use finetune=text "
                 "(or finetune=vit_scratch), or point model.path at a fine-tuned checkpoint"
             )
-        check_budget(model, Budget.of(cfg.budget), self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
+        check_budget(model, budget, self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
 
     def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         dm = ctx.datamodule
         return FisherPruning(
             self.cfg,
-            Budget.of(ctx.cfg.budget),
+            ctx.budget,
             dm.sample_dataloader(batch_size=self.cfg.batch_size),
             dm.num_labels,
             sequence_length(model, dm),

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.bisection import bisect
@@ -52,7 +52,7 @@ class LTPMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if not isinstance(model, TransformerClassifier):
             raise ConfigError(f"method=ltp prunes tokens of a Transformer; model={cfg.model.name} is not one")
         if self.cfg.selector not in SELECTORS:
@@ -63,16 +63,16 @@ class LTPMethod:
             raise ConfigError("method.temperature, method.score_length and method.calibration_examples must be positive")
         seq_len = round(sequence_length(model, datamodule))
         floor = minimum_flops_ratio(model, seq_len, self.cfg.selector)
-        if cfg.budget.target < floor:
+        if budget.target < floor:
             raise ConfigError(
-                f"budget.target={cfg.budget.target} is below what token pruning can reach on {cfg.dataset.name} "
+                f"budget.target={budget.target} is below what token pruning can reach on {cfg.dataset.name} "
                 f"with method.selector={self.cfg.selector} ({floor:.2f}: the first layers, embeddings and classifier stay); "
                 f"choose a target of at least {floor:.2f}"
             )
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         cfg, dm = self.cfg, ctx.datamodule
-        target = float(ctx.cfg.budget.target)
+        target = float(ctx.budget.target)
         calibration = list(dm.sample_dataloader(num_samples=cfg.calibration_examples))
         dense_flops = mean_flops_per_example(model, calibration, max_batches=len(calibration))
         layers = len(model.encoder.layers)

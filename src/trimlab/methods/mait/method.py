@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.methods.mait.masks import locality_mask, masked_heads_of, thirds_schedule
 from trimlab.methods.mait.module import MaskedAttentionModule
@@ -43,7 +43,7 @@ class MaiTMethod:
             return list(self.cfg.masked_heads)
         return thirds_schedule(len(model.encoder.layers), model.encoder.spec.num_heads)
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         m = self.cfg
         if not isinstance(model, TransformerClassifier) or not isinstance(model.embeddings, PatchEmbeddings):
             raise ConfigError(f"method=mait masks attention over a patch grid; model={cfg.model.name} is not a ViT")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext
 from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
 from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm, folding_error
@@ -104,15 +104,15 @@ class PostTrainingQuantization(PostTrainingCallback):
 class QuantizeMethod(PostTrainingMethod):
     """Runs :class:`PostTrainingQuantization` in a validate run (``method=pwlq`` or ``method=uniform_ptq``)."""
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if self.cfg.scheme not in SCHEMES:
             raise ConfigError(f"method.scheme={self.cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.cfg.act_bits != 0 and not 2 <= self.cfg.act_bits <= 16:
             raise ConfigError(f"method.act_bits={self.cfg.act_bits} must be 0 (full precision) or in [2, 16]")
-        if self.cfg.bits == 0 and cfg.budget.kind != "bits":
+        if self.cfg.bits == 0 and budget.kind != "bits":
             raise ConfigError(
                 f"method={self.cfg.name} needs weight bits: use budget=bits_4 (or bits_6, bits_8), "
-                f"or set method.bits when the budget is {cfg.budget.kind!r}"
+                f"or set method.bits when the budget is {budget.kind!r}"
             )
         if self.cfg.bits != 0 and not 2 <= self.cfg.bits <= 16:
             raise ConfigError(f"method.bits={self.cfg.bits} must be 0 (the budget's) or in [2, 16]")
@@ -130,5 +130,5 @@ class QuantizeMethod(PostTrainingMethod):
 
     def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         dm = ctx.datamodule
-        bits = self.cfg.bits or int(ctx.cfg.budget.target)
+        bits = self.cfg.bits or int(ctx.budget.target)
         return PostTrainingQuantization(self.cfg, bits, dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.checkpoints import load_checkpoint, save_checkpoint, trained_checkpoint_path
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.distributed import is_primary
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.measure.latency import compare_latency
@@ -61,7 +61,7 @@ class SaiTMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         m = self.cfg
         if not isinstance(model, TransformerClassifier):
             raise ConfigError(f"method=sait prunes the tokens of a Transformer; model={cfg.model.name} is not one")
@@ -81,14 +81,14 @@ class SaiTMethod:
             parse_density(value, "method.eval_densities")
         if m.teacher != "self" and not Path(m.teacher).is_file():
             raise ConfigError(f"method.teacher={m.teacher!r}: no such checkpoint file; give a state-dict file of model={cfg.model.name} or 'self'")
-        budgeted = cfg.budget.kind in ("flops", "tokens")
+        budgeted = budget.kind in ("flops", "tokens")
         if m.density == "budget":
             if not budgeted:
                 raise ConfigError("method.density=budget needs a FLOPs budget (e.g. budget=flops_60); or set budget=none and method.density=dense or a number")
             floor = minimum_flops_ratio(model, round(sequence_length(model, datamodule)), prune_layers_of(m, layers), m.package)
-            if cfg.budget.target < floor:
+            if budget.target < floor:
                 raise ConfigError(
-                    f"budget.target={cfg.budget.target} is below what SaiT can reach with method.prune_layers="
+                    f"budget.target={budget.target} is below what SaiT can reach with method.prune_layers="
                     f"{prune_layers_of(m, layers)} ({floor:.2f}: the layers before pruning stay whole); "
                     f"choose a target of at least {floor:.2f} or prune at an earlier layer"
                 )
@@ -96,7 +96,7 @@ class SaiTMethod:
             parse_density(m.density, "method.density")
             if budgeted:
                 raise ConfigError(
-                    f"method.density={m.density} fixes the density, and budget={cfg.budget.kind}_{round(100 * cfg.budget.target)} "
+                    f"method.density={m.density} fixes the density, and budget={budget.kind}_{round(100 * budget.target)} "
                     "would set it too: add budget=none (or use method.density=budget to meet the budget)"
                 )
 
@@ -118,7 +118,7 @@ class SaiTMethod:
 
         start = time.perf_counter()
         if m.density == "budget":
-            density = self._density_for(model, ctx, float(ctx.cfg.budget.target))
+            density = self._density_for(model, ctx, float(ctx.budget.target))
         else:
             density = parse_density(m.density, "method.density")
         stages["calibrate"] = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""The no-compression method: the dense model is the result, so every table has its baseline row."""
+"""The dense method: the model as it came in, measured like every compressed one."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
+from trimlab.config import Budget
 from trimlab.methods import MethodContext, MethodResult
 
 
@@ -14,7 +15,7 @@ class DenseMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         """Nothing can be infeasible without compression."""
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:

@@ -16,16 +16,16 @@ Quantizers carry their bits in their own ``bits`` key.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.config import ConfigError
+from trimlab.config import Budget, ConfigError
 from trimlab.measure.flops import mean_flops_per_example
-from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods import Method, MethodContext, MethodResult, build_step
 from trimlab.methods.post_training import PostTrainingMethod, validate_with
 
 PRUNING_BUDGETS = ("flops", "latency", "tokens")
@@ -35,28 +35,27 @@ PRUNING_BUDGETS = ("flops", "latency", "tokens")
 class PipelineMethod:
     """Runs the steps in order, each under its own budget; records each step's numbers under ``<step>/``."""
 
-    def __init__(self, cfg: DictConfig, steps: dict[str, Any]) -> None:
+    def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.steps = steps
-        self.pruning = [name for name, step in steps.items() if set(step.cfg.budgets) & set(PRUNING_BUDGETS)]
+        self.steps: dict[str, Method] = {name: build_step(name, step_cfg) for name, step_cfg in cfg.steps.items()}
+        self.pruning = [name for name, step_cfg in cfg.steps.items() if set(step_cfg.budgets) & set(PRUNING_BUDGETS)]
         """The steps that share the run's FLOPs budget, in order."""
 
-    def check(self, cfg: DictConfig, model: nn.Module, datamodule: Any) -> None:
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if not self.steps:
-            raise ConfigError(f"method={cfg.method.name} has no steps; list them under method.steps")
+            raise ConfigError(f"method={self.cfg.name} has no steps; list them under method.steps")
         pruning = self.pruning
         if len(pruning) > 2:
-            raise ConfigError(f"method={cfg.method.name} has {len(pruning)} pruning steps ({', '.join(pruning)}); one budget splits over at most two")
-        if len(pruning) == 2 and cfg.budget.kind != "flops":
+            raise ConfigError(f"method={self.cfg.name} has {len(pruning)} pruning steps ({', '.join(pruning)}); one budget splits over at most two")
+        if len(pruning) == 2 and budget.kind != "flops":
             raise ConfigError(
-                f"method={cfg.method.name} splits its budget over {' and '.join(pruning)}: FLOPs reductions multiply, "
-                f"{cfg.budget.kind} ones do not. Use a flops budget (e.g. budget=flops_30)"
+                f"method={self.cfg.name} splits its budget over {' and '.join(pruning)}: FLOPs reductions multiply, "
+                f"{budget.kind} ones do not. Use a flops budget (e.g. budget=flops_30)"
             )
         if not 0.0 < self.cfg.split < 1.0:
             raise ConfigError(f"method.split={self.cfg.split} must be in (0, 1): the share of the FLOPs reduction made by the first pruning step")
         for name, step in self.steps.items():
-            target = self._planned_target(cfg, name)
-            step.check(self._step_cfg(cfg, name, target), model, datamodule)
+            step.check(cfg, self._step_budget(budget, name, self._planned_target(budget, name)), model, datamodule)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         result = MethodResult(model)
@@ -66,13 +65,13 @@ class PipelineMethod:
         for group in self._groups():
             contexts = {}
             for name in group:
-                target = self._planned_target(ctx.cfg, name)
+                target = self._planned_target(ctx.budget, name)
                 if len(pruning) == 2 and name == pruning[1]:  # what the first left of the run's target
                     done = mean_flops_per_example(model, calibration, max_batches=len(calibration)) / input_flops
-                    target = min(1.0, float(ctx.cfg.budget.target) / done)
+                    target = min(1.0, ctx.budget.target / done)
                 if name in pruning:
                     result.stats[f"{name}/budget_target"] = target
-                contexts[name] = MethodContext(self._step_cfg(ctx.cfg, name, target), ctx.datamodule, ctx.run_dir / name, ctx.make_trainer)
+                contexts[name] = dataclasses.replace(ctx, budget=self._step_budget(ctx.budget, name, target), run_dir=ctx.run_dir / name)
             for name, outcome in self._apply_group(group, model, contexts, ctx):
                 model = outcome.model
                 result.stats.update({f"{name}/{k}": v for k, v in outcome.stats.items()})
@@ -104,21 +103,18 @@ class PipelineMethod:
                 groups.append([name])
         return groups
 
-    def _planned_target(self, cfg: DictConfig, name: str) -> float:
+    def _planned_target(self, budget: Budget, name: str) -> float:
         """A step's share of the run's target, before any step has run (the second pruning step's is re-measured then)."""
         pruning = self.pruning
         if name not in pruning or len(pruning) == 1:
-            return float(cfg.budget.target)
+            return budget.target
         share = self.cfg.split if name == pruning[0] else 1.0 - self.cfg.split
-        return float(cfg.budget.target) ** share
+        return budget.target**share
 
-    def _step_cfg(self, cfg: DictConfig, name: str, target: float) -> DictConfig:
-        """The run's config as step ``name`` sees it: its method config, and its budget if it prunes."""
-        step = copy.deepcopy(cfg)
-        with open_dict(step):
-            step.method = cfg.method.steps[name]
-            if name in self.pruning:
-                accepted = list(step.method.budgets)
-                step.budget.kind = cfg.budget.kind if cfg.budget.kind in accepted else next(k for k in PRUNING_BUDGETS if k in accepted)
-                step.budget.target = target
-        return step
+    def _step_budget(self, budget: Budget, name: str, target: float) -> Budget:
+        """Step ``name``'s budget: a pruning step's share of the run's, of a kind it takes; the run's for the others."""
+        if name not in self.pruning:
+            return budget
+        accepted = list(self.cfg.steps[name].budgets)
+        kind = budget.kind if budget.kind in accepted else next(k for k in PRUNING_BUDGETS if k in accepted)
+        return Budget(kind, target)

@@ -1,0 +1,32 @@
+"""MaiT's options (``conf/method/mait.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trimlab.config import bounded
+from trimlab.methods import MethodKind
+
+
+@dataclass
+class MaiTConfig:
+    """MaiT (Li, Shafiee Ardestani, Hassoun 2022): chosen heads attend only to a window of patches, the rest globally.
+
+    Trained with the dense model's own recipe (the ``finetune`` group: epochs, lr, …),
+    so masked and unmasked models differ only in their masks. Class tokens stay global.
+    """
+
+    name: str = "mait"
+    budgets: list[str] = field(default_factory=lambda: ["none"])
+    """Budget kinds this method can take (masks change accuracy, not the cost)."""
+    window: list[int] = bounded([3, 3], 1)
+    """Neighbourhood [rows, cols] of patches a masked head sees around each patch (odd; the paper's default 3×3)."""
+    masked_heads: list[int] = field(default_factory=list)
+    """Masked heads (the first ones) per layer; empty = the paper's placement: every head in the first third
+    of the layers, one head in the middle third, none in the last third."""
+    init: str = "scratch"
+    """``scratch``: retrain from random weights like the dense model (``model.weights=scratch``);
+    ``dense``: fine-tune the dense checkpoint with the masks installed (hub ViTs)."""
+
+
+KIND = MethodKind("mait_schema", MaiTConfig, "trimlab.methods.mait.method:MaiTMethod")
