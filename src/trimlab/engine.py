@@ -7,11 +7,13 @@ orchestration can use the methods without an import cycle.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,11 @@ def fit(module: pl.LightningModule, model: nn.Module, datamodule: Any, epochs: f
     return steps
 
 
+LOG_FILE_REFRESH_STEPS = 10
+"""Steps between progress updates when the output is a file (a background run, a multirun's log): Lightning's
+default bar (Rich, when installed) draws only its final state there, so an hour-long fine-tune would show nothing."""
+
+
 def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides: Any) -> pl.Trainer:
     """A Trainer with the run's hardware settings; the run's tracker is its logger."""
     t = cfg.trainer
@@ -66,7 +73,10 @@ def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides:
         logger=tracker.logger if tracker.logger is not None else False,
         default_root_dir=str(run_dir),
     )
-    kwargs.update(overrides)
+    callbacks = list(overrides.pop("callbacks", []))
+    if t.progress_bar and not sys.stderr.isatty():
+        callbacks.append(TQDMProgressBar(refresh_rate=LOG_FILE_REFRESH_STEPS))
+    kwargs.update(overrides, callbacks=callbacks)
     return pl.Trainer(**kwargs)
 
 
