@@ -232,9 +232,12 @@ def test_int8_kernel_model_runs_the_quantized_linears_through_int8_kernels() -> 
     assert int8_kernel_model(model) is None  # no int8 kernel for 4-bit weights here
 
 
-def test_an_8_bit_run_times_the_int8_kernel_path(compose_cfg) -> None:
+def test_an_8_bit_run_times_and_scores_the_int8_kernel_path(compose_cfg) -> None:
     from trimlab.run import run
 
     record = run(compose_cfg("experiment=smoke", "model=vit_digits", "dataset=digits", "method=uniform_ptq", "budget=bits_8"))
     for b in (1, 8):
         assert record.ratios[f"speedup_b{b}_int8_kernel"] > 0 and record.compressed[f"latency_ms_b{b}_int8_kernel"] > 0
+    # the int8 path's own accuracy, beside the simulated model's: close, not necessarily equal (dynamic input ranges)
+    assert abs(record.compressed["metric_int8_kernel"] - record.compressed["metric"]) <= 0.05
+    assert 0.9 <= record.compressed["agreement_int8_kernel"] <= 1.0

@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from trimlab.measure.flops import mean_flops_per_example
-from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.results.record import RunRecord
@@ -124,8 +123,13 @@ def evaluate_predicting(
     return metrics, targets.numpy(), preds.numpy()
 
 
-def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule: Any, record: RunRecord) -> dict[str, float]:
-    """Latency side by side (interleaved, same inputs, same process) and the compressed/dense ratios."""
+def compare(
+    cfg: DictConfig, dense: nn.Module, compressed: nn.Module, kernel: nn.Module | None, datamodule: Any, record: RunRecord
+) -> dict[str, float]:
+    """Latency side by side (interleaved, same inputs, same process) and the compressed/dense ratios.
+
+    ``kernel``: the compressed model through int8 kernels (:func:`~trimlab.measure.int8_kernel.int8_kernel_model`), timed too.
+    """
     ratios = {
         "flops": record.compressed["flops"] / record.dense["flops"],
         "params": record.compressed["params"] / record.dense["params"],
@@ -133,7 +137,6 @@ def compare(cfg: DictConfig, dense: nn.Module, compressed: nn.Module, datamodule
         "metric_delta": record.compressed["metric"] - record.dense["metric"],
     }
     m = cfg.measure
-    kernel = int8_kernel_model(compressed)
     for batch_size in m.latency_batch_sizes:
         batch = first_examples(datamodule.test_dataloader(), batch_size)
         if compressed is dense:

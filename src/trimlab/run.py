@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -29,6 +30,7 @@ from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
 from trimlab.engine import build_trainer, compare, evaluate_predicting, finetune
+from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
@@ -214,7 +216,13 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
         record.artifacts[MODEL_DIR] = MODEL_DIR
         if saved.quantized:  # the size a quantizer claims is the size of what was stored
             record.compressed["size_mb_quantized"] = saved.size_mb
-    record.ratios = compare(cfg, dense, compressed, datamodule, record)
+    kernel = int8_kernel_model(compressed)
+    if kernel is not None:  # the same weights through PyTorch's int8 kernels: their accuracy beside the simulated model's
+        kernel_metrics, _, kernel_preds = evaluate_predicting(cfg, kernel, datamodule, make_trainer, reference=dense)
+        record.compressed["metric_int8_kernel"] = kernel_metrics["metric"]
+        if datamodule.num_labels > 1:
+            record.compressed["agreement_int8_kernel"] = float(np.mean(kernel_preds == compressed_preds))
+    record.ratios = compare(cfg, dense, compressed, kernel, datamodule, record)
 
 
 def _cache_dense(model: nn.Module, checkpoint: Path) -> None:
