@@ -23,13 +23,10 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.config import Budget, ConfigError
+from trimlab.config import RATIO_KINDS, Budget, ConfigError
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.methods import Method, MethodContext, MethodResult, build_step
 from trimlab.methods.post_training import PostTrainingMethod, validate_with
-
-PRUNING_BUDGETS = ("flops", "latency", "tokens")
-"""Budget kinds of a step that removes FLOPs; a step that takes none of them (a quantizer) keeps the run's."""
 
 
 class PipelineMethod:
@@ -38,8 +35,8 @@ class PipelineMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.steps: dict[str, Method] = {name: build_step(name, step_cfg) for name, step_cfg in cfg.steps.items()}
-        self.pruning = [name for name, step_cfg in cfg.steps.items() if set(step_cfg.budgets) & set(PRUNING_BUDGETS)]
-        """The steps that share the run's FLOPs budget, in order."""
+        self.pruning = [name for name, step_cfg in cfg.steps.items() if set(step_cfg.budgets) & set(RATIO_KINDS)]
+        """The steps that share the run's FLOPs budget, in order: those taking a ratio budget (a quantizer keeps the run's)."""
 
     def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if not self.steps:
@@ -116,5 +113,5 @@ class PipelineMethod:
         if name not in self.pruning:
             return budget
         accepted = list(self.cfg.steps[name].budgets)
-        kind = budget.kind if budget.kind in accepted else next(k for k in PRUNING_BUDGETS if k in accepted)
+        kind = budget.kind if budget.kind in accepted else next(k for k in RATIO_KINDS if k in accepted)
         return Budget(kind, target)
