@@ -192,3 +192,25 @@ def test_fisher_refuses_a_cnn_and_names_the_quantizers() -> None:
     net = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     with pytest.raises(ConfigError, match="is not a Transformer.*method=pwlq"):
         compress(net, "fisher_prune", 0.6, image_batches(1))
+
+
+# ---------------------------------------------------------------- one path with the CLI
+def test_compress_prunes_as_a_cli_run_does(compose_cfg) -> None:
+    """The CLI and compress() build, check and run the same method: on the run's dense model and sample set they keep the same units."""
+    from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint
+    from trimlab.data import build_datamodule
+    from trimlab.models.build import build_model
+    from trimlab.run import run
+
+    cfg = compose_cfg(
+        "experiment=smoke", "model=vit_digits", "dataset=digits", "dataset.max_train_examples=128",
+        "dataset.max_eval_examples=64", "method=fisher_prune", "budget=flops_60", "method.batch_size=16",
+    )
+    record = run(cfg)
+    built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
+    load_checkpoint(built.model, dense_checkpoint_path(cfg))
+    samples = list(build_datamodule(cfg.dataset, built, cfg.seed).sample_dataloader(batch_size=16))
+    pruned, report = compress(built.model, "fisher_prune", 0.6, samples)
+    for key in ("heads_per_layer", "neurons_per_layer", "searched_heads_per_layer", "searched_neurons_per_layer"):
+        assert report.stats[key] == record.compressed[key], key
+    assert report.flops_ratio == pytest.approx(record.ratios["flops"], abs=0.02)

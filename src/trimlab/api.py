@@ -3,10 +3,12 @@
 The model is converted into trimlab's unified encoder
 (:func:`trimlab.models.convert.to_trimlab`); the method's config is composed from
 its packaged YAML on its schema, the same defaults ``trimlab method=<name>`` runs
-with (``options`` overrides its keys); then each step's post-training callback
-compresses the model directly, on the given batches, under the budget as a value:
-no Lightning trainer, no run folder. FLOPs are counted on those batches before
-and after, as a run counts them on its test set.
+with (``options`` overrides its keys); then each step is built and checked as a
+run builds and checks it (:class:`~trimlab.methods.post_training.PostTrainingMethod`)
+and its callback — the very one the CLI runs in a validate run — compresses the
+model directly, on the given batches, under the budget as a value: no Lightning
+trainer, no run folder. FLOPs are counted on those batches before and after, as a
+run counts them on its test set.
 
 >>> from trimlab.api import compress
 >>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
@@ -31,19 +33,14 @@ from torch import Tensor, nn
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
-from trimlab.methods.fisher_prune.callback import FisherPruning, check_budget, check_transformer
-from trimlab.methods.post_training import PostTrainingCallback
-from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, folding_error
-from trimlab.methods.pwlq.callback import SCHEMES, PostTrainingQuantization, quantizable_layers
+from trimlab.methods import build_method, kind_of
+from trimlab.methods.post_training import PostTrainingMethod, StepInputs
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.convert import to_trimlab
 from trimlab.models.embeddings import TextEmbeddings
 
 __all__ = ["Budget", "CompressionReport", "compress"]
 
-QUANTIZERS = ("pwlq", "uniform_ptq")
-POST_TRAINING = ("fisher_prune", *QUANTIZERS)
-"""Methods ``compress`` runs, alone or as the steps of a pipeline; the others train the model (use the ``trimlab`` CLI)."""
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "labels")
 """What a batch may carry into the model and its loss (others are dropped)."""
 
@@ -113,24 +110,31 @@ def compress(
     batches = _batches(data)
     compressed = to_trimlab(model)
     _check_inputs(compressed, batches[0])
+    for step, bits_of_step in step_bits.items():
+        steps[step].bits = bits_of_step
+    methods = {step: _post_training_method(cfg) for step, cfg in steps.items()}
+    num_labels = compressed.head.classifier.out_features if isinstance(compressed, TransformerClassifier) else 0
+    seq_len = _sequence_length(compressed, batches) if isinstance(compressed, TransformerClassifier) else 0.0
     with _work_dir(output_dir) as work:
-        for step, cfg in steps.items():
-            if cfg.name == "fisher_prune":
-                check_transformer(compressed, f"model ({type(model).__name__})")
-                check_budget(compressed, budget, cfg, _sequence_length(compressed, batches), work / "cache")
-            else:
-                _check_quantizer(step, cfg, compressed, batches)
+
+        def inputs(step: str) -> StepInputs:
+            folder = work / step if len(steps) > 1 else work
+            return StepInputs(batches, num_labels, seq_len, work / "cache", folder)
+
+        for step, method in methods.items():
+            method.check_model(compressed, budget, inputs(step), f"model ({type(model).__name__})")
         dense_flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
         dense_params = count_params(compressed)
         report = CompressionReport(name, budget, dense_flops, dense_flops, dense_params, dense_params)
-        for step, cfg in steps.items():
-            prefix, folder = (f"{step}/", work / step) if len(steps) > 1 else ("", work)
-            callback = _callback(cfg, compressed, budget, step_bits.get(step), batches, work / "cache", folder)
+        for step, method in methods.items():
+            prefix = f"{step}/" if len(steps) > 1 else ""
+            step_inputs = inputs(step)
+            callback = method.callback(budget, step_inputs)
             callback.compress(compressed)
             report.stats.update({prefix + k: v for k, v in callback.stats.items()})
             report.stages.update({prefix + k: v for k, v in callback.stages.items()})
             if output_dir is not None:
-                report.artifacts.update({prefix + k: str(folder / v) for k, v in callback.artifacts.items()})
+                report.artifacts.update({prefix + k: str(step_inputs.folder / v) for k, v in callback.artifacts.items()})
     compressed.eval()
     report.flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
     report.params = count_params(compressed)
@@ -169,13 +173,13 @@ def _method_steps(method: str | Sequence[str], options: Mapping[str, Any]) -> tu
         ratio = [list(c.budgets) for c in steps.values() if set(c.budgets) & set(RATIO_KINDS)]
         accepted = ratio[0] if ratio else ["bits"]
     for cfg in steps.values():
-        if cfg.name not in POST_TRAINING:
+        if not _is_post_training(cfg):
             raise ConfigError(
                 f"method={name}: {cfg.name} is not a post-training method (it trains the model; run it with the trimlab CLI); "
                 f"compress() takes {_takes()}"
             )
-    if len([c for c in steps.values() if c.name == "fisher_prune"]) > 1:
-        raise ConfigError(f"method={name} prunes twice; one fisher_prune step takes the whole budget")
+    if len([c for c in steps.values() if _prunes(c)]) > 1:
+        raise ConfigError(f"method={name} prunes twice; one pruning step takes the whole budget")
     if len(steps) > 1 and set(options) - set(steps):
         unknown = ", ".join(sorted(set(options) - set(steps)))
         raise ConfigError(f"options: {unknown} is not a step of method={name}; key the options by step: {', '.join(steps)}")
@@ -191,24 +195,43 @@ def _method_steps(method: str | Sequence[str], options: Mapping[str, Any]) -> tu
     return name, steps, accepted
 
 
+def _is_post_training(cfg: DictConfig) -> bool:
+    """The method compresses a trained model without training it (its implementation is a PostTrainingMethod)."""
+    return issubclass(kind_of(cfg).implementation_class(), PostTrainingMethod)
+
+
+def _prunes(cfg: DictConfig) -> bool:
+    """The method takes a ratio budget (FLOPs, latency, tokens): it prunes rather than quantizes."""
+    return bool(set(cfg.budgets) & set(RATIO_KINDS))
+
+
+def _post_training_method(cfg: DictConfig) -> PostTrainingMethod:
+    method = build_method(cfg)
+    assert isinstance(method, PostTrainingMethod)  # _method_steps refused the others
+    return method
+
+
 def _takes() -> str:
     """The methods compress() runs, for error messages."""
-    pipelines = ", ".join(_pipelines())
-    return f"{', '.join(POST_TRAINING)}, a pipeline of them ({pipelines}) or a list such as ['fisher_prune', 'pwlq']"
+    singles, pipelines = _post_training_options()
+    return f"{', '.join(singles)}, a pipeline of them ({', '.join(pipelines)}) or a list such as ['fisher_prune', 'pwlq']"
 
 
 @functools.cache
-def _pipelines() -> tuple[str, ...]:
-    """The packaged pipeline options whose steps are all post-training methods."""
+def _post_training_options() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The packaged method options compress() runs: single post-training methods, and pipelines of them only."""
     from hydra import compose
 
-    found = []
+    singles, pipelines = [], []
     with _composing():
         for option in method_options():
             cfg = compose("config", overrides=[f"method={option}"]).method
-            if "steps" in cfg and all(step.name in POST_TRAINING for step in cfg.steps.values()):
-                found.append(option)
-    return tuple(found)
+            if "steps" in cfg:
+                if all(_is_post_training(step) for step in cfg.steps.values()):
+                    pipelines.append(option)
+            elif _is_post_training(cfg):
+                singles.append(option)
+    return tuple(singles), tuple(pipelines)
 
 
 @contextmanager
@@ -236,7 +259,7 @@ def _check_bits(bits: Any) -> None:
 
 def _resolve_budget(name: str, steps: Mapping[str, DictConfig], accepted: list[str], budget: Any, bits: int | None) -> Budget:
     """The budget as a value: a number is a target of the method's first kind; a quantizer's is its ``bits``."""
-    prunes = any(c.name == "fisher_prune" for c in steps.values())
+    prunes = any(_prunes(c) for c in steps.values())
     examples = "budget=0.6 (60% of the FLOPs) or budget=Budget('latency', 0.7)" if prunes else "bits=4 (or budget=4)"
     if budget is None and not prunes:
         budget = bits
@@ -255,7 +278,7 @@ def _resolve_budget(name: str, steps: Mapping[str, DictConfig], accepted: list[s
 
 def _step_bits(name: str, steps: Mapping[str, DictConfig], budget: Budget, bits: int | None) -> dict[str, int]:
     """Weight bits of each quantizing step: ``bits``, else a bits budget's target, else the step's own ``bits`` key."""
-    quantizers = [step for step, cfg in steps.items() if cfg.name in QUANTIZERS]
+    quantizers = [step for step, cfg in steps.items() if "bits" in cfg.budgets]
     if not quantizers and bits is not None:
         raise ConfigError(
             f"bits={bits}: method={name} does not quantize; use method=['{name}', 'pwlq'] or method=fisher_prune_pwlq"
@@ -305,38 +328,6 @@ def _sequence_length(model: TransformerClassifier, batches: Sequence[Mapping[str
         tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
         examples += len(b["input_ids"])
     return tokens / examples
-
-
-def _check_quantizer(step: str, cfg: DictConfig, model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> None:
-    """What would make quantization fail or change the model's function, before it runs."""
-    if cfg.scheme not in SCHEMES:
-        raise ConfigError(f"options: scheme={cfg.scheme!r} of step {step} is not one of {', '.join(SCHEMES)}")
-    if not quantizable_layers(model):
-        raise ConfigError(f"model has no Conv2d or Linear layer for step {step} to quantize")
-    if cfg.fold_batchnorm and conv_batchnorm_pairs(model):
-        error = folding_error(model, {k: v[:2] for k, v in batches[0].items() if k != "labels"})
-        if error > 1e-4:
-            raise ConfigError(
-                f"folding the BatchNorms of the model into its convolutions changes its outputs (relative error {error:.1e}); "
-                "pass options={'fold_batchnorm': False}"
-            )
-
-
-# ---------------------------------------------------------------- running a step
-def _callback(
-    cfg: DictConfig,
-    model: nn.Module,
-    budget: Budget,
-    bits: int | None,
-    batches: list[dict[str, Tensor]],
-    cache: Path,
-    folder: Path,
-) -> PostTrainingCallback:
-    """The step's post-training callback, built from values (its config, budget or bits, the batches)."""
-    if cfg.name == "fisher_prune":
-        num_labels = model.head.classifier.out_features
-        return FisherPruning(cfg, budget, batches, num_labels, _sequence_length(model, batches), cache, folder)
-    return PostTrainingQuantization(cfg, bits, batches, folder)
 
 
 @contextmanager

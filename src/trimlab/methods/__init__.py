@@ -74,9 +74,13 @@ class MethodKind:
     composable: bool = False
     """It may be a step of a pipeline (``method.steps``)."""
 
-    def build(self, cfg: DictConfig) -> Method:
+    def implementation_class(self) -> type:
+        """The class ``implementation`` names (imported now)."""
         module, name = self.implementation.split(":")
-        return getattr(importlib.import_module(module), name)(cfg)
+        return getattr(importlib.import_module(module), name)
+
+    def build(self, cfg: DictConfig) -> Method:
+        return self.implementation_class()(cfg)
 
 
 def method_kinds() -> dict[str, MethodKind]:

@@ -3,20 +3,45 @@
 The trainer then validates the compressed model, so its validation metric is
 logged right after compression; the method's numbers ride back on the
 callback (``stats``, ``stages``, ``artifacts``) into the run record.
+
+A method checks the model and builds its callback from values
+(:class:`StepInputs`: sample batches, token length, folders), so the CLI (a
+run's datamodule, in a validate run) and :func:`trimlab.api.compress` (a user's
+batches, called directly) go through the same checks and the same callback.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from trimlab.config import Budget
+from trimlab.measure.flops import sequence_length
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.models.classifier import TransformerClassifier
 from trimlab.training import ClassifierModule
+
+
+@dataclass
+class StepInputs:
+    """What a post-training step works from, as values."""
+
+    samples: Iterable[Mapping[str, Tensor]]
+    """Sample batches: one Fisher gradient, or one calibration batch, each."""
+    num_labels: int
+    seq_len: float
+    """Tokens per example that per-token costs are priced at (0 for a model without tokens)."""
+    cache_dir: Path
+    """Where machine-specific tables (Fisher's latency table) are cached."""
+    folder: Path
+    """Where the step writes its files."""
 
 class PostTrainingCallback(pl.Callback):
     """Calls :meth:`compress` on ``pl_module.model`` once, at the setup of the first validate or test run."""
@@ -53,14 +78,38 @@ class PostTrainingMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
-        """Raise :class:`~trimlab.config.ConfigError` for a setting this method cannot run."""
+    @property
+    @abstractmethod
+    def sample_batch_size(self) -> int:
+        """The batch size a run draws its sample set at."""
+
+    def check_run(self, cfg: DictConfig, model: nn.Module) -> None:
+        """Raise :class:`~trimlab.config.ConfigError` for run settings this method cannot work with (the CLI's only, and cheap)."""
 
     @abstractmethod
-    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
-        """The callback that compresses ``model`` under ``ctx``'s budget."""
+    def check_model(self, model: nn.Module, budget: Budget, inputs: StepInputs, model_name: str) -> None:
+        """Raise :class:`~trimlab.config.ConfigError` when ``model`` cannot be compressed under ``budget``, before any expensive work."""
+
+    @abstractmethod
+    def callback(self, budget: Budget, inputs: StepInputs) -> PostTrainingCallback:
+        """The callback that compresses a model under ``budget``."""
+
+    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+        self.check_run(cfg, model)
+        inputs = self.inputs(model, datamodule, Path(cfg.paths.cache_dir), Path(cfg.paths.output_dir))
+        self.check_model(model, budget, inputs, f"model={cfg.model.name}")
+
+    def inputs(self, model: nn.Module, datamodule: Any, cache_dir: Path, folder: Path) -> StepInputs:
+        """A run's inputs: its datamodule's sample set at this method's batch size."""
+        samples = datamodule.sample_dataloader(batch_size=self.sample_batch_size)
+        seq_len = sequence_length(model, datamodule) if isinstance(model, TransformerClassifier) else 0.0
+        return StepInputs(samples, datamodule.num_labels, seq_len, cache_dir, folder)
+
+    def run_callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
+        """The callback of this step of a run (``ctx``: its budget and folder)."""
+        return self.callback(ctx.budget, self.inputs(model, ctx.datamodule, Path(ctx.cfg.paths.cache_dir), ctx.run_dir))
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
-        callback = self.callback(model, ctx)
+        callback = self.run_callback(model, ctx)
         validate_with([callback], model, ctx)
         return MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)

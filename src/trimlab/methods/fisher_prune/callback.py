@@ -13,16 +13,14 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from trimlab.config import Budget, ConfigError
-from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost, sequence_length
-from trimlab.methods import MethodContext
-from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
+from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
+from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod, StepInputs
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
 from trimlab.methods.fisher_prune.plot import plot_masks
@@ -193,12 +191,14 @@ def check_budget(model: TransformerClassifier, budget: Budget, cfg: DictConfig, 
 class FisherPruneMethod(PostTrainingMethod):
     """Runs :class:`FisherPruning` in a validate run, so the pruned model's val metric is logged at once."""
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    @property
+    def sample_batch_size(self) -> int:
+        return int(self.cfg.batch_size)
+
+    def check_run(self, cfg: DictConfig, model: nn.Module) -> None:
         check_transformer(model, f"model={cfg.model.name}")
-        if cfg.dataset.sample_size < 1 or self.cfg.batch_size < 1:
-            raise ConfigError("dataset.sample_size and method.batch_size must be positive for method=fisher_prune")
-        if self.cfg.teacher_steps < 1:
-            raise ConfigError(f"method.teacher_steps={self.cfg.teacher_steps} must be at least 1 (1 = dense teacher)")
+        if cfg.dataset.sample_size < 1:
+            raise ConfigError("dataset.sample_size must be positive for method=fisher_prune")
         if not cfg.finetune.enabled and (
             cfg.model.weights in ("random", "scratch", "embedded") or (cfg.model.weights != "hub" and cfg.dataset.num_labels > 0)
         ):
@@ -207,16 +207,10 @@ class FisherPruneMethod(PostTrainingMethod):
                 f"(weights={cfg.model.weights}) has no {cfg.dataset.name} classifier; use finetune=text "
                 "(or finetune=vit_scratch), or point model.path at a fine-tuned checkpoint"
             )
-        check_budget(model, budget, self.cfg, sequence_length(model, datamodule), Path(cfg.paths.cache_dir))
 
-    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
-        dm = ctx.datamodule
-        return FisherPruning(
-            self.cfg,
-            ctx.budget,
-            dm.sample_dataloader(batch_size=self.cfg.batch_size),
-            dm.num_labels,
-            sequence_length(model, dm),
-            Path(ctx.cfg.paths.cache_dir),
-            ctx.run_dir,
-        )
+    def check_model(self, model: nn.Module, budget: Budget, inputs: StepInputs, model_name: str) -> None:
+        check_transformer(model, model_name)
+        check_budget(model, budget, self.cfg, inputs.seq_len, inputs.cache_dir)
+
+    def callback(self, budget: Budget, inputs: StepInputs) -> PostTrainingCallback:
+        return FisherPruning(self.cfg, budget, inputs.samples, inputs.num_labels, inputs.seq_len, inputs.cache_dir, inputs.folder)

@@ -84,7 +84,7 @@ class PipelineMethod:
             (name,) = group
             yield name, self.steps[name].apply(model, contexts[name])
             return
-        callbacks = {name: self.steps[name].callback(model, contexts[name]) for name in group}
+        callbacks = {name: self.steps[name].run_callback(model, contexts[name]) for name in group}
         validate_with(list(callbacks.values()), model, ctx)
         for name, callback in callbacks.items():
             yield name, MethodResult(model, stats=callback.stats, stages=callback.stages, artifacts=callback.artifacts)

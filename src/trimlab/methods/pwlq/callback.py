@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
 from trimlab.config import Budget, ConfigError
-from trimlab.methods import MethodContext
-from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod
+from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod, StepInputs
 from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
 from trimlab.methods.pwlq.quantizer import bias_correction, pwlq_codes, uniform_codes
@@ -39,7 +38,7 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
 class PostTrainingQuantization(PostTrainingCallback):
     """Quantizes ``pl_module.model`` once, when a validate/test run sets up."""
 
-    def __init__(self, cfg: DictConfig, bits: int, samples: DataLoader, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, bits: int, samples: Iterable[Mapping[str, Tensor]], run_dir: Path) -> None:
         super().__init__()
         self.cfg = cfg
         self.bits = int(bits)
@@ -102,33 +101,40 @@ class PostTrainingQuantization(PostTrainingCallback):
 
 
 class QuantizeMethod(PostTrainingMethod):
-    """Runs :class:`PostTrainingQuantization` in a validate run (``method=pwlq`` or ``method=uniform_ptq``)."""
+    """Runs :class:`PostTrainingQuantization` in a validate run (``method=pwlq`` or ``method=uniform_ptq``).
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    Its weight bits are its ``bits`` key when set, else the bits budget's.
+    """
+
+    @property
+    def sample_batch_size(self) -> int:
+        return int(self.cfg.calib_batch_size)
+
+    def check_model(self, model: nn.Module, budget: Budget, inputs: StepInputs, model_name: str) -> None:
+        name = self.cfg.name
         if self.cfg.scheme not in SCHEMES:
             raise ConfigError(f"method.scheme={self.cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
         if self.cfg.act_bits != 0 and not 2 <= self.cfg.act_bits <= 16:
             raise ConfigError(f"method.act_bits={self.cfg.act_bits} must be 0 (full precision) or in [2, 16]")
         if self.cfg.bits == 0 and budget.kind != "bits":
             raise ConfigError(
-                f"method={self.cfg.name} needs weight bits: use budget=bits_4 (or bits_6, bits_8), "
+                f"method={name} needs weight bits: use budget=bits_4 (or bits_6, bits_8), "
                 f"or set method.bits when the budget is {budget.kind!r}"
             )
         if self.cfg.bits != 0 and not 2 <= self.cfg.bits <= 16:
             raise ConfigError(f"method.bits={self.cfg.bits} must be 0 (the budget's) or in [2, 16]")
         if not quantizable_layers(model):
-            raise ConfigError(f"model={cfg.model.name} has no Conv2d or Linear layer to quantize")
+            raise ConfigError(f"{model_name} has no Conv2d or Linear layer for {name} to quantize")
         if self.cfg.fold_batchnorm and conv_batchnorm_pairs(model):
-            batch = next(iter(datamodule.sample_dataloader(num_samples=2, batch_size=2)))
-            error = folding_error(model, {k: v for k, v in batch.items() if k != "labels"})
+            batch = next(iter(inputs.samples))
+            error = folding_error(model, {k: v[:2] for k, v in batch.items() if k != "labels"})
             if error > 1e-4:
                 raise ConfigError(
-                    f"folding BatchNorm into the convolutions of model={cfg.model.name} changes its outputs "
+                    f"folding BatchNorm into the convolutions of {model_name} changes its outputs "
                     f"(relative error {error:.1e}): its BatchNorms do not follow their convolutions. "
-                    "Set method.fold_batchnorm=false."
+                    "Set fold_batchnorm=false (method.fold_batchnorm=false; in compress(): options={'fold_batchnorm': False})."
                 )
 
-    def callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
-        dm = ctx.datamodule
-        bits = self.cfg.bits or int(ctx.budget.target)
-        return PostTrainingQuantization(self.cfg, bits, dm.sample_dataloader(batch_size=self.cfg.calib_batch_size), ctx.run_dir)
+    def callback(self, budget: Budget, inputs: StepInputs) -> PostTrainingCallback:
+        bits = self.cfg.bits or int(budget.target)
+        return PostTrainingQuantization(self.cfg, bits, inputs.samples, inputs.folder)
