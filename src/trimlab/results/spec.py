@@ -7,6 +7,11 @@ overrides. One entry of every axis makes one cell; ``table.rows`` names the
 axes that label rows, the axis holding ``table.columns`` gives the columns,
 and any other axis joins the row label. Each cell's run id is the one
 ``trimlab`` gives the same overrides, so records are found without guessing.
+
+``paper_numbers`` holds the paper's number of each cell (model → column, or
+model → row entry → column); ``claims`` are judged on a block's cells; a
+``paper_tables`` section may keep a paper's other tables as printed, for a
+reader (no cell is compared with it).
 """
 
 from __future__ import annotations
