@@ -90,10 +90,10 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
                 _, delta_low, delta_high = paired_bootstrap(truth.numpy(), predicted_by["uniform"].numpy(), predicted.numpy(), metric_name)
                 extra.update(delta_ci_low=round(delta_low, 4), delta_ci_high=round(delta_high, 4))
             if "labels" not in test_batches[0]:  # label-free: also on the crops the FP model is sure about
-                extra = {
-                    "metric_confident": round(float((predicted == fp_predictions)[confident].float().mean()), 4),
-                    "confident_examples": int(confident.sum()),
-                }
+                extra.update(
+                    metric_confident=round(float((predicted == fp_predictions)[confident].float().mean()), 4),
+                    confident_examples=int(confident.sum()),
+                )
             yield {
                 "model": cfg.model.name,
                 "dataset": cfg.dataset.name,
