@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from trimlab.config import Budget
 from trimlab.measure.flops import sequence_length
 from trimlab.measure.latency import compare_latency
-from trimlab.methods.fisher_prune.callback import FisherPruning
+from trimlab.methods.fisher_prune.callback import FisherPruneMethod
+from trimlab.methods.post_training import StepInputs
 from trimlab.results.intervals import paired_bootstrap
 from trimlab.engine import evaluate_predicting, first_examples
 
@@ -59,9 +60,9 @@ def main() -> None:
     for target, stages in runs:
         method = copy.deepcopy(cfg.method)
         method.rearrange, method.tune = STAGE_SETS[stages]
-        budget = OmegaConf.create({"kind": "flops", "target": target})
         pruned = copy.deepcopy(dense)
-        callback = FisherPruning(method, budget, samples, dm.num_labels, seq_len, Path(cfg.paths.cache_dir), run_dir / f"{target:g}-{stages}")
+        inputs = StepInputs(samples, dm.num_labels, seq_len, Path(cfg.paths.cache_dir), run_dir / f"{target:g}-{stages}")
+        callback = FisherPruneMethod(method).callback(Budget("flops", target), inputs)  # what a run builds
         start = time.perf_counter()
         callback.compress(pruned)
         prune_seconds = time.perf_counter() - start

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from trimlab.methods.pwlq.callback import PostTrainingQuantization
+from trimlab.config import Budget
+from trimlab.methods.post_training import StepInputs
+from trimlab.methods.pwlq.callback import QuantizeMethod
 from trimlab.results.intervals import metric_interval, paired_bootstrap
 
 from common import compose_config, dense_model  # benchmarks/common.py
@@ -78,7 +80,8 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
             method = copy.deepcopy(cfg.method)
             method.scheme = scheme
             quantized = copy.deepcopy(dense)
-            callback = PostTrainingQuantization(method, bits, samples, run_dir / f"{scheme}-w{bits}")
+            inputs = StepInputs(samples, dm.num_labels, 0.0, Path(cfg.paths.cache_dir), run_dir / f"{scheme}-w{bits}")
+            callback = QuantizeMethod(method).callback(Budget("bits", bits), inputs)  # what a run builds
             start = time.perf_counter()
             callback.compress(quantized)
             calib_seconds = time.perf_counter() - start
