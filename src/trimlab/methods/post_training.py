@@ -43,6 +43,7 @@ class StepInputs:
     folder: Path
     """Where the step writes its files."""
 
+
 class PostTrainingCallback(pl.Callback):
     """Calls :meth:`compress` on ``pl_module.model`` once, at the setup of the first validate or test run."""
 
@@ -96,7 +97,7 @@ class PostTrainingMethod:
 
     def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         self.check_run(cfg, model)
-        inputs = self.inputs(model, datamodule, Path(cfg.paths.cache_dir), Path(cfg.paths.output_dir))
+        inputs = self.inputs(model, datamodule, Path(cfg.paths.cache_dir), Path(cfg.paths.output_dir))  # checks write nothing
         self.check_model(model, budget, inputs, f"model={cfg.model.name}")
 
     def inputs(self, model: nn.Module, datamodule: Any, cache_dir: Path, folder: Path) -> StepInputs:
