@@ -1,4 +1,4 @@
-"""What every benchmark script does first: compose trimlab's config, and get the dense model trimlab would start from."""
+"""What every benchmark script does first: compose trimlab's config, get the dense model trimlab would start from, keep each seed's result."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from trimlab.data import build_datamodule
 from trimlab.models.build import build_model
 from trimlab.results.tracking import Tracker
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
+from trimlab.files import atomic_path
+from trimlab.results.record import config_hash, run_id
 from trimlab.engine import build_trainer, finetune
 
 
@@ -48,3 +50,20 @@ def dense_model(cfg: DictConfig, run_dir: Path) -> tuple[torch.nn.Module, Any, C
             finetune(cfg, built.model, dm, make_trainer)
             save_checkpoint(built.model, checkpoint)
     return built.model.eval(), dm, make_trainer
+
+
+def seed_result(run_dir: Path, cfg: DictConfig, settings: dict[str, Any], compute: Callable[[], dict]) -> dict:
+    """One seed's result, computed once per config and ``settings`` and kept in ``run_dir``.
+
+    An interrupted benchmark resumes at the first seed without a result, and seeds
+    run as separate processes (``--seeds 1``, ``--seeds 2`` side by side) are
+    aggregated by one more call with all the seeds, which trains nothing.
+    """
+    path = run_dir / f"result-{config_hash({'run': run_id(cfg), **settings})}.pt"
+    if path.exists():
+        print(f"seed {cfg.seed}: result kept in {path}", flush=True)
+        return torch.load(path, weights_only=False)
+    result = compute()
+    with atomic_path(path) as tmp:
+        torch.save(result, tmp)
+    return result

@@ -11,7 +11,9 @@ the seeds (``acc_ci_low``/``acc_ci_high``), for MaiT the paired bootstrap 95%
 interval of masked − unmasked on the same test images (``delta_ci_low``/
 ``delta_ci_high``), params, FLOPs per image, and the CPU throughput of the
 variant over the unmasked model (batch ``--batch-size``, passes interleaved,
-median of ``--repeats``).
+median of ``--repeats``). Each seed's result is kept under ``--output-dir``: a
+rerun resumes, and seeds run side by side as separate processes are aggregated
+by one more call with all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from trimlab.config import Budget
 from trimlab.data import build_datamodule
@@ -35,7 +38,7 @@ from trimlab.models.build import build_model
 from trimlab.results.intervals import paired_bootstrap, seed_interval
 from trimlab.engine import evaluate_predicting, first_examples
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import compose_config, dense_model, seed_result  # benchmarks/common.py
 
 
 def main() -> None:
@@ -87,11 +90,17 @@ def main() -> None:
 def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
     cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=mait", "budget=none", f"seed={seed}", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "mait" / f"{args.model}-seed{seed}"
+    settings = {"benchmark": "mait", "batch_size": args.batch_size, "repeats": args.repeats}
+    return seed_result(run_dir, cfg, settings, lambda: train_and_evaluate(cfg, run_dir, args.batch_size, args.repeats))
+
+
+def train_and_evaluate(cfg: DictConfig, run_dir: Path, batch_size: int, repeats: int) -> dict:
+    """Train MaiT from scratch beside the seed's dense (unmasked) model; time both and predict the test set."""
     unmasked, dm, make_trainer = dense_model(cfg, run_dir)
     result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
     mait = result.model.eval()
-    batch = first_examples(dm.test_dataloader(), args.batch_size)
-    plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=args.repeats)
+    batch = first_examples(dm.test_dataloader(), batch_size)
+    plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=repeats)
     unmasked_metrics, labels, unmasked_preds = evaluate_predicting(cfg, unmasked, dm, make_trainer, reference=unmasked)
     mait_metrics, _, mait_preds = evaluate_predicting(cfg, mait, dm, make_trainer, reference=mait)
     return {

@@ -11,7 +11,9 @@ ratio and CPU throughput speedup over its own dense path (batch
 per density with mean, std and 95% Student-t interval over the seeds
 (``acc_ci_low``/``acc_ci_high``), and the paired bootstrap 95% interval of
 SaiT at that density − the dense baseline on the same test images
-(``delta_ci_low``/``delta_ci_high``, seeds pooled).
+(``delta_ci_low``/``delta_ci_high``, seeds pooled). Each seed's result is kept
+under ``--output-dir``: a rerun resumes, and seeds run side by side as separate
+processes are aggregated by one more call with all of them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from trimlab.results.intervals import paired_bootstrap, seed_interval
 from trimlab.engine import evaluate_predicting
 from trimlab.training import ClassifierModule, steps_for
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import compose_config, dense_model, seed_result  # benchmarks/common.py
 
 
 def main() -> None:
@@ -95,6 +97,11 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
         *args.overrides,
     )
     run_dir = Path(args.output_dir) / "benchmarks" / "sait" / f"{args.dataset}-seed{seed}"
+    return seed_result(run_dir, cfg, {"benchmark": "sait"}, lambda: train_and_evaluate(cfg, run_dir, args.densities))
+
+
+def train_and_evaluate(cfg: DictConfig, run_dir: Path, densities: list[str]) -> dict:
+    """Train the dense baseline and SaiT from the seed's dense model; predictions at each density."""
     dense, dm, make_trainer = dense_model(cfg, run_dir)
 
     start = time.perf_counter()
@@ -104,10 +111,10 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
     baseline_metrics, labels, baseline_preds = evaluate_predicting(cfg, baseline.eval(), dm, make_trainer, reference=baseline)
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
     sait, preds = result.model.eval(), []
-    for density in args.densities:  # the same checkpoint at each density, example by example
+    for density in densities:  # the same checkpoint at each density, example by example
         sait.encoder.token_selector.density = parse_density(density, "--densities")
         preds.append(evaluate_predicting(cfg, sait, dm, make_trainer, reference=sait)[2])
     total_seconds = time.perf_counter() - start
