@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from trimlab.config import Budget
+from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext
 from trimlab.methods.sait.method import SaiTMethod, parse_density
 from trimlab.results.intervals import paired_bootstrap, seed_interval
@@ -43,7 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", choices=["digits", "animal_mnist"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--densities", nargs="+", default=["dense", "0.9", "0.8", "0.7", "0.6", "0.5"])
+    parser.add_argument(
+        "--densities", nargs="+", type=density_arg, default=["dense", "0.9", "0.8", "0.7", "0.6", "0.5"],
+        help="densities to evaluate the one checkpoint at; put Hydra overrides before this option",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
@@ -80,6 +83,15 @@ def main() -> None:
             ),
             flush=True,
         )
+
+
+def density_arg(value: str) -> str:
+    """A ``--densities`` value, checked: a Hydra override typed after the list would otherwise be read as one."""
+    try:
+        parse_density(value, "--densities")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(f"{error} (Hydra overrides such as method.epochs=3 go before --densities)") from None
+    return value
 
 
 def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
