@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
     parser.add_argument("--batch", type=int, default=32, help="latency batch size")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.sample_size=1024")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides, e.g. dataset.sample_size=1024; give them first: an option taking a list would read them as its values",
+    )
     args = parser.parse_args()
     cfg = compose_config(args.output_dir, "method=fisher_prune", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune" / f"{cfg.model.name}-{cfg.dataset.name}"

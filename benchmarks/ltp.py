@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--timed-examples", type=int, default=256, help="test examples the throughput is timed on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.hard_epochs=2")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides, e.g. method.hard_epochs=2; give them first: an option taking a list would read them as its values",
+    )
     args = parser.parse_args()
     for dataset in args.datasets:
         model = [] if any(o.startswith("model=") for o in args.overrides) else ["model=minilm_l6"]  # the default model

@@ -53,7 +53,10 @@ def main() -> None:
     parser.add_argument("--schemes", nargs="+", choices=["uniform", "pwlq"], default=["uniform", "pwlq"])
     parser.add_argument("--act-bits", type=int, default=8, help="activation bits (0 = full precision); the paper's 8")
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every model, e.g. method.first_last_bits=0")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides for every model, e.g. method.first_last_bits=0; give them first: an option taking a list would read them as its values",
+    )
     args = parser.parse_args()
     for name in args.models:
         cfg = compose_config(

@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. method.epochs=20")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides, e.g. method.epochs=20; give them first: an option taking a list would read them as its values",
+    )
     args = parser.parse_args()
     per_seed = [benchmark_seed(seed, args) for seed in args.seeds]
     labels, baseline = np.stack([seed["labels"] for seed in per_seed]), np.stack([seed["baseline_preds"] for seed in per_seed])

@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where trained weights are cached (trimlab's paths.output_dir)")
     parser.add_argument("--quick", action="store_true", help="fractions of an epoch of training: try the script, do not quote it")
     parser.add_argument("--profile", action="store_true", help="add where each model's packed pass spends its time (top operators)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every setting")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides for every setting; give them first: an option taking a list would read them as its values",
+    )
     args = parser.parse_args()
     for name in args.settings:
         print(json.dumps(benchmark(name, args)), flush=True)
