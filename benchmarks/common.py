@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ def compose_config(output_dir: str, *overrides: str) -> DictConfig:
         return compose(
             "config", overrides=[f"paths.output_dir={output_dir}", "logger=none", "trainer.progress_bar=false", *overrides]
         )
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, description: str) -> None:
+    """The trailing Hydra overrides a benchmark takes; its help says to give them first (a list option would read them)."""
+    parser.add_argument("overrides", nargs="*", help=f"{description}; give them first: an option taking a list would read them as its values")
 
 
 def dense_model(cfg: DictConfig, run_dir: Path) -> tuple[torch.nn.Module, Any, Callable[..., Any]]:

@@ -27,7 +27,7 @@ from trimlab.methods.post_training import StepInputs
 from trimlab.results.intervals import paired_bootstrap
 from trimlab.engine import evaluate_predicting, first_examples
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
 
 STAGE_SETS = {"search": (False, False), "search+rearrange": (True, False), "search+rearrange+tune": (True, True)}
 
@@ -39,10 +39,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
     parser.add_argument("--batch", type=int, default=32, help="latency batch size")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides, e.g. dataset.sample_size=1024; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. dataset.sample_size=1024")
     args = parser.parse_args()
     cfg = compose_config(args.output_dir, "method=fisher_prune", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune" / f"{cfg.model.name}-{cfg.dataset.name}"

@@ -25,7 +25,7 @@ from trimlab.methods import MethodContext
 from trimlab.methods.ltp.method import LTPMethod
 from trimlab.engine import evaluate
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
 
 
 def main() -> None:
@@ -35,10 +35,7 @@ def main() -> None:
     parser.add_argument("--timed-examples", type=int, default=256, help="test examples the throughput is timed on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-dir", default="outputs", help="where the dense checkpoint is cached (trimlab's paths.output_dir)")
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides, e.g. method.hard_epochs=2; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. method.hard_epochs=2")
     args = parser.parse_args()
     for dataset in args.datasets:
         model = [] if any(o.startswith("model=") for o in args.overrides) else ["model=minilm_l6"]  # the default model

@@ -38,7 +38,7 @@ from trimlab.models.build import build_model
 from trimlab.results.intervals import paired_bootstrap, seed_interval
 from trimlab.engine import evaluate_predicting, first_examples
 
-from common import compose_config, dense_model, seed_result  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model, seed_result  # benchmarks/common.py
 
 
 def main() -> None:
@@ -50,10 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
     parser.add_argument("--timing-only", action="store_true", help="only time masked vs unmasked (untrained weights: the cost does not depend on them)")
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides, e.g. method.window=[5,5]; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. method.window=[5,5]")
     args = parser.parse_args()
     args.model = f"{args.model}_{args.dataset}"
     if args.timing_only:

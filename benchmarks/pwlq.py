@@ -26,7 +26,7 @@ from trimlab.methods.post_training import StepInputs
 from trimlab.methods.pwlq.callback import QuantizeMethod
 from trimlab.results.intervals import metric_interval, paired_bootstrap
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
 
 CONFIDENT = 0.5
 """Label-free photos: ``metric_confident`` is the agreement on crops whose FP top-1 probability is at least this.
@@ -53,10 +53,7 @@ def main() -> None:
     parser.add_argument("--schemes", nargs="+", choices=["uniform", "pwlq"], default=["uniform", "pwlq"])
     parser.add_argument("--act-bits", type=int, default=8, help="activation bits (0 = full precision); the paper's 8")
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides for every model, e.g. method.first_last_bits=0; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides for every model, e.g. method.first_last_bits=0")
     args = parser.parse_args()
     for name in args.models:
         cfg = compose_config(

@@ -36,7 +36,7 @@ from trimlab.results.intervals import paired_bootstrap, seed_interval
 from trimlab.engine import evaluate_predicting
 from trimlab.training import ClassifierModule, steps_for
 
-from common import compose_config, dense_model, seed_result  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model, seed_result  # benchmarks/common.py
 
 
 def main() -> None:
@@ -50,10 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="batch the throughput is timed at")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output-dir", default="outputs", help="where dense checkpoints are cached (trimlab's paths.output_dir)")
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides, e.g. method.epochs=20; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. method.epochs=20")
     args = parser.parse_args()
     per_seed = [benchmark_seed(seed, args) for seed in args.seeds]
     labels, baseline = np.stack([seed["labels"] for seed in per_seed]), np.stack([seed["baseline_preds"] for seed in per_seed])

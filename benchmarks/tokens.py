@@ -51,7 +51,7 @@ from trimlab.results.intervals import metric_interval, paired_bootstrap
 from trimlab.results.record import run_id
 from trimlab.engine import evaluate_predicting, first_examples
 
-from common import compose_config, dense_model  # benchmarks/common.py
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "ltp": {"overrides": ["model=minilm_l6", "dataset=bbc_news", "method=ltp", "budget=tokens_50", "method.soft_epochs=1", "method.hard_epochs=1"]},
@@ -80,10 +80,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs", help="where trained weights are cached (trimlab's paths.output_dir)")
     parser.add_argument("--quick", action="store_true", help="fractions of an epoch of training: try the script, do not quote it")
     parser.add_argument("--profile", action="store_true", help="add where each model's packed pass spends its time (top operators)")
-    parser.add_argument(
-        "overrides", nargs="*",
-        help="extra Hydra overrides for every setting; give them first: an option taking a list would read them as its values",
-    )
+    add_overrides_argument(parser, "extra Hydra overrides for every setting")
     args = parser.parse_args()
     for name in args.settings:
         print(json.dumps(benchmark(name, args)), flush=True)
