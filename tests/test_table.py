@@ -243,3 +243,14 @@ def test_the_header_names_the_metric_the_blocks_columns_share(tmp_path: Path) ->
     )
     assert load_spec(spec, "a_runs").metric == "accuracy"
     assert load_spec(spec, "b_runs").metric == "metric"  # mixed: each column says its own
+
+
+def test_the_plot_takes_the_float_models_speedup_beside_an_int8_kernel_one(tmp_path: Path) -> None:
+    """An 8-bit Transformer run also records ``speedup_b<n>_int8_kernel``: the plot's axis is still the batch speedup."""
+    folders = runs_from_fixtures(tmp_path / "runs")
+    record_path = folders["vit_digits-pwlq_8-seed0"] / "record.json"
+    record = json.loads(record_path.read_text())
+    record["ratios"] |= {"speedup_b32": 1.5, "speedup_b32_int8_kernel": 2.3, "speedup_b1_int8_kernel": 2.0}
+    record_path.write_text(json.dumps(record))
+    assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
+    assert (tmp_path / "table" / "pareto.svg").read_text().count("speedup b32") == 1

@@ -4,6 +4,7 @@ several seeds carries its 95% interval as a vertical bar, so two points closer t
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 — the backend must be chosen first
 
 from trimlab.results.aggregate import CellResult  # noqa: E402
+
+SPEEDUP = re.compile(r"speedup_b(\d+)")
 
 
 def pareto_plot(results: list[CellResult], stem: Path, title: str, metric: str) -> list[Path]:
@@ -64,6 +67,8 @@ def pareto_front(points: list[tuple[float, float]], lower_x_is_better: bool) -> 
 
 
 def _speedup_key(results: list[CellResult]) -> str:
-    """The speedup at the largest batch any record measured (throughput), else batch 1."""
-    batches = {int(k.removeprefix("speedup_b")) for r in results for rec in r.records for k in rec.ratios if k.startswith("speedup_b")}
+    """The float model's speedup at the largest batch any record measured (throughput), else batch 1.
+
+    ``speedup_b<n>_int8_kernel`` (an 8-bit model's integer-kernel copy) is another model's speedup, not a batch size."""
+    batches = {int(m.group(1)) for r in results for rec in r.records for k in rec.ratios if (m := SPEEDUP.fullmatch(k))}
     return f"speedup_b{max(batches)}" if batches else "speedup_b1"
