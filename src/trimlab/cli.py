@@ -126,6 +126,13 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:  # Hydra's own flag would print Hydra's version
         print(f"trimlab {metadata.version('trimlab')}")
         return
+    if any(arg.split("=")[0] == "--experimental-rerun" for arg in sys.argv[1:]):
+        print(
+            "trimlab: error: --experimental-rerun is refused: Hydra unpickles that file, which runs any code it holds. "
+            "Rerun a run with its overrides (its record.json lists them under config) or `trimlab-table --run-missing`",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     register_resolvers()
     try:
         _app()

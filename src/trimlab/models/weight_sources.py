@@ -47,7 +47,7 @@ def import_weights_package(package: str) -> ModuleType:
 def load_timm_file(net: nn.Module, path: str, timm_name: str) -> None:
     """Load a timm state-dict file (.pth or .safetensors) strictly into ``net``."""
     try:
-        load_checkpoint(net, path, strict=True)
+        load_checkpoint(net, path, strict=True, weights_only=True)  # never unpickle code from a weights file
     except Exception as exc:  # noqa: BLE001 — missing, corrupt or mismatched file: same fix
         raise ConfigError(
             f"could not load {path!r} into timm {timm_name!r}: {exc}. "

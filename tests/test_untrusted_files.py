@@ -1,0 +1,49 @@
+"""Files other people made stay data: a pickle handed to trimlab never runs its code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+
+from trimlab.config import ConfigError
+from trimlab.models.weight_sources import load_timm_file
+
+
+class _Touch:
+    """Unpickling this creates ``path``: the side effect a hostile file would have."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_timm_weights_file_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    witness = tmp_path / "ran"
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(pickle.dumps({"state_dict": _Touch(witness)}))
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=2)
+    with pytest.raises(ConfigError, match="weights.pth"):
+        load_timm_file(net, str(weights), "resnet10t")
+    assert not witness.exists()
+
+
+def test_the_cli_refuses_hydras_rerun_flag_before_reading_the_file(tmp_path: Path) -> None:
+    witness = tmp_path / "ran"
+    config = tmp_path / "config.pickle"
+    config.write_bytes(pickle.dumps(_Touch(witness)))
+    trimlab = Path(sys.executable).with_name("trimlab")
+    result = subprocess.run(
+        [str(trimlab), "--experimental-rerun", str(config)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert result.returncode == 2
+    assert "--experimental-rerun is refused" in result.stderr
+    assert not witness.exists()
