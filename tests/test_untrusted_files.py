@@ -47,3 +47,29 @@ def test_the_cli_refuses_hydras_rerun_flag_before_reading_the_file(tmp_path: Pat
     assert result.returncode == 2
     assert "--experimental-rerun is refused" in result.stderr
     assert not witness.exists()
+
+
+def test_a_saved_model_naming_a_module_never_imports_it(tmp_path: Path, compose_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``structure.json`` is data: a crafted one whose ``model.path`` names an installed package with a side effect
+    (as a module on the path would) is refused with the folder named, and the package's code never runs."""
+    import json
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    import torch
+
+    from trimlab.saved_model import read_model
+
+    witness = tmp_path / "ran"
+    package = tmp_path / "site" / "evil_weights"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(witness)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    model_cfg = OmegaConf.to_container(compose_cfg("model=minilm_l6").model, resolve=True) | {"path": "evil_weights"}
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "structure.json").write_text(json.dumps({"format": 1, "model": model_cfg, "num_labels": 2}))
+    save_file({"x": torch.zeros(1)}, str(folder / "weights.safetensors"))
+    with pytest.raises(ConfigError, match="evil_weights"):
+        read_model(folder)
+    assert not witness.exists()

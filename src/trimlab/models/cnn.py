@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
 from trimlab.config import ConfigError
-from trimlab.models.weight_sources import import_weights_package, load_timm_file, registry_state_dict
+from trimlab.models.weight_sources import load_timm_file, registry_state_dict, weights_package_folder
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 EMBEDDED_BN_EPS = 1e-3
@@ -59,7 +59,7 @@ def load_state_dict_by_order(net: nn.Module, state_dict: Mapping[str, Tensor]) -
 
 def embedded_weights_file(package: str) -> Path:
     """The single weights file shipped inside an embedded-weights package."""
-    root = Path(import_weights_package(package).__file__).parent
+    root = weights_package_folder(package)
     files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
     if len(files) != 1:
         raise ConfigError(f"package {package!r} holds {len(files)} weight files under {root}, expected one; reinstall it")

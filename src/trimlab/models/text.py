@@ -23,7 +23,7 @@ from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import TextEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
 from trimlab.models.mpnet_assets import MPNET_NAME, mpnet_folder
-from trimlab.models.weight_sources import import_weights_package
+from trimlab.models.weight_sources import weights_package_folder
 
 FAMILIES = ("bert", "distilbert", "mpnet")
 MPNET_BUCKETS = 32
@@ -128,14 +128,12 @@ def text_classifier_from_hf(hf_model: nn.Module, family: str, num_labels: int, *
 
 
 def embedded_model_path(package: str) -> Path:
-    """The HF folder shipped in an embedded-weights package (its ``get_model_path()``)."""
-    module = import_weights_package(package)
-    if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"model.path={package!r} has no get_model_path(); it is not an embedded-weights package")
-    path = Path(module.get_model_path())
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} (from package {package!r}) has no config.json; reinstall {package.replace('_', '-')}")
-    return path
+    """The HF folder shipped in an embedded-weights package: its shallowest folder holding a ``config.json``."""
+    root = weights_package_folder(package)
+    folders = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: (len(p.parts), str(p)))
+    if not folders:
+        raise ConfigError(f"package {package!r} holds no config.json under {root}; it is not an embedded-weights package")
+    return folders[0]
 
 
 def load_text_classifier(

