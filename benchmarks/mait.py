@@ -124,12 +124,13 @@ def time_masks(args: argparse.Namespace) -> dict:
     plain = built.model.eval()
     masked = copy.deepcopy(plain)
     method = MaiTMethod(cfg.method)
-    install_masks(masked.encoder, locality_mask(plain.embeddings.grid, plain.embeddings.grid, tuple(cfg.method.window), plain.num_protected), method.masked_heads(plain))
+    install_masks(masked.encoder, locality_mask(plain.embeddings.grid, plain.embeddings.grid, tuple(cfg.method.window), plain.num_protected), method.masked_heads(plain), cfg.method.mask_form)
     batch = first_examples(dm.test_dataloader(), args.batch_size)
     plain_time, masked_time = compare_latency(plain, masked, batch, warmup=5, repeats=args.repeats)
     return {
         "model": args.model,
         "masked_heads": masked_heads_of(masked.encoder),
+        "mask_form": cfg.method.mask_form,
         "throughput_ratio_vs_unmasked": round(plain_time.median_s / masked_time.median_s, 3),
         "ms_unmasked": round(plain_time.median_s * 1e3, 2),
         "ms_masked": round(masked_time.median_s * 1e3, 2),

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from trimlab.export import export_model, main, max_logit_difference
 from trimlab.methods.ltp.selectors import LearnedThresholds
+from trimlab.methods.mait.masks import install_masks, locality_mask
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
 from trimlab.methods.pwlq.schema import QuantizeConfig
 from trimlab.methods.sait.selector import SaiTSelector
@@ -72,6 +73,18 @@ def quantized_text_model() -> TransformerClassifier:
     return model
 
 
+def masked_vit(form: str) -> Callable[[], TransformerClassifier]:
+    """A ViT with MaiT's locality masks on its heads, in ``form``."""
+
+    def build() -> TransformerClassifier:
+        torch.manual_seed(0)
+        model = vit_classifier(16, 4, 1, 24, 2, 3, 48, num_labels=5).eval()
+        install_masks(model.encoder, locality_mask(4, 4, (3, 3)), [3, 1], form)
+        return model
+
+    return build
+
+
 def cnn() -> CnnClassifier:
     torch.manual_seed(0)
     return CnnClassifier(small_cnn(1, [4, 8], 5)).eval()
@@ -84,6 +97,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], dict[str, Tensor], list[dict[str
     "pruned": (pruned_text_model, TEXT_EXAMPLE, TEXT_OTHERS),
     "quantized": (quantized_text_model, TEXT_EXAMPLE, TEXT_OTHERS),
     "cnn": (cnn, images(2, seed=1), [images(3, seed=2), images(1, seed=3)]),
+    "mait": (masked_vit("multiplicative"), images(2, seed=1), [images(3, seed=2), images(1, seed=3)]),
+    "mait_additive": (masked_vit("additive"), images(2, seed=1), [images(3, seed=2), images(1, seed=3)]),
 }
 """Model builder, example batch, and batches of other shapes the file must also match on."""
 

@@ -106,6 +106,20 @@ def test_a_rebuilt_pruned_masked_vit_computes_the_same_logits(selector: str, com
     assert out.encoder.kept_tokens[-1].float().mean() < 65  # the selector removed tokens
 
 
+@pytest.mark.parametrize("form", ["multiplicative", "additive"])
+def test_either_mask_form_is_rebuilt(form: str, compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(*VIT, "method=dense", "budget=none")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.dataset.num_labels).model.eval()
+    install_masks(model.encoder, locality_mask(8, 8, (3, 3)), [4, 4, 1, 1, 0, 0], form)
+    images = {"pixel_values": torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))}
+    rebuilt = read_model(save_model(model, tmp_path / MODEL_DIR, cfg.model, cfg.dataset.num_labels).path)
+    assert masked_heads_of(rebuilt.encoder) == [4, 4, 1, 1, 0, 0]
+    assert (rebuilt.encoder.layers[0].attn.head_logit_mask is not None) == (form == "multiplicative")
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images).logits, model(images).logits)
+
+
 def test_dense_model_is_kept_and_rebuilt(compose_cfg) -> None:
     record = assert_round_trip(compose_cfg(*CNN, "method=dense", "budget=none"))
     structure = json.loads((run_folder(record) / MODEL_DIR / STRUCTURE_FILE).read_text())

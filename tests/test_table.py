@@ -171,6 +171,20 @@ def test_wandb_run_config_is_flat_so_dashboards_group_by_any_key(compose_cfg, tm
         tracker.finish()
 
 
+def test_a_named_option_reaches_the_wandb_run_and_back(compose_cfg, tmp_path: Path) -> None:
+    from trimlab.results.collect import record_from_wandb
+    from trimlab.results.tracking import open_tracker
+
+    cfg = compose_cfg("logger.mode=disabled", "method=mait", "method.mask_form=additive", "model=vit_digits", "dataset=digits", "budget=none")
+    tracker = open_tracker(cfg, "abc123", tmp_path / "run")
+    try:
+        config = dict(tracker.logger.experiment.config)
+        assert config["trimlab_method"] == "mait+additive" and config["method.name"] == "mait"
+        assert record_from_wandb("abc123", config, {"status": "completed"}).method == "mait+additive"
+    finally:
+        tracker.finish()
+
+
 def test_a_wandb_agent_run_is_found_under_trimlabs_run_id() -> None:
     from types import SimpleNamespace
 

@@ -141,16 +141,21 @@ def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:
 
 
 def _encoder_structure(encoder: Encoder, tensors: dict[str, Tensor]) -> dict[str, Any]:
-    """Kept heads (input indices) and neuron counts per layer, the token selector, and the per-head biases (into ``tensors``)."""
-    biased = []
+    """Kept heads (input indices) and neuron counts per layer, the token selector, and the per-head biases and
+    logit masks (into ``tensors``)."""
+    biased, masked = [], []
     for i, block in enumerate(encoder.layers):
         if block.attn.head_bias is not None:
             tensors[f"encoder.layers.{i}.attn.head_bias"] = block.attn.head_bias.detach().cpu().contiguous()
             biased.append(i)
+        if block.attn.head_logit_mask is not None:
+            tensors[f"encoder.layers.{i}.attn.head_logit_mask"] = block.attn.head_logit_mask.cpu().contiguous()
+            masked.append(i)
     return {
         "heads": [block.attn.head_index.tolist() for block in encoder.layers],
         "neurons": encoder.neurons_per_layer,
         "head_bias_layers": biased,
+        "head_logit_mask_layers": masked,
         "token_selector": _selector_structure(encoder.token_selector),
     }
 
@@ -195,10 +200,12 @@ def _build_selector(spec: dict[str, Any] | None) -> Any:
 
 
 def _rebuild_encoder(encoder: Encoder, structure: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    """Prune the fresh encoder to the saved shape, then put back its per-head biases and token selector."""
+    """Prune the fresh encoder to the saved shape, then put back its per-head biases, logit masks and token selector."""
     encoder.prune(structure["heads"], [range(n) for n in structure["neurons"]])
     for i in structure["head_bias_layers"]:
         encoder.layers[i].attn.set_head_bias(tensors.pop(f"encoder.layers.{i}.attn.head_bias"))
+    for i in structure.get("head_logit_mask_layers", []):  # absent in models saved before logit masks existed
+        encoder.layers[i].attn.set_head_logit_mask(tensors.pop(f"encoder.layers.{i}.attn.head_logit_mask"))
     encoder.token_selector = _build_selector(structure["token_selector"])
 
 

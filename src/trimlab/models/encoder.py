@@ -12,7 +12,8 @@ methods touch live in one file:
   decision removes tokens from the sequence (padding-aware gather), optionally
   fusing them into one package token, a float decision multiplies the layer
   output (soft masks while training);
-- a per-head additive attention bias (locality masks);
+- per-head locality masks on the attention logits: an additive bias, or a
+  multiplicative 0/1 mask (MaiT's Eq. 2: a masked logit becomes 0, not -inf);
 - MPNet's relative-position bias: one bucketed table owned by the encoder and
   read by every layer, evaluated at the tokens' input positions (so it follows
   dropped tokens) for the heads each layer still has (so it follows pruning);
@@ -21,7 +22,8 @@ methods touch live in one file:
   for forward hooks.
 
 Attention uses :func:`torch.nn.functional.scaled_dot_product_attention` unless a
-token selector needs the attention probabilities of that layer.
+token selector needs the attention probabilities of that layer, or the layer
+has a multiplicative logit mask (which an additive mask cannot express).
 """
 
 from __future__ import annotations
@@ -357,6 +359,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, hidden_size)
         self.head_bias: Tensor | None
         self.register_buffer("head_bias", None, persistent=False)  # [H, N0, N0] additive, over input positions
+        self.head_logit_mask: Tensor | None
+        self.register_buffer("head_logit_mask", None, persistent=False)  # [H, N0, N0] bool, multiplies the logits
         self.head_index: Tensor
         self.register_buffer("head_index", torch.arange(num_heads), persistent=False)  # which input heads remain
         self._relative: tuple[RelativePositionBias, ...] = ()
@@ -376,22 +380,35 @@ class Attention(nn.Module):
             raise ValueError(f"head bias has {bias.shape[0]} heads, attention has {self.num_heads}")
         self.head_bias = bias
 
+    def set_head_logit_mask(self, mask: Tensor | None) -> None:
+        """Install a multiplicative logit mask per head, ``[heads, seq, seq]`` bool over input positions.
+
+        A False entry sets that query-key logit to 0 before the softmax (the key
+        keeps weight ``e^0`` over the row's sum, not 0); True leaves it unchanged.
+        The layer then computes its softmax explicitly (the fused kernel takes
+        only additive masks); padding keys still get zero weight.
+        """
+        if mask is not None and mask.shape[0] != self.num_heads:
+            raise ValueError(f"head logit mask has {mask.shape[0]} heads, attention has {self.num_heads}")
+        self.head_logit_mask = None if mask is None else mask.bool()
+
     def _bias(self, state: TokenState | PackedState) -> Tensor | None:
         """The relative-position bias plus the installed per-head bias, at the input positions of the state's batch view."""
         if not self._relative and self.head_bias is None:
             return None
-        pos = state.batch_positions
         relative = None
         if self._relative:
-            relative = self._relative[0](pos, self.head_index).to(state.hidden.dtype)
-        bias = self.head_bias
-        if bias is None:
+            relative = self._relative[0](state.batch_positions, self.head_index).to(state.hidden.dtype)
+        if self.head_bias is None:
             return relative
-        if pos.shape[1] == bias.shape[-1] and bool((pos == torch.arange(pos.shape[1], device=pos.device)).all()):
-            bias = bias[None].to(state.hidden.dtype)
-        else:
-            bias = bias[:, pos[:, :, None], pos[:, None, :]].permute(1, 0, 2, 3).to(state.hidden.dtype)  # [B, H, N, N]
+        bias = _at_positions(self.head_bias, state.batch_positions).to(state.hidden.dtype)
         return bias if relative is None else bias + relative
+
+    def _logit_mask(self, state: TokenState | PackedState) -> Tensor | None:
+        """The installed multiplicative logit mask (0/1 in the hidden dtype) at the input positions of the state's batch view."""
+        if self.head_logit_mask is None:
+            return None
+        return _at_positions(self.head_logit_mask, state.batch_positions).to(state.hidden.dtype)
 
     def forward(
         self, x: Tensor, state: TokenState | PackedState, head_mask: Tensor | None = None, reads: str | None = None
@@ -399,8 +416,11 @@ class Attention(nn.Module):
         """The attention output (rows as ``x``: ``[B, N, D]`` padded or ``[T, D]`` packed) and what a selector ``reads`` of it.
 
         Without ``reads`` (or with :data:`FIRST_ROW`) the context comes from the
-        fused kernel; the other reads compute the probabilities explicitly.
+        fused kernel, unless a logit mask is installed; the other reads compute
+        the probabilities explicitly.
         """
+        if reads not in (None, PROBABILITIES, RECEIVED, FIRST_ROW):
+            raise ValueError(f"a token selector reads {reads!r}; use {PROBABILITIES}, {RECEIVED} or {FIRST_ROW}")
         if self.num_heads == 0:
             return self.proj(x.new_zeros(*x.shape[:-1], 0)), None
         qkv = state.to_batch(self.qkv(x))
@@ -413,32 +433,37 @@ class Attention(nn.Module):
         bias = self._bias(state)
         if bias is not None:
             mask = bias if mask is None else mask + bias
+        logit_mask = self._logit_mask(state)
         dropout = self.dropout if self.training else 0.0
         scores = None
-        if reads == PROBABILITIES:
-            scores = _probabilities(q, k, mask)
-            context = F.dropout(scores, dropout, self.training) @ v
-        elif reads == RECEIVED:
-            context, scores = self._received(q, k, v, mask, state.valid, dropout)
-        elif reads in (None, FIRST_ROW):
+        if reads == RECEIVED:
+            context, scores = self._received(q, k, v, mask, logit_mask, state.valid, dropout)
+        elif reads == PROBABILITIES or logit_mask is not None:
+            probs = _probabilities(q, k, mask, logit_mask)
+            context = F.dropout(probs, dropout, self.training) @ v
+            scores = probs if reads == PROBABILITIES else probs[:, :, :1] if reads == FIRST_ROW else None
+        else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
             if reads == FIRST_ROW:
                 scores = _probabilities(q[:, :, :1], k, None if mask is None else mask[..., :1, :])
-        else:
-            raise ValueError(f"a token selector reads {reads!r}; use {PROBABILITIES}, {RECEIVED} or {FIRST_ROW}")
         if head_mask is not None:
             context = context * head_mask.view(1, -1, 1, 1).to(context.dtype)
         context = context.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.proj(state.from_batch(context)), scores
 
-    def _received(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, valid: Tensor, dropout: float) -> tuple[Tensor, Tensor]:
+    def _received(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, logit_mask: Tensor | None, valid: Tensor, dropout: float
+    ) -> tuple[Tensor, Tensor]:
         """Context and :func:`received_attention`, a few examples at a time, so each block of probabilities stays in cache."""
         b, h, n, _ = q.shape
         step = max(1, RECEIVED_CHUNK // (h * n * n))
         contexts, received = [], []
+
+        def part(t: Tensor | None, i: int) -> Tensor | None:  # a mask's rows for examples i.., or the one shared by all
+            return None if t is None else t[i : i + step] if t.shape[0] == b else t
+
         for i in range(0, b, step):
-            part_mask = None if mask is None else mask[i : i + step] if mask.shape[0] == b else mask
-            probs = _probabilities(q[i : i + step], k[i : i + step], part_mask)
+            probs = _probabilities(q[i : i + step], k[i : i + step], part(mask, i), part(logit_mask, i))
             contexts.append(F.dropout(probs, dropout, self.training) @ v[i : i + step])
             received.append(received_attention(probs, valid[i : i + step]))
         return torch.cat(contexts), torch.cat(received)
@@ -454,6 +479,8 @@ class Attention(nn.Module):
         self.proj = _sliced_linear(self.proj, cols=per_head)
         if self.head_bias is not None:
             self.head_bias = self.head_bias[keep_t]
+        if self.head_logit_mask is not None:
+            self.head_logit_mask = self.head_logit_mask[keep_t]
         self.head_index = self.head_index[keep_t]
         self.num_heads = len(keep_t)
 
@@ -471,12 +498,29 @@ def received_attention(probs: Tensor, valid: Tensor) -> Tensor:
     return (queries @ probs).mean(dim=1).squeeze(1)  # a vector-matrix product per head: one read of the probabilities
 
 
-def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
-    """Softmax attention probabilities of the queries ``q [B, H, R, dh]`` over the keys ``k [B, H, N, dh]``."""
+def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None, logit_mask: Tensor | None = None) -> Tensor:
+    """Softmax attention probabilities of the queries ``q [B, H, R, dh]`` over the keys ``k [B, H, N, dh]``.
+
+    softmax(logit_mask ⊙ QKᵀ/√d + mask): the multiplicative mask acts on the
+    scaled dot products only, so the additive mask (padding, biases) still applies after it.
+    """
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scaling q, not the scores: N / dh times less work
+    if logit_mask is not None:
+        scores = scores * logit_mask
     if mask is not None:
         scores += mask
     return scores.softmax(dim=-1)
+
+
+def _at_positions(table: Tensor, positions: Tensor) -> Tensor:
+    """A per-head ``[H, N0, N0]`` table over input positions, read at the rows' ``positions [B, N]``.
+
+    ``[1, H, N, N]`` when the rows are the input positions in order (shared by
+    the batch, no gather), ``[B, H, N, N]`` otherwise.
+    """
+    if positions.shape[1] == table.shape[-1] and bool((positions == torch.arange(positions.shape[1], device=positions.device)).all()):
+        return table[None]
+    return table[:, positions[:, :, None], positions[:, None, :]].permute(1, 0, 2, 3)
 
 
 class FeedForward(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 
 from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext, MethodResult
-from trimlab.methods.mait.masks import locality_mask, masked_heads_of, thirds_schedule
+from trimlab.methods.mait.masks import MASK_FORMS, locality_mask, masked_heads_of, thirds_schedule
 from trimlab.methods.mait.module import MaskedAttentionModule
 from trimlab.methods.mait.plot import plot_masks
 from trimlab.models.build import build_model
@@ -33,7 +33,7 @@ INITS = ("scratch", "dense")
 
 
 class MaiTMethod:
-    """``method=mait``: locality masks on ``masked_heads`` heads per layer, windows of ``window`` patches."""
+    """``method=mait``: locality masks on ``masked_heads`` heads per layer, windows of ``window`` patches, in ``mask_form``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -47,6 +47,8 @@ class MaiTMethod:
         m = self.cfg
         if not isinstance(model, TransformerClassifier) or not isinstance(model.embeddings, PatchEmbeddings):
             raise ConfigError(f"method=mait masks attention over a patch grid; model={cfg.model.name} is not a ViT")
+        if m.mask_form not in MASK_FORMS:
+            raise ConfigError(f"method.mask_form={m.mask_form!r} is not one of {', '.join(MASK_FORMS)}")
         if m.init not in INITS:
             raise ConfigError(f"method.init={m.init!r} is not one of {', '.join(INITS)}")
         if m.init == "scratch" and cfg.model.weights != "scratch":
@@ -77,6 +79,7 @@ class MaiTMethod:
             model,
             allowed,
             counts,
+            m.mask_form,
             dm.num_labels,
             dm.metric,
             lr=ft.lr,
@@ -84,12 +87,14 @@ class MaiTMethod:
             warmup_ratio=ft.warmup_ratio,
             label_smoothing=ft.label_smoothing,
         )
-        log.info("MaiT: masked heads per layer %s, window %s, training %s for %.3g epochs", counts, list(m.window), m.init, ft.epochs)
+        log.info(
+            "MaiT: masked heads per layer %s, window %s, %s masks, training %s for %.3g epochs", counts, list(m.window), m.mask_form, m.init, ft.epochs
+        )
         start = time.perf_counter()
         fit(module, model, dm, ft.epochs, cfg.trainer, ctx.make_trainer)
         stages = {"train": time.perf_counter() - start}
-        stats = {"masked_heads": masked_heads_of(model.encoder), "window": list(m.window), "init": m.init}
+        stats = {"masked_heads": masked_heads_of(model.encoder), "window": list(m.window), "mask_form": m.mask_form, "init": m.init}
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         (ctx.run_dir / "masks.json").write_text(json.dumps(stats, indent=1))
-        plot_masks(allowed, counts, model.encoder.spec.num_heads, (grid, grid), model.num_protected, ctx.run_dir / "masks.png")
+        plot_masks(allowed, counts, model.encoder.spec.num_heads, (grid, grid), model.num_protected, m.mask_form, ctx.run_dir / "masks.png")
         return MethodResult(model, stats=stats, stages=stages, artifacts={"masks": "masks.json", "masks_plot": "masks.png"})

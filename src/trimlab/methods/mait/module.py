@@ -11,12 +11,14 @@ from trimlab.training import ClassifierModule
 
 
 class MaskedAttentionModule(ClassifierModule):
-    """Trains ``model`` with locality masks on its attention heads (``masked_heads[l]`` heads of layer l).
+    """Trains ``model`` with locality masks on its attention heads (``masked_heads[l]`` heads of layer l, in ``mask_form``).
 
     The masks are part of the architecture, not a loss: the module installs
     them before training, so every forward (train, validation, test) sees them.
     """
 
-    def __init__(self, model: nn.Module, allowed: Tensor, masked_heads: list[int], num_labels: int, metric: str, **recipe: Any) -> None:
+    def __init__(
+        self, model: nn.Module, allowed: Tensor, masked_heads: list[int], mask_form: str, num_labels: int, metric: str, **recipe: Any
+    ) -> None:
         super().__init__(model, num_labels, metric, **recipe)
-        install_masks(model.encoder, allowed, masked_heads)
+        install_masks(model.encoder, allowed, masked_heads, mask_form)

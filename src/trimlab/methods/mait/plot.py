@@ -11,8 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402 — the backend must be chosen fir
 from torch import Tensor  # noqa: E402
 
 
-def plot_masks(allowed: Tensor, masked_heads: list[int], num_heads: int, grid: tuple[int, int], num_protected: int, path: Path) -> None:
-    """Layers × heads of patch grids: bright = the centre patch may attend there (global heads: everywhere)."""
+def plot_masks(
+    allowed: Tensor, masked_heads: list[int], num_heads: int, grid: tuple[int, int], num_protected: int, form: str, path: Path
+) -> None:
+    """Layers × heads of patch grids: bright = the centre patch's logits there are its own (global heads: everywhere);
+    dark = masked, in ``form`` (multiplicative: logit 0, a small weight; additive: no attention)."""
     grid_h, grid_w = grid
     query = num_protected + (grid_h // 2) * grid_w + grid_w // 2
     local = allowed[query, num_protected:].reshape(grid_h, grid_w).float()
@@ -30,7 +33,8 @@ def plot_masks(allowed: Tensor, masked_heads: list[int], num_heads: int, grid: t
                 ax.set_title(f"head {j}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"layer {i}", fontsize=8)
-    fig.suptitle("MaiT masks: where the centre patch (red) may attend", fontsize=9)
+    outside = "logit 0" if form == "multiplicative" else "no attention"
+    fig.suptitle(f"MaiT masks ({form}): where the centre patch (red) keeps its logits; dark: {outside}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
