@@ -73,6 +73,8 @@ class MethodKind:
     """``module:Class`` of the :class:`Method`, imported when a run builds it (so composing a config needs no torch)."""
     composable: bool = False
     """It may be a step of a pipeline (``method.steps``)."""
+    label: Callable[[DictConfig], str] | None = None
+    """The name records and tables give a configured method (see :func:`method_label`); ``None``: its ``name``."""
 
     def implementation_class(self) -> type:
         """The class ``implementation`` names (imported now)."""
@@ -104,6 +106,13 @@ def kind_of(method_cfg: DictConfig) -> MethodKind:
         f"method={method_cfg.get('name')} has no method schema; start its YAML's defaults list with one of "
         f"{', '.join(sorted(method_kinds()))}"
     )
+
+
+def method_label(method_cfg: DictConfig) -> str:
+    """The method's name as records, W&B and tables show it: ``name``, plus the tags of options that depart
+    from the method's paper (``pwlq+obc``), so a run with an addition is never mistaken for the paper's method."""
+    kind = kind_of(method_cfg)
+    return kind.label(method_cfg) if kind.label is not None else str(method_cfg.name)
 
 
 def build_method(method_cfg: DictConfig) -> Method:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
+from trimlab.methods import method_label
 from trimlab.results.record import RunRecord
 
 
@@ -109,17 +110,18 @@ def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:
         return Tracker(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     from lightning.pytorch.loggers import WandbLogger
 
-    config = {"trimlab_run_id": run_id, **flatten(OmegaConf.to_container(cfg, resolve=True))}
+    method = method_label(cfg.method)
+    config = {"trimlab_run_id": run_id, "trimlab_method": method, **flatten(OmegaConf.to_container(cfg, resolve=True))}
     logger = WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity or None,
         id=run_id,
-        name=f"{cfg.model.name}-{cfg.dataset.name}-{cfg.method.name}-{cfg.budget.kind}{cfg.budget.target:g}",
+        name=f"{cfg.model.name}-{cfg.dataset.name}-{method}-{cfg.budget.kind}{cfg.budget.target:g}",
         save_dir=str(run_dir),
         mode=cfg.logger.mode,
         tags=list(cfg.logger.tags),
         group=f"{cfg.model.name}-{cfg.dataset.name}",
-        job_type=cfg.method.name,
+        job_type=method,
         config=config,
         resume="allow",
         settings={"silent": True},
