@@ -1,11 +1,12 @@
 """PWLQ vs uniform post-training quantization on CNNs and Transformers, against the full-precision model in one process.
 
-Prints one JSON line per (model, weight bits, scheme): the task metric of the
+Prints one JSON line per (model, weight bits, scheme), named as a run's record names
+its method (``pwlq``, ``uniform_ptq``, ``pwlq+obc`` with ``method.output_bias_correction=true``): the task metric of the
 fake-quantized model with its 95% bootstrap interval over the test examples
 (``acc_ci_low``/``acc_ci_high``; for PWLQ also the paired interval of PWLQ − uniform
 at the same bits, ``delta_ci_low``/``delta_ci_high``), the full-precision metric, and the calibration time
-(BatchNorm folding, weight quantization, bias correction and activation
-ranges). EfficientNet-Lite0/1/2 (ImageNet weights) are scored by top-1
+(BatchNorm folding, weight quantization, any bias correction and activation
+ranges). The settings are the method's defaults (the paper's) unless overridden. EfficientNet-Lite0/1/2 (ImageNet weights) are scored by top-1
 agreement with the full-precision model on crops of the bundled photos; the
 others by accuracy on their labelled test split. Dense checkpoints are the
 ones ``trimlab`` caches under ``--output-dir`` (trained on demand).
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from trimlab.config import Budget
+from trimlab.methods import method_label
 from trimlab.methods.post_training import StepInputs
 from trimlab.methods.pwlq.callback import QuantizeMethod
 from trimlab.results.intervals import metric_interval, paired_bootstrap
@@ -79,6 +81,7 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
         for scheme in schemes:
             method = copy.deepcopy(cfg.method)
             method.scheme = scheme
+            method.name = "pwlq" if scheme == "pwlq" else "uniform_ptq"
             quantized = copy.deepcopy(dense)
             inputs = StepInputs(samples, dm.num_labels, 0.0, Path(cfg.paths.cache_dir), run_dir / f"{scheme}-w{bits}")
             callback = QuantizeMethod(method).callback(Budget("bits", bits), inputs)  # what a run builds
@@ -102,6 +105,7 @@ def benchmark_model(cfg, bits_list: list[int], schemes: list[str], run_dir: Path
                 "dataset": cfg.dataset.name,
                 "bits": bits,
                 "scheme": scheme,
+                "method": method_label(method),
                 "metric": round(metric, 4),
                 "acc_ci_low": round(low, 4),
                 "acc_ci_high": round(high, 4),

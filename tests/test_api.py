@@ -123,6 +123,9 @@ def test_pwlq_4_bit_quantizes_every_linear(tmp_path) -> None:
     assert all(len(torch.unique(row)) <= 2 * 2**4 for row in fc1)  # PWLQ: two 4-bit grids (centre and tails)
     assert not torch.allclose(logits(quantized, batches[0]), hf_logits(hf, batches[0]), atol=1e-4)
     assert (tmp_path / "quantization.json").is_file() and report.artifacts["quantization"] == str(tmp_path / "quantization.json")
+    assert report.method == "pwlq"
+    _, with_obc = compress(hf, "pwlq", bits=4, data=batches, options={"output_bias_correction": True})
+    assert with_obc.method == "pwlq+obc"  # trimlab's addition names itself
 
 
 def test_a_pipeline_prunes_then_quantizes_each_step_recorded_apart() -> None:

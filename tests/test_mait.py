@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trimlab.config import ConfigError
-from trimlab.methods import method_name
+from trimlab.methods import method_label
 from trimlab.methods.mait.masks import head_bias, head_logit_mask, install_masks, locality_mask, masked_heads_of, thirds_schedule
 from trimlab.models.encoder import PROBABILITIES, Attention, TokenState
 from trimlab.models.vision import vit_classifier
@@ -215,9 +215,9 @@ def test_cait_style_model_runs_class_attention_over_masked_self_attention() -> N
 
 def test_the_default_form_is_the_papers_and_the_other_is_named(compose_cfg) -> None:
     cfg = compose_cfg("method=mait")
-    assert cfg.method.mask_form == "multiplicative" and method_name(cfg.method) == "mait"
-    assert method_name(compose_cfg("method=mait", "method.mask_form=additive").method) == "mait+additive"
-    assert method_name(compose_cfg("method=dense").method) == "dense"
+    assert cfg.method.mask_form == "multiplicative" and method_label(cfg.method) == "mait"
+    assert method_label(compose_cfg("method=mait", "method.mask_form=additive").method) == "mait+additive"
+    assert method_label(compose_cfg("method=dense").method) == "dense"
 
 
 SMOKE = ("experiment=smoke", "model=vit_digits", "dataset=digits", "method=mait", "budget=none", "finetune.epochs=1")

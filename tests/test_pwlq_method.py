@@ -10,11 +10,35 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from trimlab.methods import method_label
 from trimlab.methods.pwlq.batchnorm import fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import RangeObserver, calibrate_ranges, fake_quantize
 from trimlab.methods.pwlq.callback import PostTrainingQuantization, quantizable_layers
 from trimlab.methods.pwlq.schema import QuantizeConfig
 from trimlab.models.cnn import CnnClassifier
+
+
+@pytest.mark.parametrize("method", ["pwlq", "uniform_ptq"])
+def test_default_config_is_the_papers_method_with_no_addition_on(method: str, compose_cfg) -> None:
+    cfg = compose_cfg(f"method={method}").method
+    assert not cfg.output_bias_correction and not cfg.bias_correction  # the authors' main.py: -bc defaults to false
+    assert cfg.breakpoint == "gaussian" and cfg.symmetric and cfg.per_channel and cfg.fold_batchnorm
+    assert cfg.first_last_bits == 0
+    assert method_label(cfg) == method
+
+
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        (("method=pwlq", "method.output_bias_correction=true"), "pwlq+obc"),
+        (("method=uniform_ptq", "method.output_bias_correction=true"), "uniform_ptq+obc"),
+        (("method=pwlq", "method.breakpoint=search"), "pwlq+search"),
+        (("method=pwlq", "method.bias_correction=true"), "pwlq"),  # the paper's own BC is not an addition
+        (("method=fisher_prune_pwlq", "budget=flops_60", "method.steps.quantize.output_bias_correction=true"), "fisher_prune_pwlq+obc"),
+    ],
+)
+def test_an_addition_names_itself_in_the_method_name(overrides: tuple[str, ...], label: str, compose_cfg) -> None:
+    assert method_label(compose_cfg(*overrides).method) == label
 
 
 def test_range_is_the_mean_over_batches_of_the_median_of_ten_extremes() -> None:
@@ -62,7 +86,7 @@ def test_callback_quantizes_every_layer_with_its_bits(scheme: str, tmp_path) -> 
     callback = PostTrainingQuantization(cfg, 3, batches(), tmp_path)
     callback.compress(model)
     middle = model.net[2].weight
-    levels = 2 ** (3 + (scheme == "pwlq")) - 1  # PWLQ: a 3-bit centre grid plus 3-bit tails
+    levels = 2**3 if scheme == "uniform" else 2**4 - 1  # Eq. 1: 2^b levels; PWLQ: 2^b − 1 in the centre plus the tails
     assert all(len(torch.unique(row)) <= levels for row in middle.reshape(8, -1))
     assert json.loads((tmp_path / "quantization.json").read_text())["net.0"]["bits"] == 8  # first layer kept at 8
     assert model.net[2].quantized_weight.code_bits == 3 + (scheme == "pwlq")  # the codes a kept model stores
@@ -173,13 +197,37 @@ def test_folding_check_catches_a_batchnorm_that_does_not_follow_its_conv() -> No
     assert folding_error(CnnClassifier(ConvBnNet(misordered=True).eval()), inputs) > 1e-2
 
 
-def test_pwlq_run_on_the_digits_cnn_folds_its_batchnorms(compose_cfg) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "method"), [((), "pwlq"), (("method.per_channel=false", "method.output_bias_correction=true"), "pwlq+obc")]
+)
+def test_pwlq_run_on_the_digits_cnn_folds_its_batchnorms(overrides: tuple[str, ...], method: str, compose_cfg) -> None:
     from trimlab.run import run
 
-    cfg = compose_cfg("experiment=smoke", "model=cnn_digits", "dataset=digits", "method=pwlq", "budget=bits_4", "method.act_bits=8")
+    cfg = compose_cfg("experiment=smoke", "model=cnn_digits", "dataset=digits", "method=pwlq", "budget=bits_4", "method.act_bits=8", *overrides)
     record = run(cfg)
-    assert record.status == "completed" and record.compressed["batchnorm_folded"] == 3
+    assert record.status == "completed" and record.compressed["batchnorm_folded"] == 3 and record.method == method
     assert record.compressed["weight_bits"] == 4 and record.compressed["size_mb_quantized"] < record.dense["size_mb"] / 4
+
+
+def test_every_batchnorm_of_timms_efficientnet_lite0_is_folded() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("efficientnet_lite0", pretrained=False).eval()  # BatchNormAct2d: a BN with children
+    gen = torch.Generator().manual_seed(3)
+    batchnorms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in batchnorms:  # statistics a wrong pairing or a skipped BN would show
+        bn.running_mean.copy_(0.1 * torch.randn(bn.num_features, generator=gen))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.bias.data.copy_(0.1 * torch.randn(bn.num_features, generator=gen))
+    model = CnnClassifier(net)
+    x = {"pixel_values": torch.randn(2, 3, 224, 224, generator=gen)}
+    with torch.no_grad():
+        before = model(x).logits
+        assert fold_batchnorm(model) == len(batchnorms) == 49
+        after = model(x).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+    assert all(float(bn.running_var.add(bn.eps).sub(1).abs().max()) < 1e-6 for bn in batchnorms)  # identities now
 
 
 def test_quantizer_needs_bits_from_the_budget_or_its_own_key(compose_cfg) -> None:

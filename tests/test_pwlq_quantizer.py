@@ -60,14 +60,43 @@ def test_search_agrees_with_the_papers_laplace_closed_form() -> None:
     assert (closed <= searched * 1.15).all()  # the approximation is near-optimal
 
 
-def test_quantization_is_idempotent() -> None:
+def test_pwlq_with_a_fixed_breakpoint_and_range_is_idempotent() -> None:
     w = laplacian(channels=2, size=512)
     max_abs = w.abs().amax(dim=1, keepdim=True)
-    p = search_breakpoint(w, 4)
+    p = closed_form_breakpoint(w)
     once = pwlq_quantize_rows(w, 4, p, max_abs)
     torch.testing.assert_close(pwlq_quantize_rows(once, 4, p, max_abs), once)
-    uniform = uniform_quantize(w, 4)
-    torch.testing.assert_close(uniform_quantize(uniform, 4), uniform)
+
+
+def test_uniform_grid_is_the_papers_eq_1() -> None:
+    # Eq. 1, symmetric, b = 4: s = (r_u − r_l) / (2^b − 1) = 2m / 15, integers clamped to [−8, 7], z = 0.
+    # Row 0: m = 7.5, s = 1: 7.5 → ⌊7.5⌉ = 8 → saturated to 7; −7.5 → −8 (a level uniform's restricted grid lacks).
+    # Row 1: m = 3, s = 0.4: 3 → 7.5 → 7 · 0.4 = 2.8; −1.1 → −2.75 → −3 → −1.2; 0.5 → 1.25 → 0.4; 1.3 → 3.25 → 1.2.
+    w = torch.tensor([[7.5, -7.5, 0.3, -0.6], [3.0, -1.1, 0.5, 1.3]])
+    expected = torch.tensor([[7.0, -8.0, 0.0, -1.0], [2.8, -1.2, 0.4, 1.2]])
+    torch.testing.assert_close(uniform_quantize(w, 4), expected)
+    codes = uniform_codes(w, 4)
+    assert codes.codes.tolist()[0] == [15, 0, 8, 7]  # k + 2^(b−1): 16 levels, zero is the code 8
+
+
+def test_per_tensor_uniform_takes_one_step_for_the_whole_tensor() -> None:
+    w = torch.tensor([[7.5, 0.3], [-1.6, 2.2]])  # m = 7.5, s = 1 for every row
+    torch.testing.assert_close(uniform_quantize(w, 4, per_channel=False), torch.tensor([[7.0, 0.0], [-2.0, 2.0]]))
+
+
+def test_gaussian_closed_form_breakpoint_of_a_tiny_row() -> None:
+    # w = [1, −1, 2, −2]: σ = √(10/3) = 1.825742, m̃ = 2/σ = 1.095445,
+    # p̃ = ln(0.86143114 · 1.095445 + 0.607901097) = ln(1.551550) = 0.439255, p = p̃ · σ = 0.801967.
+    w = torch.tensor([[1.0, -1.0, 2.0, -2.0]])
+    torch.testing.assert_close(closed_form_breakpoint(w, "gaussian"), torch.tensor([[0.801967]]), rtol=0, atol=1e-5)
+    # Laplace: p̃ = 0.80304483 · √1.095445 − 0.31667855 = 0.523815, p = 0.956354.
+    torch.testing.assert_close(closed_form_breakpoint(w, "laplace"), torch.tensor([[0.956354]]), rtol=0, atol=1e-5)
+
+
+def test_pwlq_uses_the_gaussian_closed_form_unless_asked_to_search() -> None:
+    w = laplacian(channels=3, size=1000)
+    torch.testing.assert_close(pwlq_quantize(w, 4)[1], closed_form_breakpoint(w).flatten())
+    torch.testing.assert_close(pwlq_quantize(w, 4, breakpoint="search")[1], search_breakpoint(w, 4).flatten())
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

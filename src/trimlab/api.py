@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
-from trimlab.methods import build_method, kind_of
+from trimlab.methods import build_method, kind_of, method_label
 from trimlab.methods.post_training import PostTrainingMethod, StepInputs
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.convert import to_trimlab
@@ -125,7 +125,8 @@ def compress(
             method.check_model(compressed, budget, inputs(step), f"model ({type(model).__name__})")
         dense_flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
         dense_params = count_params(compressed)
-        report = CompressionReport(name, budget, dense_flops, dense_flops, dense_params, dense_params)
+        tags = "".join(method_label(cfg).removeprefix(str(cfg.name)) for cfg in steps.values())  # additions on: pwlq+obc
+        report = CompressionReport(name + tags, budget, dense_flops, dense_flops, dense_params, dense_params)
         for step, method in methods.items():
             prefix = f"{step}/" if len(steps) > 1 else ""
             step_inputs = inputs(step)

@@ -32,7 +32,7 @@ from trimlab.interrupt import RunInterrupted, signals_raise
 from trimlab.engine import build_trainer, compare, evaluate_predicting, finetune
 from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
-from trimlab.methods import MethodContext, build_method, method_name
+from trimlab.methods import MethodContext, build_method, method_label
 from trimlab.models.build import build_model
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord, environment, locations, now, run_id
@@ -162,7 +162,7 @@ def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
         status="running",
         model=cfg.model.name,
         dataset=cfg.dataset.name,
-        method=method_name(cfg.method),
+        method=method_label(cfg.method),
         budget=OmegaConf.to_container(cfg.budget, resolve=True),
         seed=cfg.seed,
         config=OmegaConf.to_container(cfg, resolve=True),

@@ -9,7 +9,6 @@ new one is its folder and one YAML file. Importing this package (and every
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import pkgutil
@@ -74,9 +73,8 @@ class MethodKind:
     """``module:Class`` of the :class:`Method`, imported when a run builds it (so composing a config needs no torch)."""
     composable: bool = False
     """It may be a step of a pipeline (``method.steps``)."""
-    named_options: tuple[str, ...] = ()
-    """Options that leave the paper's method (a form it does not use, an addition of trimlab's): set off
-    their default, their value joins the run's method name (:func:`method_name`), e.g. ``mait+additive``."""
+    label: Callable[[DictConfig], str] | None = None
+    """The name records and tables give a configured method (see :func:`method_label`); ``None``: its ``name``."""
 
     def implementation_class(self) -> type:
         """The class ``implementation`` names (imported now)."""
@@ -110,17 +108,11 @@ def kind_of(method_cfg: DictConfig) -> MethodKind:
     )
 
 
-def method_name(method_cfg: DictConfig) -> str:
-    """The name a run is recorded and logged under: ``name``, then ``+<value>`` per named option set off its default.
-
-    A config no schema types (it fails validation later) keeps its plain ``name``.
-    """
-    schema = OmegaConf.get_type(method_cfg)
-    kind = next((k for k in method_kinds().values() if k.schema is schema), None)
-    if kind is None:
-        return str(method_cfg.name)
-    defaults = {f.name: f.default for f in dataclasses.fields(kind.schema)}
-    return "+".join([str(method_cfg.name), *(str(method_cfg[key]) for key in kind.named_options if method_cfg[key] != defaults[key])])
+def method_label(method_cfg: DictConfig) -> str:
+    """The method's name as records, W&B and tables show it: ``name``, plus the tags of options that depart
+    from the method's paper (``pwlq+obc``), so a run with an addition is never mistaken for the paper's method."""
+    kind = kind_of(method_cfg)
+    return kind.label(method_cfg) if kind.label is not None else str(method_cfg.name)
 
 
 def build_method(method_cfg: DictConfig) -> Method:

@@ -82,7 +82,7 @@ def record_from_wandb(run_id: str, config: dict[str, Any], summary: dict[str, An
         status=str(summary.get("status", "")),
         model=str(config.get("model.name", "")),
         dataset=str(config.get("dataset.name", "")),
-        method=str(config.get("trimlab_method", config.get("method.name", ""))),  # the name with its named options
+        method=str(config.get("trimlab_method", config.get("method.name", ""))),
         budget={"kind": config.get("budget.kind"), "target": config.get("budget.target")},
         seed=int(config.get("seed", 0)),
         config=config,

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
-from trimlab.methods import method_name
+from trimlab.methods import method_label
 from trimlab.results.record import RunRecord
 
 
@@ -110,7 +110,7 @@ def open_tracker(cfg: DictConfig, run_id: str, run_dir: Path) -> Tracker:
         return Tracker(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     from lightning.pytorch.loggers import WandbLogger
 
-    method = method_name(cfg.method)
+    method = method_label(cfg.method)
     config = {"trimlab_run_id": run_id, "trimlab_method": method, **flatten(OmegaConf.to_container(cfg, resolve=True))}
     logger = WandbLogger(
         project=cfg.logger.project,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from trimlab.config import bounded
 from trimlab.methods import MethodKind
@@ -36,4 +37,9 @@ class MaiTConfig:
     ``dense``: fine-tune the dense checkpoint with the masks installed (hub ViTs)."""
 
 
-KIND = MethodKind("mait_schema", MaiTConfig, "trimlab.methods.mait.method:MaiTMethod", named_options=("mask_form",))
+def method_label(cfg: Any) -> str:
+    """``mait``, or ``mait+additive`` for the mask form the paper does not use."""
+    return str(cfg.name) if cfg.mask_form == "multiplicative" else f"{cfg.name}+{cfg.mask_form}"
+
+
+KIND = MethodKind("mait_schema", MaiTConfig, "trimlab.methods.mait.method:MaiTMethod", label=method_label)

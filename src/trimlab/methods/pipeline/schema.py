@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from trimlab.methods import MethodKind
+from trimlab.methods import MethodKind, method_label
 
 
 @dataclass
@@ -29,4 +29,10 @@ class PipelineConfig:
     (re-measured after the first), so the product meets the run's flops budget."""
 
 
-KIND = MethodKind("pipeline_schema", PipelineConfig, "trimlab.methods.pipeline.method:PipelineMethod")
+def pipeline_label(cfg: Any) -> str:
+    """The pipeline's name plus its steps' tags (``fisher_prune_pwlq+obc``): an addition in a step shows in the run's name."""
+    tags = [method_label(step).removeprefix(str(step.name)) for step in cfg.steps.values()]
+    return str(cfg.name) + "".join(tags)
+
+
+KIND = MethodKind("pipeline_schema", PipelineConfig, "trimlab.methods.pipeline.method:PipelineMethod", label=pipeline_label)

@@ -17,15 +17,26 @@ from torch import nn
 
 
 def conv_batchnorm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, bn) pairs where the BN is the next leaf module after the conv and normalises its channels.
+    """(conv, bn) pairs where the BN is the next module after the conv and normalises its channels.
 
-    This follows registration order, which is execution order in the CNNs
-    timm and torchvision build; the caller checks the folded model's outputs.
+    The sequence is the leaf modules in registration order, which is execution
+    order in the CNNs timm and torchvision build, with each BatchNorm as one
+    module even when it has children (timm's ``BatchNormAct2d`` holds its
+    activation and dropout); the caller checks the folded model's outputs.
     """
-    leaves = [m for m in model.modules() if not list(m.children())]
+    sequence: list[nn.Module] = []
+    inside_batchnorm: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside_batchnorm:
+            continue
+        if isinstance(module, nn.BatchNorm2d):
+            inside_batchnorm.update(id(child) for child in module.modules())
+            sequence.append(module)
+        elif not list(module.children()):
+            sequence.append(module)
     return [
         (conv, bn)
-        for conv, bn in zip(leaves, leaves[1:])
+        for conv, bn in zip(sequence, sequence[1:])
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
         and bn.track_running_stats and bn.running_var is not None
     ]

@@ -26,6 +26,7 @@ from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMeth
 from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm, folding_error
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
 from trimlab.methods.pwlq.quantizer import bias_correction, pwlq_codes, uniform_codes
+from trimlab.methods.pwlq.schema import BREAKPOINTS
 
 SCHEMES = ("pwlq", "uniform")
 
@@ -62,7 +63,7 @@ class PostTrainingQuantization(PostTrainingCallback):
             bits = self.layer_bits(index, len(layers))
             w = module.weight.data
             if self.cfg.scheme == "pwlq":
-                quantized = pwlq_codes(w, bits, self.cfg.per_channel)
+                quantized = pwlq_codes(w, bits, self.cfg.per_channel, self.cfg.breakpoint)
             else:
                 quantized = uniform_codes(w, bits, self.cfg.per_channel, self.cfg.symmetric)
             if self.cfg.bias_correction:
@@ -114,6 +115,8 @@ class QuantizeMethod(PostTrainingMethod):
         name = self.cfg.name
         if self.cfg.scheme not in SCHEMES:
             raise ConfigError(f"method.scheme={self.cfg.scheme!r} is not one of {', '.join(SCHEMES)}")
+        if self.cfg.breakpoint not in BREAKPOINTS:
+            raise ConfigError(f"method.breakpoint={self.cfg.breakpoint!r} is not one of {', '.join(BREAKPOINTS)}")
         if self.cfg.act_bits != 0 and not 2 <= self.cfg.act_bits <= 16:
             raise ConfigError(f"method.act_bits={self.cfg.act_bits} must be 0 (full precision) or in [2, 16]")
         if self.cfg.bits == 0 and budget.kind != "bits":

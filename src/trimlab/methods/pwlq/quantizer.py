@@ -1,11 +1,13 @@
 """Fake quantization of weight tensors: uniform (the baseline) and piecewise-linear (PWLQ, Fang et al. 2020).
 
 Weights of trained layers are bell-shaped: most values sit near zero, a few
-far out. Uniform quantization spends its levels evenly over [−m, m], so the
-dense centre gets coarse steps. PWLQ splits the range at a breakpoint p into
-a centre [−p, p] and two tails, and gives each region the same number of
-levels: b-bit signed steps of p / (2^(b−1) − 1) in the centre, and (b−1)-bit
-magnitudes of (m − p) / (2^(b−1) − 1) above p in the tails (plus the sign).
+far out. Uniform quantization (the paper's Eq. 1) spends its 2^b levels evenly
+over [−m, m], so the dense centre gets coarse steps. PWLQ (its Eq. 3) splits
+the range at a breakpoint p into a centre [−p, p] and two tails, and gives
+each region the same number of levels: b-bit signed steps of p / (2^(b−1) − 1)
+in the centre, and (b−1)-bit magnitudes of (m − p) / (2^(b−1) − 1) above p in
+the tails (plus the sign). The breakpoint comes from the paper's closed form
+for a Gaussian (or Laplace) row, or from a search over candidates.
 Everything works per output channel (dim 0) unless ``per_channel=False``.
 Both produce integer codes (:class:`QuantizedWeight`), which is what a kept
 model stores; the float values the model computes with are decoded from them.
@@ -13,19 +15,13 @@ model stores; the float values the model computes with are decoded from them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 BREAKPOINT_GRID = 200
-"""Candidate breakpoints per channel, as fractions of max |w| in (0, 1)."""
-CLOSED_FORM = {
-    "gaussian": lambda m: math.log(0.8614 * m + 0.6079),
-    "laplace": lambda m: 0.8030 * math.sqrt(m) - 0.3167,
-}
-"""The paper's approximate optimal breakpoint, in units of the std, as a function of m̃ = max|w| / std."""
+"""Candidate breakpoints per channel of ``breakpoint=search``, as fractions of max |w| in (0, 1)."""
 
 
 def _rows(w: Tensor, per_channel: bool) -> Tensor:
@@ -56,7 +52,6 @@ class QuantizedWeight:
         return self.bits + (self.scheme == "pwlq")
 
     def dequantize(self) -> Tensor:
-        levels = 2 ** (self.bits - 1) - 1
         p = self.params
         codes = self.codes.long()
         if self.scheme == "pwlq":
@@ -64,19 +59,23 @@ class QuantizedWeight:
         elif "zero" in p:
             values = (codes.to(p["step"].dtype) - p["zero"]) * p["step"]
         else:
-            values = (codes - levels).to(p["step"].dtype) * p["step"]
+            values = (codes - 2 ** (self.bits - 1)).to(p["step"].dtype) * p["step"]
         if "shift" in p:
             values = (values + p["shift"]) * p["scale"]
         return values.reshape(self.shape)
 
 
 def uniform_codes(w: Tensor, bits: int, per_channel: bool = True, symmetric: bool = True) -> QuantizedWeight:
-    """Round ``w`` to a uniform grid of ``bits`` bits over its (per-channel) range, as codes."""
+    """Round ``w`` to a uniform grid of ``bits`` bits over its (per-channel) range, as codes.
+
+    Symmetric is the paper's Eq. 1 (and its code's ``uniform_symmetric_quantizer``): 2^b levels
+    ``k · s``, s = 2m / (2^b − 1), k in [−2^(b−1), 2^(b−1) − 1], so zero is exact and +m rounds to m − s/2.
+    """
     rows = _rows(w, per_channel)
     if symmetric:
-        levels = 2 ** (bits - 1) - 1
-        step = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
-        codes = torch.clamp(torch.round(rows / step), -levels, levels) + levels
+        half = 2 ** (bits - 1)
+        step = 2 * rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / (2**bits - 1)
+        codes = torch.clamp(torch.round(rows / step), -half, half - 1) + half
         params = {"step": step}
     else:
         low, high = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
@@ -144,33 +143,43 @@ def pwlq_error(rows: Tensor, bits: int, breakpoint: Tensor, max_abs: Tensor) -> 
 def search_breakpoint(rows: Tensor, bits: int, grid: int = BREAKPOINT_GRID) -> Tensor:
     """The breakpoint ``[C, 1]`` of each row that minimises its quantization MSE over a grid of fractions of max |w|."""
     max_abs = rows.abs().amax(dim=1, keepdim=True)
-    fractions = torch.linspace(0, 1, grid + 2, dtype=rows.dtype)[1:-1]
+    fractions = torch.linspace(0, 1, grid + 2, dtype=rows.dtype, device=rows.device)[1:-1]
     errors = torch.stack([pwlq_error(rows, bits, f * max_abs, max_abs) for f in fractions], dim=1)  # [C, grid]
     return fractions[errors.argmin(dim=1)][:, None] * max_abs
 
 
-def closed_form_breakpoint(rows: Tensor, distribution: str) -> Tensor:
-    """The paper's approximate breakpoint for Gaussian- or Laplace-shaped rows (a check on the search)."""
-    std = rows.std(dim=1, keepdim=True).clamp_min(1e-12)
+def closed_form_breakpoint(rows: Tensor, distribution: str = "gaussian") -> Tensor:
+    """The paper's approximate optimal breakpoint ``[C, 1]`` for Gaussian- or Laplace-shaped rows (§3.3).
+
+    In units of each row's std σ, with m̃ = max|w| / σ: p̃ = ln(0.86143114 m̃ + 0.607901097) (Gaussian) or
+    0.80304483 √m̃ − 0.31667855 (Laplace), the authors' code's constants; p = p̃ σ. The code adds 1e-12
+    to σ and does not clamp; this clamps p to [0, m], which only a row of one or two weights can reach.
+    """
+    std = torch.nan_to_num(rows.std(dim=1, keepdim=True)) + 1e-12  # a one-weight row has no std
     max_abs = rows.abs().amax(dim=1, keepdim=True)
-    ratio = (max_abs / std).flatten().tolist()
-    p = torch.tensor([CLOSED_FORM[distribution](m) for m in ratio], dtype=rows.dtype)[:, None] * std
-    return torch.minimum(p.clamp_min(0), max_abs)
+    ratio = max_abs / std
+    if distribution == "gaussian":
+        normalised = torch.log(0.86143114 * ratio + 0.607901097496529)
+    elif distribution == "laplace":
+        normalised = 0.80304483 * ratio.sqrt() - 0.3166785508381478
+    else:
+        raise ValueError(f"no closed-form breakpoint for {distribution!r}: gaussian or laplace")
+    return torch.minimum((normalised * std).clamp_min(0), max_abs)
 
 
-def pwlq_codes(w: Tensor, bits: int, per_channel: bool = True) -> QuantizedWeight:
-    """PWLQ of ``w`` with the searched breakpoints, as codes."""
+def pwlq_codes(w: Tensor, bits: int, per_channel: bool = True, breakpoint: str = "gaussian") -> QuantizedWeight:
+    """PWLQ of ``w`` as codes, with breakpoints from the ``gaussian`` or ``laplace`` closed form or a ``search``."""
     rows = _rows(w, per_channel)
-    breakpoint = search_breakpoint(rows, bits)
+    p = search_breakpoint(rows, bits) if breakpoint == "search" else closed_form_breakpoint(rows, breakpoint)
     max_abs = rows.abs().amax(dim=1, keepdim=True)
-    codes = pwlq_encode(rows, bits, breakpoint, max_abs)
-    params = {"breakpoint": breakpoint, "max_abs": max_abs}
+    codes = pwlq_encode(rows, bits, p, max_abs)
+    params = {"breakpoint": p, "max_abs": max_abs}
     return QuantizedWeight("pwlq", bits, tuple(w.shape), codes.to(_code_dtype(bits + 1)), params)
 
 
-def pwlq_quantize(w: Tensor, bits: int, per_channel: bool = True) -> tuple[Tensor, Tensor]:
-    """PWLQ of ``w`` with the searched breakpoints; returns the quantized tensor and the breakpoints."""
-    quantized = pwlq_codes(w, bits, per_channel)
+def pwlq_quantize(w: Tensor, bits: int, per_channel: bool = True, breakpoint: str = "gaussian") -> tuple[Tensor, Tensor]:
+    """PWLQ of ``w`` (breakpoints as in :func:`pwlq_codes`); returns the quantized tensor and the breakpoints."""
+    quantized = pwlq_codes(w, bits, per_channel, breakpoint)
     return quantized.dequantize(), quantized.params["breakpoint"].flatten()
 
 
