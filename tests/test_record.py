@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
+
+from trimlab import files
 
 from trimlab.config import ConfigError
 from trimlab.results.collect import collect
 from trimlab.results.record import RECORD_FILE, RunRecord, locations, read_record, run_id, write_record
+from trimlab.files import fingerprint
+from trimlab.results.run_folder import RunFolder
 from trimlab.results.table import main as table_main, markdown
+from trimlab.run import _reusable, run
 
 
 def _record(rid: str = "abc", status: str = "completed", **kw) -> RunRecord:
@@ -83,16 +91,88 @@ def test_record_json_is_plain_json(tmp_path):
     assert data["status"] == "completed" and data["ratios"]["flops"] == 0.5
 
 
-def test_a_local_weights_or_data_folder_keeps_the_id_of_what_it_stands_for(compose_cfg, tmp_path):
-    weights, data = tmp_path / "bert", tmp_path / "glue"
-    weights.mkdir()
-    data.mkdir()
-    (weights / "config.json").write_text('{"hidden_size": 768}')
-    hub = compose_cfg("model=bert_base", "dataset=sst2")
-    local = compose_cfg("model=bert_base", "dataset=sst2", f"model.path={weights}", f"dataset.data_dir={data}")
-    assert run_id(local) == run_id(hub)
-    assert run_id(compose_cfg("model=bert_base", "model.path=roberta-base")) != run_id(hub)  # another hub model
-    found = locations(local)
-    assert found["model.path"]["path"] == str(weights.resolve()) and len(found["model.path"]["fingerprint"]) == 12
-    (weights / "config.json").write_text('{"hidden_size": 1024}')
-    assert locations(local)["model.path"]["fingerprint"] != found["model.path"]["fingerprint"]
+def glue_folder(root: Path, flip: bool = False) -> Path:
+    """A local sst2 folder (train and dev csv); ``flip`` gives every label the other value (same sizes)."""
+    root.mkdir(parents=True)
+    words = "the a film movie was is great bad dull fun plot acting".split()
+    for split, n in (("train", 40), ("dev", 24)):
+        rows = [f"{' '.join(words[(i + j) % len(words)] for j in range(2 + i % 5))},{(i % 2) ^ flip}" for i in range(n)]
+        (root / f"{split}.csv").write_text("sentence,label\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def weights_folder(root: Path, hidden: int) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"hidden_size": hidden}))
+    (root / "model.safetensors").write_bytes(bytes(range(256)) * 5000)
+    return root
+
+
+def test_the_id_covers_the_content_of_local_data_never_its_location(compose_cfg, tmp_path):
+    a, b = glue_folder(tmp_path / "a"), glue_folder(tmp_path / "b", flip=True)
+    copy = tmp_path / "elsewhere" / "a-copy"
+    shutil.copytree(a, copy)
+    ids = {name: run_id(compose_cfg("dataset=sst2", f"dataset.data_dir={folder}")) for name, folder in (("a", a), ("b", b), ("copy", copy))}
+    assert ids["a"] != ids["b"]  # flipped labels: another run
+    assert ids["a"] == ids["copy"]  # the same files at another path: the same run
+    assert run_id(compose_cfg("dataset=sst2")) not in ids.values()  # the hub's sst2 is other data again
+
+
+def test_the_id_covers_the_content_of_local_weights_never_their_location(compose_cfg, tmp_path):
+    one, other = weights_folder(tmp_path / "one", 768), weights_folder(tmp_path / "other", 1024)
+    copy = tmp_path / "moved" / "one"
+    shutil.copytree(one, copy)
+    ids = [run_id(compose_cfg("model=bert_base", f"model.path={folder}")) for folder in (one, other, copy)]
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    hub = run_id(compose_cfg("model=bert_base"))
+    assert hub not in ids and run_id(compose_cfg("model=bert_base", "model.path=roberta-base")) != hub
+    found = locations(compose_cfg("model=bert_base", f"model.path={copy}"))
+    assert found["model.path"]["path"] == str(copy.resolve()) and len(found["model.path"]["fingerprint"]) == 16
+
+
+def test_a_large_file_changed_in_place_at_the_same_size_changes_the_fingerprint(tmp_path):
+    path = tmp_path / "weights.bin"
+    data = bytearray(range(256)) * 2**14  # 4 MiB: well past what a name-and-size fingerprint would read
+    path.write_bytes(data)
+    before = fingerprint(path, tmp_path / "cache")
+    data[3 * 2**20] ^= 1
+    path.write_bytes(data)
+    assert fingerprint(path, tmp_path / "cache") != before
+
+
+def test_fingerprints_are_cached_until_a_file_changes(tmp_path, monkeypatch):
+    folder = weights_folder(tmp_path / "w", 768)
+    cache = tmp_path / "cache"
+    read = []
+    real = files.file_digest
+    monkeypatch.setattr(files, "file_digest", lambda file: read.append(file.name) or real(file))
+    first = fingerprint(folder, cache)
+    assert sorted(read) == ["config.json", "model.safetensors"]
+    read.clear()
+    assert fingerprint(folder, cache) == first and read == []  # unchanged: from the cache, nothing read
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # the same bytes, another mtime: read again
+    assert fingerprint(folder, cache) == first and read == ["model.safetensors"]
+    read.clear()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 76}))  # another size
+    assert fingerprint(folder, cache) != first and read == ["config.json"]
+
+
+def test_a_completed_run_on_other_inputs_is_not_reused(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    done = _record(locations={"dataset.data_dir": {"path": "/x", "fingerprint": "aaaa"}})
+    write_record(folder.path, done)
+    assert _reusable(folder, {"dataset.data_dir": "aaaa"}) == done
+    assert _reusable(folder, {"dataset.data_dir": "bbbb"}) is None  # recorded on other data
+    assert _reusable(folder, {}) is None  # a hub run never takes a local run's result
+
+
+def test_two_local_data_folders_give_two_runs_with_their_own_metrics(compose_cfg, tmp_path):
+    tiny = ("model=minilm_l6", "dataset=sst2", "method=dense", "budget=none", "finetune=none", "logger=none",
+            "dataset.max_eval_examples=24", "measure.latency_batch_sizes=[1]", "measure.repeats=1", "measure.warmup=0")
+    a, b = glue_folder(tmp_path / "a"), glue_folder(tmp_path / "b", flip=True)
+    first = run(compose_cfg(*tiny, f"dataset.data_dir={a}"))
+    second = run(compose_cfg(*tiny, f"dataset.data_dir={b}"))
+    assert first.status == second.status == "completed" and first.run_id != second.run_id
+    # an untrained head predicts the same labels on the same sentences: flipping every label flips the accuracy
+    assert second.compressed["metric"] == pytest.approx(1 - first.compressed["metric"])
+    assert second.locations["dataset.data_dir"]["path"] == str(b.resolve())

@@ -6,12 +6,15 @@ mode follows the umask, as a plain ``open`` would (``mkstemp`` alone gives
 Writability and free space are checked before the expensive work, so a
 read-only folder or a full disk fails in seconds, not after an hour of
 fine-tuning.
+A fingerprint hashes every byte it covers; each file's digest is cached by its
+(path, size, mtime, inode), so large weights are read once, not on every run.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -21,8 +24,9 @@ from pathlib import Path
 
 from trimlab.config import ConfigError
 
-SMALL_FILE = 2**20
-"""Files up to this size enter a fingerprint by content; larger ones by name and size."""
+CHUNK = 2**22
+FINGERPRINT_CACHE = "fingerprints"
+"""Folder, under a cache folder, of the digests :func:`fingerprint` has computed."""
 
 
 @functools.cache
@@ -102,17 +106,48 @@ def check_free_space(folder: Path, needed: int, key: str) -> None:
         )
 
 
-def fingerprint(path: Path) -> str:
-    """A short hash of a file or folder: every file's relative name and size, and the content of the small ones.
+def fingerprint(path: Path, cache: Path | None = None) -> str:
+    """A short hash of the content of a file or folder: every file's relative name and every byte of it.
 
-    Cheap enough for a 100 GB image folder, yet it tells two copies of different
-    weights or data apart (their configs, vocabularies and sizes differ).
+    Where it lies is left out (a copy elsewhere has the same fingerprint). The
+    digest of each file is kept in ``cache/fingerprints`` (one small JSON file
+    per fingerprinted path) with the file's size, mtime and inode, so an
+    unchanged file is not read again; a file changed in place gets a new mtime
+    (or size), so its stale digest is never used.
     """
-    digest = hashlib.sha1()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    root = Path(path).expanduser().resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    store = cache / FINGERPRINT_CACHE / f"{hashlib.sha1(str(root).encode()).hexdigest()}.json" if cache is not None else None
+    known = _read_digests(store)
+    digests = {}
     for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
-        if size <= SMALL_FILE:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        stat = file.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_dev, stat.st_ino]
+        entry = known.get(name)
+        digests[name] = entry if entry is not None and entry[:-1] == key else [*key, file_digest(file)]
+    if store is not None and digests != known:
+        try:
+            atomic_write_text(store, json.dumps(digests))
+        except OSError:  # a cache that cannot be written costs time, not correctness
+            pass
+    digest = hashlib.sha256()
+    for name, entry in digests.items():
+        digest.update(f"{name}\0{entry[-1]}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(file: Path) -> str:
+    """SHA-256 of every byte of ``file``."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_digests(store: Path | None) -> dict[str, list]:
+    try:
+        return json.loads(store.read_text()) if store is not None else {}
+    except (OSError, ValueError):
+        return {}

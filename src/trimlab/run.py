@@ -35,7 +35,7 @@ from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
-from trimlab.results.record import RECORD_FILE, RunRecord, environment, locations, now, run_id
+from trimlab.results.record import RECORD_FILE, RunRecord, environment, input_fingerprints, locations, now, run_id
 from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
@@ -60,16 +60,27 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
         with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
             return _run_alongside(cfg, rid, Path(scratch))
     folder = RunFolder(run_dir)
-    done = None if cfg.force else folder.completed()
+    inputs = input_fingerprints(locations(cfg))
+    done = None if cfg.force else _reusable(folder, inputs)
     if done is None:
         preflight(cfg)
         built = _build(cfg)
         with folder.own():
-            done = None if cfg.force else folder.completed()  # another process may have finished it meanwhile
+            done = None if cfg.force else _reusable(folder, inputs)  # another process may have finished it meanwhile
             if done is None:
                 return _run_owned(cfg, rid, folder, *built)
     log.info("run %s already completed (%s); skipping. Pass force=true to run it again.", rid, run_dir / RECORD_FILE)
     print_summary(done)
+    return done
+
+
+def _reusable(folder: RunFolder, inputs: dict[str, str]) -> RunRecord | None:
+    """The folder's completed record if it was computed from the same local inputs (content fingerprints) as this run."""
+    done = folder.completed()
+    if done is not None and input_fingerprints(done.locations) != inputs:
+        log.warning("run %s completed on other local weights or data (recorded %s, now %s); running it again",
+                    folder.path.name, input_fingerprints(done.locations), inputs)
+        return None
     return done
 
 
