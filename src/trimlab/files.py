@@ -12,6 +12,8 @@ A fingerprint hashes every byte it covers; each file's digest is cached by its
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import hashlib
 import json
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from trimlab.config import ConfigError
 
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
 CHUNK = 2**22
 FINGERPRINT_CACHE = "fingerprints"
 """Folder, under a cache folder, of the digests :func:`fingerprint` has computed."""
@@ -76,6 +79,24 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or file system cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

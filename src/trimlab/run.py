@@ -3,7 +3,8 @@
 compose → validate → build model, data, method → dense model (fine-tuned, cached
 by config hash) → measure → method → measure the result in the same process →
 ``record.json``, both models' test predictions (``predictions.npz``) and the
-compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B).
+compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B),
+written into a staging folder that becomes the run folder when the run completes.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     """Run one experiment; a completed run with the same config is returned without rerunning.
 
     The run folder is owned for the whole run (a second process on the same
-    config is refused); a forced rerun keeps the completed record until it
-    completes itself (see :mod:`trimlab.results.run_folder`). SIGTERM and SIGINT
+    config is refused); every attempt writes its files into a staging folder
+    that replaces the run folder only when it completes, so a forced rerun
+    keeps the completed result until it completes itself (see
+    :mod:`trimlab.results.run_folder`). SIGTERM and SIGINT
     record ``interrupted`` and raise :class:`~trimlab.interrupt.RunInterrupted`.
     Under DDP the other processes run this too, taking part in each fit and
     evaluation but writing only to a scratch folder (see :mod:`trimlab.distributed`).
@@ -119,13 +122,14 @@ def _run_owned(cfg: DictConfig, rid: str, folder: RunFolder, model: nn.Module, d
     tracker = Tracker(None)
     with signals_raise():
         try:
-            tracker = open_tracker(cfg, rid, folder.path)
+            tracker = open_tracker(cfg, rid, folder.staging)
             record.wandb_run_id = tracker.run_id
-            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.path, enter)
+            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.staging, enter)
             record.status, record.stage = "completed", ""
             record.finished_at = now()
+            tracker.log_record(record, folder.staging)
+            tracker.finish("success")  # its files are closed before they move with the staging folder
             folder.finish(record)
-            tracker.log_record(record, folder.path)
         except RunInterrupted as err:
             record.status, record.error = "interrupted", f"{err} during {record.stage or 'start-up'}"
             record.finished_at = now()

@@ -30,7 +30,8 @@ from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
 from trimlab.results.predictions import Predictions, load_predictions
-from trimlab.results.record import RunRecord
+from trimlab.results.record import RECORD_FILE, RunRecord
+from trimlab.results.run_folder import completed_folder
 from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
@@ -243,7 +244,7 @@ def _list_runs(runs_dir: Path) -> int:
     if not runs_dir.is_dir():
         print(f"trimlab-table: no runs folder at {runs_dir}; run `trimlab` first or pass --runs", file=sys.stderr)
         return 2
-    found = scan(runs_dir)
+    found = _scan(runs_dir)
     _report(found)
     print(markdown(found.completed, load_predictions(found.completed, found.folders)) if found.completed else f"no completed runs under {runs_dir}")
     return 0
@@ -282,9 +283,16 @@ def _records(args: argparse.Namespace) -> tuple[dict[str, RunRecord], dict[str, 
         return {r.run_id: r for r in collect_wandb(args.wandb)}, {}
     if not args.runs.is_dir():
         return {}, {}
-    found = scan(args.runs)
+    found = _scan(args.runs)
     _report(found)
     return {r.run_id: r for r in found.completed}, load_predictions(found.completed, found.folders)
+
+
+def _scan(runs_dir: Path) -> Scan:
+    """The runs under ``runs_dir``; a single run folder given as ``--runs`` must hold a completed run."""
+    if (runs_dir / RECORD_FILE).exists():
+        completed_folder(runs_dir)
+    return scan(runs_dir)
 
 
 def _report(found: Scan) -> None:
