@@ -146,6 +146,7 @@ def test_a_completed_attempt_replaces_the_run_folder_whole(tmp_path: Path, monke
         assert (path / "model.txt").read_text() == "old"  # nothing of the attempt in the run folder before it completes
         folder.finish(attempt)
         assert owned(path)  # the lock is beside the folder: the swap does not take it away
+        folder.finish(record("interrupted"))  # a signal that arrives once the attempt is in place changes nothing
     assert read_record(path / RECORD_FILE).compressed["metric"] == 0.7 and (path / "model.txt").read_text() == "new"
     assert not (path / "plot.png").exists() and not (path / ATTEMPT_FILE).exists()  # nothing left of the replaced attempt
     assert history(path) == ["2026-12-01T10-00-00+00-00-completed.json"]

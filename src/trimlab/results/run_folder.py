@@ -62,13 +62,14 @@ class RunBusy(ConfigError):
 
 
 class RunFolder:
-    """The folder of one run id; :meth:`own` it before writing anything, write the attempt's files into :attr:`staging`."""
+    """The folder of one run id; :meth:`own` it before writing anything; an attempt's files go to :attr:`staging`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.staging = attempts_dir(path) / STAGING_DIR
         self._owner: IO[str] | None = None
         self._record_name = RECORD_FILE
+        self._swapped = False
 
     def completed(self) -> RunRecord | None:
         """The folder's completed record, if it has one."""
@@ -103,6 +104,7 @@ class RunFolder:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()} ({' '.join(sys.argv)[:300]})")
         handle.flush()
         self._owner = handle
+        self._swapped = False
         self._recover()
         self.path.mkdir(parents=True, exist_ok=True)
         self._file_away_earlier_attempts()
@@ -121,13 +123,16 @@ class RunFolder:
             self._owner = None
 
     def write(self, record: RunRecord) -> Path:
-        """Write this attempt's record: ``record.json``, or ``attempt.json`` while a completed record is kept."""
+        """Write this attempt's record: ``record.json``, or ``attempt.json`` while a completed record is kept.
+        Once the attempt has completed and replaced the folder, its record stays (a late signal changes nothing)."""
+        if self._swapped:
+            return self.path / RECORD_FILE
         return write_record(self.path, record, self._record_name)
 
     def finish(self, record: RunRecord) -> Path:
         """Write the attempt's last record. A completed attempt's staging folder, with this record, replaces the run
         folder in one step; the completed record it replaces goes to history. Any other keeps the last completed one."""
-        if record.status != "completed":
+        if record.status != "completed" or self._swapped:
             return self.write(record)
         write_record(self.staging, record)
         with signals_deferred():
@@ -141,9 +146,9 @@ class RunFolder:
                 replaced = attempts_dir(self.path) / ASIDE_DIR
                 os.replace(self.path, replaced)
                 os.replace(self.staging, self.path)
+            self._swapped = True
             self._carry_over(replaced)
             shutil.rmtree(replaced)
-        self._record_name = RECORD_FILE
         return self.path / RECORD_FILE
 
     def _recover(self) -> None:
@@ -213,7 +218,7 @@ def _stamp(started_at: str) -> str:
 
 
 def completed_folder(run_dir: Path) -> RunRecord:
-    """The record of a run folder whose files may be read: one that says ``completed`` (anything else is refused, naming the fix)."""
+    """The record of a run folder whose files may be read: it says ``completed`` (anything else is refused)."""
     record = read_record(run_dir / RECORD_FILE)
     status = effective_status(record, run_dir)
     if status != "completed":
