@@ -15,6 +15,8 @@ from trimlab.config import ConfigError
 from trimlab.results.collect import collect
 from trimlab.results.record import RECORD_FILE, RunRecord, locations, read_record, run_id, write_record
 from trimlab.files import fingerprint
+from trimlab.models.build import build_model
+from trimlab.models.text import hub_commit
 from trimlab.results.run_folder import RunFolder
 from trimlab.results.table import main as table_main, markdown
 from trimlab.run import _reusable, run
@@ -43,6 +45,7 @@ def test_a_key_added_later_keeps_finished_runs_ids_at_its_neutral_value(compose_
     before = OmegaConf.to_container(cfg, resolve=True)
     del before["trainer"]["num_nodes"]  # a config from before trainer.num_nodes existed
     del before["model"]["packed"]  # ... and before model.packed
+    before["model"].pop("revision", None)  # ... and before model.revision (text models)
     assert run_id(cfg) == run_id(OmegaConf.create(before))
     assert run_id(compose_cfg("trainer.num_nodes=2")) != run_id(cfg)
     assert run_id(compose_cfg("model.packed=false")) != run_id(cfg)  # timed on another layout
@@ -135,6 +138,8 @@ def test_a_large_file_changed_in_place_at_the_same_size_changes_the_fingerprint(
     data = bytearray(range(256)) * 2**14  # 4 MiB: well past what a name-and-size fingerprint would read
     path.write_bytes(data)
     before = fingerprint(path, tmp_path / "cache")
+    shutil.copy(path, tmp_path / "renamed.bin")
+    assert fingerprint(tmp_path / "renamed.bin") == before  # a state-dict file: its bytes, not its name
     data[3 * 2**20] ^= 1
     path.write_bytes(data)
     assert fingerprint(path, tmp_path / "cache") != before
@@ -142,6 +147,8 @@ def test_a_large_file_changed_in_place_at_the_same_size_changes_the_fingerprint(
 
 def test_fingerprints_are_cached_until_a_file_changes(tmp_path, monkeypatch):
     folder = weights_folder(tmp_path / "w", 768)
+    for file in folder.iterdir():
+        os.utime(file, ns=(10**18, 10**18))  # written long ago (a file written just now may change in the same mtime tick)
     cache = tmp_path / "cache"
     read = []
     real = files.file_digest
@@ -176,3 +183,50 @@ def test_two_local_data_folders_give_two_runs_with_their_own_metrics(compose_cfg
     # an untrained head predicts the same labels on the same sentences: flipping every label flips the accuracy
     assert second.compressed["metric"] == pytest.approx(1 - first.compressed["metric"])
     assert second.locations["dataset.data_dir"]["path"] == str(b.resolve())
+
+
+def test_a_hub_revision_pins_the_weights_and_the_id(compose_cfg, monkeypatch):
+    hub = compose_cfg("model=bert_base")
+    assert run_id(compose_cfg("model=bert_base", "model.revision=")) == run_id(hub)  # the default keeps every id
+    assert run_id(compose_cfg("model=bert_base", "model.revision=v1.0")) != run_id(hub)
+    asked = []
+
+    def hf_call(load, source, **kwargs):
+        asked.append(kwargs.get("revision"))
+        raise ConfigError("offline")
+
+    monkeypatch.setattr("trimlab.models.text._hf_call", hf_call)
+    with pytest.raises(ConfigError, match="offline"):
+        build_model(compose_cfg("model=bert_base", "model.revision=0123abc").model, num_labels=2)
+    assert asked == ["0123abc"]  # from_pretrained(..., revision=...)
+
+
+def test_the_record_names_the_hub_commit_loaded(tmp_path, monkeypatch):
+    commit = "4f" * 20
+    repo = tmp_path / "hub" / "models--org--tiny-bert"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_commit("org/tiny-bert") == commit  # the default branch, as cached
+    assert hub_commit("org/tiny-bert", commit) == commit
+    assert hub_commit("org/not-cached") == "" and hub_commit(str(tmp_path)) == ""  # unknown, or a local folder
+
+
+def test_the_dense_checkpoint_cache_is_keyed_by_the_content_of_local_data(compose_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from trimlab.checkpoints import dense_checkpoint_path
+
+    data = glue_folder(tmp_path / "glue")
+    cfg = compose_cfg("dataset=sst2", f"dataset.data_dir={data}")
+    before = dense_checkpoint_path(cfg)
+    flipped = tmp_path / "flipped"
+    glue_folder(flipped, flip=True)
+    for name in ("train.csv", "dev.csv"):  # the same folder, its labels flipped in place
+        (data / name).write_bytes((flipped / name).read_bytes())
+    assert dense_checkpoint_path(cfg) != before  # never the weights fine-tuned on the old labels
+    old = OmegaConf.to_container(compose_cfg(), resolve=True)
+    del old["model"]["revision"]  # a config from before model.revision: its cached weights are still found
+    assert dense_checkpoint_path(OmegaConf.create(old)) == dense_checkpoint_path(compose_cfg())

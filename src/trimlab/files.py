@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ from trimlab.config import ConfigError
 
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
 CHUNK = 2**22
+RACY_NS = 2 * 10**9
+"""A file modified this recently may change again within the same mtime tick: its digest is not cached."""
 FINGERPRINT_CACHE = "fingerprints"
 """Folder, under a cache folder, of the digests :func:`fingerprint` has computed."""
 
@@ -82,7 +85,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
 
 
 def exchange(a: Path, b: Path) -> bool:
-    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or file system cannot."""
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or disk cannot."""
     renameat2 = getattr(_libc(), "renameat2", None)
     if renameat2 is None:
         return False
@@ -128,28 +131,31 @@ def check_free_space(folder: Path, needed: int, key: str) -> None:
 
 
 def fingerprint(path: Path, cache: Path | None = None) -> str:
-    """A short hash of the content of a file or folder: every file's relative name and every byte of it.
+    """A short hash of the content of a file, or of a folder: every file's relative name and every byte of it.
 
     Where it lies is left out (a copy elsewhere has the same fingerprint). The
     digest of each file is kept in ``cache/fingerprints`` (one small JSON file
     per fingerprinted path) with the file's size, mtime and inode, so an
     unchanged file is not read again; a file changed in place gets a new mtime
-    (or size), so its stale digest is never used.
+    (or size), so its stale digest is never used (a file changed in the last
+    two seconds is not cached: a second change could keep its mtime).
     """
     root = Path(path).expanduser().resolve()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    store = cache / FINGERPRINT_CACHE / f"{hashlib.sha1(str(root).encode()).hexdigest()}.json" if cache is not None else None
+    store = None if cache is None else cache / FINGERPRINT_CACHE / f"{hashlib.sha1(bytes(root)).hexdigest()}.json"
     known = _read_digests(store)
     digests = {}
     for file in files:
-        name = file.name if file == root else file.relative_to(root).as_posix()
+        name = "" if file == root else file.relative_to(root).as_posix()  # a single file: its bytes alone
         stat = file.stat()
         key = [stat.st_size, stat.st_mtime_ns, stat.st_dev, stat.st_ino]
         entry = known.get(name)
         digests[name] = entry if entry is not None and entry[:-1] == key else [*key, file_digest(file)]
-    if store is not None and digests != known:
+    settled = time.time_ns() - RACY_NS
+    kept = {name: entry for name, entry in digests.items() if entry[1] < settled}
+    if store is not None and kept != known:
         try:
-            atomic_write_text(store, json.dumps(digests))
+            atomic_write_text(store, json.dumps(kept))
         except OSError:  # a cache that cannot be written costs time, not correctness
             pass
     digest = hashlib.sha256()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
-from trimlab.config import Budget, ConfigError, validate
+from trimlab.config import Budget, ConfigError, model_kind, validate
 from trimlab.data import build_datamodule
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
@@ -35,6 +35,7 @@ from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method
 from trimlab.models.build import build_model
+from trimlab.models.text import hub_commit
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord, environment, input_fingerprints, locations, now, run_id
 from trimlab.results.run_folder import RunFolder
@@ -78,7 +79,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
 
 
 def _reusable(folder: RunFolder, inputs: dict[str, str]) -> RunRecord | None:
-    """The folder's completed record if it was computed from the same local inputs (content fingerprints) as this run."""
+    """The folder's completed record if it was computed from the same local inputs as this run."""
     done = folder.completed()
     if done is not None and input_fingerprints(done.locations) != inputs:
         log.warning("run %s completed on other local weights or data (recorded %s, now %s); running it again",
@@ -183,8 +184,16 @@ def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
         config=OmegaConf.to_container(cfg, resolve=True),
         environment=environment(),
         started_at=now(),
-        locations=locations(cfg),
+        locations=_hub_weights(cfg) | locations(cfg),
     )
+
+
+def _hub_weights(cfg: DictConfig) -> dict[str, dict[str, str]]:
+    """Which hub commit a text model's weights came from (from the local Hugging Face cache, where they were loaded)."""
+    model = cfg.model
+    if model_kind(model) != "text" or model.weights not in ("hub", "random") or Path(model.path).expanduser().exists():
+        return {}
+    return {"model.path": {"hub": model.path, "revision": hub_commit(model.path, model.get("revision", ""))}}
 
 
 def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir, enter: Callable[[str], None]) -> None:

@@ -30,7 +30,10 @@ RECORD_FILE = "record.json"
 IGNORED_FOR_ID = ("paths", "logger", "force", "hydra")
 """Top-level keys that do not change what a run computes."""
 IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
-NEUTRAL_FOR_ID = {"trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1}, "model": {"packed": True}}
+NEUTRAL_FOR_ID = {
+    "trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1},
+    "model": {"packed": True, "revision": ""},
+}
 """Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
 
 
@@ -129,7 +132,8 @@ class RunRecord:
     stage: str = ""
     """The stage the run was in when this record was written (``finetune``, ``method``, ...): where it stopped."""
     locations: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Local weights and data read: path (not part of the id) and content fingerprint (part of it) of each."""
+    """Local weights and data read: path (not part of the id) and content fingerprint (part of it) of each;
+    for hub weights, the hub id and the commit loaded (``{"hub": ..., "revision": ...}``)."""
     wandb_run_id: str = ""
     """The W&B run's own id: trimlab's run id, except where a ``wandb agent`` chose it."""
 
