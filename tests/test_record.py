@@ -230,3 +230,23 @@ def test_the_dense_checkpoint_cache_is_keyed_by_the_content_of_local_data(compos
     old = OmegaConf.to_container(compose_cfg(), resolve=True)
     del old["model"]["revision"]  # a config from before model.revision: its cached weights are still found
     assert dense_checkpoint_path(OmegaConf.create(old)) == dense_checkpoint_path(compose_cfg())
+
+
+def test_a_paper_table_finds_runs_on_a_local_copy_given_with_with(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data, copy = glue_folder(tmp_path / "glue"), tmp_path / "elsewhere"
+    shutil.copytree(data, copy)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("runs:\n  common: [dataset=sst2, method=dense, budget=none]\n  methods:\n    dense: []\n"
+                    "table: {rows: [model], columns: [dense]}\n")
+    seen = []
+    monkeypatch.setattr("trimlab.results.table.aggregate", lambda spec, ids, *rest: seen.append(ids) or [])
+    monkeypatch.setattr("trimlab.results.table.spec_markdown", lambda spec, results: "")
+    monkeypatch.setattr("trimlab.results.plot.pareto_plot", lambda *a: None)
+    table = [str(spec), "--block", "runs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]
+    for extra in ([], ["--with", f"dataset.data_dir={data}"], ["--with", f"dataset.data_dir={copy}"]):
+        assert table_main([*table, *extra]) == 0
+    hub, local, elsewhere = (next(iter(ids.items())) for ids in seen)
+    assert local[1] != hub[1] and local[1] == elsewhere[1]  # the user's data, wherever it lies
+    (cell, seed), _ = local
+    assert cell.overrides[-1] == f"dataset.data_dir={data}"  # so --run-missing runs on it too

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import math
 import subprocess
@@ -220,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  trimlab-table                                   # every completed run under outputs/runs\n"
         "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
         "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
-        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table",
+        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table\n"
+        "  trimlab-table experiments/pwlq2020.yaml --block runs --with dataset.path=/data/imagenet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
@@ -230,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to average (default: the spec's `seeds`, else 0)")
     parser.add_argument("--out", type=Path, help="where table.md/.tex/.csv and pareto.png/.svg go (default: outputs/tables/<spec>-<block>)")
     parser.add_argument("--run-missing", action="store_true", help="run the missing runs first (needs --runs <output_dir>/runs)")
+    parser.add_argument(
+        "--with", dest="with_overrides", metavar="KEY=VALUE", action="append", default=[],
+        help="an override added to every run of the spec, e.g. where your data lie: --with dataset.path=/data/imagenet "
+        "(run ids cover the content of local weights and data, so the spec finds runs made on them only so)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.spec is None:
@@ -254,6 +261,7 @@ def _paper_table(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.block or default_block(args.spec))
     if args.seeds:
         spec.seeds = args.seeds
+    spec.cells = [dataclasses.replace(c, overrides=(*c.overrides, *args.with_overrides)) for c in spec.cells]
     if args.run_missing and (args.wandb or args.runs.name != "runs"):
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
     run_ids = trimlab_run_ids(spec)
