@@ -1,8 +1,9 @@
 """Cached weights: where a dense (or a training method's) model of a config lives, and safe save/load.
 
 The key is a hash of what shaped the weights (model, training data, recipe,
-seed, and the content of local weights and data), so every method on the same model and dataset starts from the same
-dense checkpoint and a rerun never trains twice.
+seed, and the content of local weights and data), so every method on the same
+model and dataset starts from the same dense checkpoint and a rerun never
+trains twice.
 """
 
 from __future__ import annotations
