@@ -39,7 +39,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
 
 
 def only_run_dir(workdir: Path) -> Path:
-    runs = [p for p in (workdir / "outputs" / "runs").iterdir() if p.is_dir()]
+    runs = [p for p in (workdir / "outputs" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return runs[0]
 

@@ -36,7 +36,7 @@ def test_ddp_trains_in_two_processes_and_the_primary_alone_records_exact_metrics
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dirs = list((tmp_path / "runs").iterdir())
+    run_dirs = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
     assert len(run_dirs) == 1
     assert (run_dirs[0] / "train_ddp_process_1.log").is_file()  # the second process ran the same job
     record = json.loads((run_dirs[0] / "record.json").read_text())

@@ -14,14 +14,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from trimlab.config import ConfigError
+from trimlab.data import build_datamodule
+from trimlab.models.build import build_model
 from trimlab.results.collect import scan
+from trimlab.results.predictions import PREDICTIONS_FILE, read_predictions, score
 from trimlab.results.record import RECORD_FILE, read_record, run_id
 from trimlab.results.run_folder import ATTEMPT_FILE, HISTORY_DIR
 from trimlab.run import run
+from trimlab.saved_model import load_model
 
 LONG_TRAINING = ("finetune.epochs=400",)
 LONG_TIMING = ("measure.repeats=1000000",)
@@ -63,7 +69,7 @@ def wait_for_stage(process: subprocess.Popen[str], path: Path, stage: str) -> No
 
 
 def run_dir(workdir: Path) -> Path:
-    (found,) = [p for p in (workdir / "outputs" / "runs").iterdir() if p.is_dir()]
+    (found,) = [p for p in (workdir / "outputs" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return found
 
 
@@ -125,6 +131,53 @@ def test_a_killed_forced_rerun_keeps_the_completed_result(tmp_path: Path, tiny_r
     names = sorted(p.name.split("-")[-1] for p in (folder / HISTORY_DIR).glob("*.json"))
     assert names == ["completed.json", "interrupted.json"]
     assert read_record(folder / RECORD_FILE).started_at > before.started_at
+
+
+@torch.no_grad()
+def predictions_of(model: torch.nn.Module, cfg: DictConfig) -> np.ndarray:
+    """Class ids of the run's test split, in loader order, from ``model``."""
+    datamodule = build_datamodule(cfg.dataset, build_model(cfg.model, cfg.dataset.num_labels), cfg.seed)
+    datamodule.setup("fit")
+    return torch.cat([model(batch).logits.argmax(-1) for batch in datamodule.test_dataloader()]).numpy()
+
+
+KILLED_AFTER_SAVING_ITS_MODEL = """
+import os, signal, sys, torch
+import trimlab.run
+from trimlab.cli import main
+
+save = trimlab.run.save_model
+
+def save_then_die(model, *args, **kwargs):
+    with torch.no_grad():  # another model than the completed attempt's, so a mix of the two would show
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    save(model, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+trimlab.run.save_model = save_then_die
+sys.argv[0] = "trimlab"
+main()
+"""
+
+
+def test_a_forced_rerun_killed_after_saving_its_model_leaves_the_last_completed_attempt_whole(
+    tmp_path: Path, tiny_run: tuple[str, ...], compose_cfg: Callable[..., DictConfig]
+) -> None:
+    assert trimlab(tmp_path, *tiny_run).returncode == 0
+    folder = run_dir(tmp_path)
+    before = read_record(folder / RECORD_FILE)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_SAVING_ITS_MODEL, *tiny_run, "force=true"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    record = read_record(folder / RECORD_FILE)
+    assert record.status == "completed" and record.started_at == before.started_at
+    recorded = read_predictions(folder / PREDICTIONS_FILE)
+    preds = predictions_of(load_model(folder), compose_cfg(*tiny_run))
+    np.testing.assert_array_equal(preds, recorded.compressed)  # the model is the one the predictions came from
+    assert float(score(recorded.metric, recorded.labels, preds)) == pytest.approx(record.compressed["metric"], abs=1e-6)
+    assert read_record(folder / ATTEMPT_FILE).status == "running"  # the killed attempt's record, filed by the next one
 
 
 def test_a_second_process_on_the_same_config_is_refused_naming_the_first(tmp_path: Path, tiny_run: tuple[str, ...]) -> None:

@@ -1,4 +1,4 @@
-"""Run folders: one owner at a time, a completed record never overwritten by an attempt, every attempt kept."""
+"""Run folders: one owner at a time, one complete attempt in the folder (swapped in whole), every attempt's record kept."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from trimlab.config import ConfigError
+from trimlab.results import run_folder
 from trimlab.results.collect import scan
 from trimlab.results.record import RECORD_FILE, RunRecord, read_record, write_record
-from trimlab.results.run_folder import ATTEMPT_FILE, HISTORY_DIR, RunBusy, RunFolder, effective_status, owned
+from trimlab.results.run_folder import ATTEMPT_FILE, HISTORY_DIR, RunBusy, RunFolder, completed_folder, effective_status, owned
 from trimlab.results.table import main as table_main
 
 
@@ -110,3 +112,89 @@ def test_one_bad_record_does_not_hide_the_others(tmp_path: Path, capsys: pytest.
     assert "0.8000" in out
     assert str(tmp_path / "garbage" / RECORD_FILE) in err and "utf-8" in err  # names the file and the reason
     assert "interrupted run (left out)" in err
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one point of a swap: nothing after it runs."""
+
+
+def completed_folder_with(tmp_path: Path, model: str) -> Path:
+    folder = tmp_path / "runs" / "abc"
+    write_record(folder, record("completed", 0.9))
+    (folder / "model.txt").write_text(model)
+    (folder / "plot.png").write_text("the old attempt's plot")
+    (folder / "cli.log").write_text("Hydra's job log of the run")
+    return folder
+
+
+def stage_attempt(folder: RunFolder, model: str) -> RunRecord:
+    attempt = record("running", 0.7, started="2026-12-02T10:00:00+00:00")
+    folder.write(attempt)
+    (folder.staging / "model.txt").write_text(model)
+    attempt.status = "completed"
+    return attempt
+
+
+@pytest.mark.parametrize("one_step", [True, False], ids=["renameat2", "two-renames"])
+def test_a_completed_attempt_replaces_the_run_folder_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_step: bool) -> None:
+    if not one_step:
+        monkeypatch.setattr(run_folder, "exchange", lambda a, b: False)
+    path = completed_folder_with(tmp_path, "old")
+    with RunFolder(path).own() as folder:
+        assert folder.staging.is_dir() and not any(folder.staging.iterdir())
+        attempt = stage_attempt(folder, "new")
+        assert (path / "model.txt").read_text() == "old"  # nothing of the attempt in the run folder before it completes
+        folder.finish(attempt)
+        assert owned(path)  # the lock is beside the folder: the swap does not take it away
+        folder.finish(record("interrupted"))  # a signal that arrives once the attempt is in place changes nothing
+    assert read_record(path / RECORD_FILE).compressed["metric"] == 0.7 and (path / "model.txt").read_text() == "new"
+    assert not (path / "plot.png").exists() and not (path / ATTEMPT_FILE).exists()  # nothing left of the replaced attempt
+    assert history(path) == ["2026-12-01T10-00-00+00-00-completed.json"]
+    assert (path / "cli.log").read_text() == "Hydra's job log of the run"  # the run's log goes on in the new folder
+    assert not folder.staging.exists()
+    assert [r.run_id for r in scan(tmp_path / "runs").completed] == ["abc"]  # the attempts' folder is not a run
+
+
+def test_an_attempt_killed_before_it_completes_leaves_the_run_folder_as_it_was(tmp_path: Path) -> None:
+    path = completed_folder_with(tmp_path, "old")
+    with RunFolder(path).own() as folder:
+        stage_attempt(folder, "half-written")  # then SIGKILL: no finish
+    assert (path / "model.txt").read_text() == "old" and read_record(path / RECORD_FILE).compressed["metric"] == 0.9
+    with RunFolder(path).own() as folder:
+        assert not any(folder.staging.iterdir())  # the killed attempt's files are gone
+        assert history(path) == ["2026-12-02T10-00-00+00-00-interrupted.json"]  # its record says what happened
+    assert (path / "model.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("kill_at", ["between the renames", "before history moves"])
+def test_a_swap_cut_short_is_completed_by_the_next_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: str) -> None:
+    path = completed_folder_with(tmp_path, "old")
+    folder = RunFolder(path)
+    if kill_at == "between the renames":
+        monkeypatch.setattr(run_folder, "exchange", lambda a, b: False)
+        real = os.replace
+
+        def replace(src, dst):
+            if Path(src) == folder.staging:
+                raise Killed
+            real(src, dst)
+
+        monkeypatch.setattr(run_folder.os, "replace", replace)
+    else:
+        monkeypatch.setattr(RunFolder, "_carry_over", lambda self, replaced: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed), folder.own():
+        folder.finish(stage_attempt(folder, "new"))
+    monkeypatch.undo()
+    with RunFolder(path).own():
+        pass
+    assert read_record(path / RECORD_FILE).compressed["metric"] == 0.7 and (path / "model.txt").read_text() == "new"
+    assert history(path) == ["2026-12-01T10-00-00+00-00-completed.json"]  # no record lost
+    assert not (path.parent / ".attempts" / "abc" / "aside").exists()
+
+
+def test_only_a_completed_folder_may_be_read(tmp_path: Path) -> None:
+    write_record(tmp_path, record("failed"))
+    with pytest.raises(ConfigError, match=r"status is failed, so its files are no result to read; run the same command again"):
+        completed_folder(tmp_path)
+    write_record(tmp_path, record("completed"))
+    assert completed_folder(tmp_path).status == "completed"

@@ -14,7 +14,10 @@ from trimlab.config import ConfigError
 from trimlab.data import build_datamodule
 from trimlab.models.build import build_model
 from trimlab.results.predictions import read_predictions, score
-from trimlab.results.record import RunRecord
+from trimlab.export import main as export_main
+from trimlab.results.record import RunRecord, write_record
+from trimlab.results.run_folder import RunFolder
+from trimlab.results.table import main as table_main
 from trimlab.run import run
 from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens, topk_keep_rates
 from trimlab.methods.mait.masks import install_masks, locality_mask, masked_heads_of
@@ -195,4 +198,24 @@ def test_missing_or_corrupt_model_is_a_clear_error(compose_cfg, tmp_path: Path) 
     (folder / MODEL_DIR / STRUCTURE_FILE).unlink()
     (folder / MODEL_DIR).rmdir()
     with pytest.raises(ConfigError, match=r"has no saved model.*force=true"):
+        load_model(folder)
+
+
+def test_a_run_folder_that_is_not_completed_is_refused_by_every_reader(compose_cfg, capsys: pytest.CaptureFixture[str]) -> None:
+    record = run(compose_cfg(*CNN, "method=dense", "budget=none"))
+    folder = run_folder(record)
+    record.status = "failed"
+    write_record(folder, record)
+    for read in (lambda: load_model(folder), lambda: load_model(folder / MODEL_DIR), lambda: load_model(record.run_id, runs=folder.parent)):
+        with pytest.raises(ConfigError, match=r"status is failed, so its files are no result to read; run the same command again"):
+            read()
+    assert export_main([str(folder), "--format", "torchscript"]) == 2
+    assert table_main(["--runs", str(folder)]) == 2
+    assert capsys.readouterr().err.count("status is failed") == 2
+    record.status = "running"
+    with RunFolder(folder).own():  # a live process runs it
+        write_record(folder, record)
+        with pytest.raises(ConfigError, match=r"status is running, .*wait for it to finish"):
+            load_model(folder)
+    with pytest.raises(ConfigError, match=r"status is interrupted"):  # its process is gone
         load_model(folder)

@@ -1,8 +1,9 @@
 """Cached weights: where a dense (or a training method's) model of a config lives, and safe save/load.
 
 The key is a hash of what shaped the weights (model, training data, recipe,
-seed), so every method on the same model and dataset starts from the same
-dense checkpoint and a rerun never trains twice.
+seed, and the content of local weights and data), so every method on the same
+model and dataset starts from the same dense checkpoint and a rerun never
+trains twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from trimlab.config import ConfigError, process_count
 from trimlab.files import atomic_path
-from trimlab.results.record import config_hash
+from trimlab.results.record import config_hash, input_fingerprints, locations
 
 DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
 """Dataset keys that change evaluation only, not the trained weights."""
@@ -43,6 +44,10 @@ def trained_checkpoint_path(cfg: DictConfig, run_time_keys: tuple[str, ...]) -> 
 def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
     dataset = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_KEYS_NOT_IN_TRAINING}
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in MODEL_KEYS_NOT_IN_TRAINING}
+    if not model.get("revision", True):  # the default branch: keys as before model.revision existed
+        del model["revision"]
+    groups = ("model", "dataset", "method") if "method" in extra else ("model", "dataset")
+    inputs = {k: v for k, v in input_fingerprints(locations(cfg)).items() if k.split(".")[0] in groups}
     processes = process_count(cfg.trainer)
     key = config_hash(
         {
@@ -53,6 +58,7 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
             "precision": cfg.trainer.precision,
             "limit_train_batches": cfg.trainer.limit_train_batches,
             **({"processes": processes} if processes > 1 else {}),  # DDP trains on larger global batches
+            **({"inputs": inputs} if inputs else {}),  # local weights or data changed in place: another key
             **extra,
         }
     )

@@ -82,6 +82,9 @@ class TextModelConfig:
     Face id or local folder in ``path``) or ``random`` (architecture from ``path``'s config, random init)."""
     path: str = ""
     """Hub id or local folder; for ``embedded``, the package that ships the folder; for ``registry``, the folder's name."""
+    revision: str = ""
+    """For a hub id (``hub``/``random``): the branch, tag or commit to load, which pins the weights (and the run id);
+    empty = the hub's default branch. The record names the commit used (``locations``)."""
     max_length: int = at_least(1, 128)
     """Tokenizer truncation length."""
     hidden_dropout: float = fraction(0.1, high_open=True)

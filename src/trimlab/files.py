@@ -6,23 +6,33 @@ mode follows the umask, as a plain ``open`` would (``mkstemp`` alone gives
 Writability and free space are checked before the expensive work, so a
 read-only folder or a full disk fails in seconds, not after an hour of
 fine-tuning.
+A fingerprint hashes every byte it covers; each file's digest is cached by its
+(path, size, mtime, inode), so large weights are read once, not on every run.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from trimlab.config import ConfigError
 
-SMALL_FILE = 2**20
-"""Files up to this size enter a fingerprint by content; larger ones by name and size."""
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+CHUNK = 2**22
+RACY_NS = 2 * 10**9
+"""A file modified this recently may change again within the same mtime tick: its digest is not cached."""
+FINGERPRINT_CACHE = "fingerprints"
+"""Folder, under a cache folder, of the digests :func:`fingerprint` has computed."""
 
 
 @functools.cache
@@ -74,6 +84,24 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         raise
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or disk cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, flushed to disk before the rename."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -102,17 +130,51 @@ def check_free_space(folder: Path, needed: int, key: str) -> None:
         )
 
 
-def fingerprint(path: Path) -> str:
-    """A short hash of a file or folder: every file's relative name and size, and the content of the small ones.
+def fingerprint(path: Path, cache: Path | None = None) -> str:
+    """A short hash of the content of a file, or of a folder: every file's relative name and every byte of it.
 
-    Cheap enough for a 100 GB image folder, yet it tells two copies of different
-    weights or data apart (their configs, vocabularies and sizes differ).
+    Where it lies is left out (a copy elsewhere has the same fingerprint). The
+    digest of each file is kept in ``cache/fingerprints`` (one small JSON file
+    per fingerprinted path) with the file's size, mtime and inode, so an
+    unchanged file is not read again; a file changed in place gets a new mtime
+    (or size), so its stale digest is never used (a file changed in the last
+    two seconds is not cached: a second change could keep its mtime).
     """
-    digest = hashlib.sha1()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    root = Path(path).expanduser().resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    store = None if cache is None else cache / FINGERPRINT_CACHE / f"{hashlib.sha1(bytes(root)).hexdigest()}.json"
+    known = _read_digests(store)
+    digests = {}
     for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\0{size}\0".encode())
-        if size <= SMALL_FILE:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]
+        name = "" if file == root else file.relative_to(root).as_posix()  # a single file: its bytes alone
+        stat = file.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_dev, stat.st_ino]
+        entry = known.get(name)
+        digests[name] = entry if entry is not None and entry[:-1] == key else [*key, file_digest(file)]
+    settled = time.time_ns() - RACY_NS
+    kept = {name: entry for name, entry in digests.items() if entry[1] < settled}
+    if store is not None and kept != known:
+        try:
+            atomic_write_text(store, json.dumps(kept))
+        except OSError:  # a cache that cannot be written costs time, not correctness
+            pass
+    digest = hashlib.sha256()
+    for name, entry in digests.items():
+        digest.update(f"{name}\0{entry[-1]}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(file: Path) -> str:
+    """SHA-256 of every byte of ``file``."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_digests(store: Path | None) -> dict[str, list]:
+    try:
+        return json.loads(store.read_text()) if store is not None else {}
+    except (OSError, ValueError):
+        return {}

@@ -3,7 +3,8 @@
 compose → validate → build model, data, method → dense model (fine-tuned, cached
 by config hash) → measure → method → measure the result in the same process →
 ``record.json``, both models' test predictions (``predictions.npz``) and the
-compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B).
+compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B),
+written into a staging folder that becomes the run folder when the run completes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
-from trimlab.config import Budget, ConfigError, validate
+from trimlab.config import Budget, ConfigError, model_kind, validate
 from trimlab.data import build_datamodule
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
@@ -34,8 +35,9 @@ from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method, method_label
 from trimlab.models.build import build_model
+from trimlab.models.text import hub_commit
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
-from trimlab.results.record import RECORD_FILE, RunRecord, environment, locations, now, run_id
+from trimlab.results.record import RECORD_FILE, RunRecord, environment, input_fingerprints, locations, now, run_id
 from trimlab.results.run_folder import RunFolder
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
@@ -47,8 +49,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     """Run one experiment; a completed run with the same config is returned without rerunning.
 
     The run folder is owned for the whole run (a second process on the same
-    config is refused); a forced rerun keeps the completed record until it
-    completes itself (see :mod:`trimlab.results.run_folder`). SIGTERM and SIGINT
+    config is refused); every attempt writes its files into a staging folder
+    that replaces the run folder only when it completes, so a forced rerun
+    keeps the completed result until it completes itself (see
+    :mod:`trimlab.results.run_folder`). SIGTERM and SIGINT
     record ``interrupted`` and raise :class:`~trimlab.interrupt.RunInterrupted`.
     Under DDP the other processes run this too, taking part in each fit and
     evaluation but writing only to a scratch folder (see :mod:`trimlab.distributed`).
@@ -60,16 +64,27 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
         with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
             return _run_alongside(cfg, rid, Path(scratch))
     folder = RunFolder(run_dir)
-    done = None if cfg.force else folder.completed()
+    inputs = input_fingerprints(locations(cfg))
+    done = None if cfg.force else _reusable(folder, inputs)
     if done is None:
         preflight(cfg)
         built = _build(cfg)
         with folder.own():
-            done = None if cfg.force else folder.completed()  # another process may have finished it meanwhile
+            done = None if cfg.force else _reusable(folder, inputs)  # another process may have finished it meanwhile
             if done is None:
                 return _run_owned(cfg, rid, folder, *built)
     log.info("run %s already completed (%s); skipping. Pass force=true to run it again.", rid, run_dir / RECORD_FILE)
     print_summary(done)
+    return done
+
+
+def _reusable(folder: RunFolder, inputs: dict[str, str]) -> RunRecord | None:
+    """The folder's completed record if it was computed from the same local inputs as this run."""
+    done = folder.completed()
+    if done is not None and input_fingerprints(done.locations) != inputs:
+        log.warning("run %s completed on other local weights or data (recorded %s, now %s); running it again",
+                    folder.path.name, input_fingerprints(done.locations), inputs)
+        return None
     return done
 
 
@@ -108,13 +123,14 @@ def _run_owned(cfg: DictConfig, rid: str, folder: RunFolder, model: nn.Module, d
     tracker = Tracker(None)
     with signals_raise():
         try:
-            tracker = open_tracker(cfg, rid, folder.path)
+            tracker = open_tracker(cfg, rid, folder.staging)
             record.wandb_run_id = tracker.run_id
-            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.path, enter)
+            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.staging, enter)
             record.status, record.stage = "completed", ""
             record.finished_at = now()
+            tracker.log_record(record, folder.staging)
+            tracker.finish("success")  # its files are closed before they move with the staging folder
             folder.finish(record)
-            tracker.log_record(record, folder.path)
         except RunInterrupted as err:
             record.status, record.error = "interrupted", f"{err} during {record.stage or 'start-up'}"
             record.finished_at = now()
@@ -168,8 +184,16 @@ def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
         config=OmegaConf.to_container(cfg, resolve=True),
         environment=environment(),
         started_at=now(),
-        locations=locations(cfg),
+        locations=_hub_weights(cfg) | locations(cfg),
     )
+
+
+def _hub_weights(cfg: DictConfig) -> dict[str, dict[str, str]]:
+    """Which hub commit a text model's weights came from (from the local Hugging Face cache, where they were loaded)."""
+    model = cfg.model
+    if model_kind(model) != "text" or model.weights not in ("hub", "random") or Path(model.path).expanduser().exists():
+        return {}
+    return {"model.path": {"hub": model.path, "revision": hub_commit(model.path, model.get("revision", ""))}}
 
 
 def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir, enter: Callable[[str], None]) -> None:

@@ -39,6 +39,7 @@ from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import Encoder
 from trimlab.results.record import RECORD_FILE
+from trimlab.results.run_folder import completed_folder
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def load_model(run: str | Path, runs: str | Path | None = None) -> nn.Module:
 
     ``run`` is a run folder (holding ``record.json`` and ``model/``), a model
     folder itself, or a run id looked up under ``runs`` (default ``outputs/runs``).
+    A run folder whose record does not say ``completed`` is refused.
     """
     return read_model(model_folder(run, runs))
 
@@ -122,6 +124,8 @@ def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:
     """The ``model/`` folder of a run folder, of a run id under ``runs`` (default ``outputs/runs``), or ``run`` itself if it is one."""
     path = Path(run)
     if (path / STRUCTURE_FILE).exists():
+        if (path.parent / RECORD_FILE).exists():  # a run folder's model/: only as good as its record says
+            completed_folder(path.parent)
         return path
     if not path.is_dir():
         root = Path(runs) if runs is not None else DEFAULT_RUNS
@@ -132,6 +136,7 @@ def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:
         path = root / str(run)
     if not (path / RECORD_FILE).exists():
         raise ConfigError(f"{path} is not a run folder (no {RECORD_FILE}); pass a folder under <output_dir>/runs")
+    completed_folder(path)
     if not (path / MODEL_DIR).is_dir():
         raise ConfigError(
             f"{path} has no saved model ({path / MODEL_DIR} is missing): the run did not complete, or an older trimlab ran it; "

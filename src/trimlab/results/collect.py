@@ -31,9 +31,12 @@ class Scan:
 
 
 def scan(runs_dir: Path) -> Scan:
-    """Every ``record.json`` under ``runs_dir`` (any depth); completed ones sorted by model, dataset, method."""
+    """Every ``record.json`` under ``runs_dir`` (any depth, hidden folders such as attempts' staging left out);
+    completed ones sorted by model, dataset, method."""
     found = Scan()
     for path in sorted(runs_dir.rglob(RECORD_FILE)):
+        if any(part.startswith(".") for part in path.relative_to(runs_dir).parts):
+            continue
         try:
             record = read_record(path)
         except ConfigError as err:

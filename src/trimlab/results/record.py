@@ -1,8 +1,9 @@
 """``RunRecord``: the one local file per run that tables are built from.
 
 The run id is a short hash of the resolved config without paths and logging
-knobs, so the same experiment always lands in the same folder and a finished
-run is never done twice (dora's idea). Records are written atomically, so a
+knobs, plus the content fingerprint of every local file or folder the run reads,
+so the same experiment always lands in the same folder, a finished run is never
+done twice (dora's idea), and other weights or data never find its result. Records are written atomically, so a
 crash never leaves a half-written ``record.json``.
 """
 
@@ -29,7 +30,10 @@ RECORD_FILE = "record.json"
 IGNORED_FOR_ID = ("paths", "logger", "force", "hydra")
 """Top-level keys that do not change what a run computes."""
 IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
-NEUTRAL_FOR_ID = {"trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1}, "model": {"packed": True}}
+NEUTRAL_FOR_ID = {
+    "trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1},
+    "model": {"packed": True, "revision": ""},
+}
 """Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
 
 
@@ -40,36 +44,47 @@ def config_hash(node: Any, length: int = 10) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:length]
 
 
-LOCATION_KEYS = {"model": ("path",), "dataset": ("data_dir", "path")}
-"""Keys that may say where weights or data lie. A local file or folder there stands for what the option
-names (its packaged value, e.g. the hub id), so moving or copying weights never changes a run's id."""
+LOCATION_KEYS = ("model.path", "dataset.data_dir", "dataset.path", "method.teacher")
+"""Keys that may name a local file or folder the run reads (weights, data, a teacher checkpoint)."""
+INPUTS_KEY = "inputs"
+"""Where the content fingerprints of those files enter the id (absent when a run reads none, so such ids stay as they were)."""
 
 
 def run_id(cfg: DictConfig) -> str:
-    """The id of a run: hash of everything that changes its result (identity, not location)."""
+    """The id of a run: hash of everything that changes its result, including the content of local inputs, never their location.
+
+    A local file or folder stands for what the option names (its packaged
+    value, e.g. the hub id) plus the fingerprint of its content: the same
+    weights copied elsewhere keep the id, other weights or data get another.
+    """
     data = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_FOR_ID}
     data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
     for group, neutral in NEUTRAL_FOR_ID.items():
         data[group] = {k: v for k, v in data[group].items() if neutral.get(k, object()) != v}
-    for group, key, value in _locations(cfg):
-        data[group][key] = _packaged_value(group, cfg[group].name, key)
+    read = locations(cfg)
+    for key in read:
+        group, name = key.split(".")
+        data[group][name] = _packaged_value(group, cfg[group].name, name)
+    if read:
+        data[INPUTS_KEY] = input_fingerprints(read)
     return config_hash(data)
 
 
 def locations(cfg: DictConfig) -> dict[str, dict[str, str]]:
-    """The local files and folders a run reads (``model.path``, ...), each with its fingerprint, for the record."""
-    return {f"{group}.{key}": {"path": str(Path(value).expanduser().resolve()), "fingerprint": fingerprint(Path(value).expanduser())}
-            for group, key, value in _locations(cfg)}
+    """The local files and folders a run reads (``model.path``, ...), each with the fingerprint of its content, for the record."""
+    cache = Path(str(cfg.paths.cache_dir)).expanduser() if "paths" in cfg else None
+    found = {}
+    for key in LOCATION_KEYS:
+        value = str(OmegaConf.select(cfg, key, default="") or "")
+        if value and Path(value).expanduser().exists():  # what ``from_pretrained`` and the loaders read as a local path
+            path = Path(value).expanduser().resolve()
+            found[key] = {"path": str(path), "fingerprint": fingerprint(path, cache)}
+    return found
 
 
-def _locations(cfg: DictConfig) -> list[tuple[str, str, str]]:
-    return [(group, key, str(cfg[group][key])) for group, keys in LOCATION_KEYS.items() for key in keys
-            if key in cfg[group] and _is_local(str(cfg[group][key]))]
-
-
-def _is_local(value: str) -> bool:
-    """A path on this machine, by the rule ``from_pretrained`` follows: an existing file or folder (or one spelled as a path)."""
-    return bool(value) and (value.startswith(("/", "./", "../", "~")) or Path(value).expanduser().exists())
+def input_fingerprints(found: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Key → content fingerprint of the local inputs in ``locations`` (a completed run is reused only when they match)."""
+    return {key: entry["fingerprint"] for key, entry in found.items() if "fingerprint" in entry}
 
 
 @functools.cache
@@ -117,7 +132,8 @@ class RunRecord:
     stage: str = ""
     """The stage the run was in when this record was written (``finetune``, ``method``, ...): where it stopped."""
     locations: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Local weights and data folders read (not part of the id): path and fingerprint of each."""
+    """Local weights and data read: path (not part of the id) and content fingerprint (part of it) of each;
+    for hub weights, the hub id and the commit loaded (``{"hub": ..., "revision": ...}``)."""
     wandb_run_id: str = ""
     """The W&B run's own id: trimlab's run id, except where a ``wandb agent`` chose it."""
 

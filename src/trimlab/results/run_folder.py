@@ -1,37 +1,60 @@
-"""A run's folder: who owns it now, where this attempt's record goes, and what is kept.
+"""A run's folder: who owns it now, where an attempt writes, and how a completed attempt replaces the last one.
 
-One process owns a run folder at a time: it holds an advisory lock on
-``.owner`` (which names it: pid, host, start), and the kernel drops the lock
-when the process ends, however it ends. So a ``running`` record in a folder
-nobody owns was interrupted (SIGKILL, a full disk, a lost node), and a second
-process on the same config is refused with the owner's name instead of
-racing it.
+One process owns a run folder at a time: it holds an advisory lock on the
+``owner`` file beside the folder (``<runs>/.attempts/<id>/owner``, which names
+it: pid, host, start), and the kernel drops the lock when the process ends,
+however it ends. So a ``running`` record in a folder nobody owns was
+interrupted (SIGKILL, a full disk, a lost node), and a second process on the
+same config is refused with the owner's name instead of racing it.
 
-A completed result is never overwritten by an attempt: a forced rerun writes
-``attempt.json`` beside ``record.json`` and takes its place only when it
-completes; the earlier record then moves to ``history/``. Earlier attempts
-that did not complete move to ``history/`` too, so every attempt leaves a
-record that says what happened.
+The run folder holds one complete attempt: its record, model, predictions and
+artifacts agree. An attempt writes its files into a staging folder
+(``<runs>/.attempts/<id>/staging``) and its progress record into the run folder
+(``record.json``, or ``attempt.json`` while a completed record is kept there).
+Only when it completes does the staging folder replace the run folder, in one
+step (``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, which the next
+:meth:`RunFolder.own` completes if a crash fell between them). The replaced
+completed record moves to ``history/``, as do the records of attempts that did
+not complete, so every attempt leaves a record that says what happened;
+``history/``, Hydra's ``.hydra/`` and its job logs pass to the new folder. The
+files of an attempt that did not complete stay in its staging folder until the
+next attempt starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
 from typing import IO
 
 from trimlab.config import ConfigError
+from trimlab.files import exchange
+from trimlab.interrupt import signals_deferred
 from trimlab.results.record import RECORD_FILE, RunRecord, now, read_record, write_record
 
 log = logging.getLogger(__name__)
 
-OWNER_FILE = ".owner"
+ATTEMPTS_DIR = ".attempts"
+"""Beside the run folders: per run id, the lock file and the staging folder, which must outlive the swap."""
+OWNER_FILE = "owner"
+STAGING_DIR = "staging"
+ASIDE_DIR = "aside"
+"""Where the two-rename swap moves the replaced run folder (and where the next owner finds it after a crash)."""
 ATTEMPT_FILE = "attempt.json"
 HISTORY_DIR = "history"
+LASTING = (HISTORY_DIR, ".hydra")
+"""What a completed attempt's folder takes over from the one it replaces (and ``*.log``, Hydra's job logs)."""
+
+
+def attempts_dir(run_dir: Path) -> Path:
+    """The folder beside ``run_dir`` that holds its lock and staging folder."""
+    return run_dir.parent / ATTEMPTS_DIR / run_dir.name
 
 
 class RunBusy(ConfigError):
@@ -39,12 +62,14 @@ class RunBusy(ConfigError):
 
 
 class RunFolder:
-    """The folder of one run id; :meth:`own` it before writing anything in it."""
+    """The folder of one run id; :meth:`own` it before writing anything; an attempt's files go to :attr:`staging`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.staging = attempts_dir(path) / STAGING_DIR
         self._owner: IO[str] | None = None
         self._record_name = RECORD_FILE
+        self._swapped = False
 
     def completed(self) -> RunRecord | None:
         """The folder's completed record, if it has one."""
@@ -55,9 +80,15 @@ class RunFolder:
         return record if record.status == "completed" else None
 
     def own(self) -> RunFolder:
-        """Take the folder (``with folder.own():``), or raise :class:`RunBusy` naming the process that has it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / OWNER_FILE, "a+")
+        """Take the folder (``with folder.own():``), or raise :class:`RunBusy` naming the process that has it.
+
+        The owner finishes or undoes what a crashed attempt left (a swap cut
+        short, a staging folder), files earlier attempts' records away and
+        starts an empty staging folder.
+        """
+        lock = attempts_dir(self.path) / OWNER_FILE
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,7 +96,7 @@ class RunFolder:
             owner = handle.read().strip() or "another process"
             handle.close()
             raise RunBusy(
-                f"run {self.path.name} is being run right now by {owner} (lock {self.path / OWNER_FILE}); "
+                f"run {self.path.name} is being run right now by {owner} (lock {lock}); "
                 "wait for it to finish (a rerun then skips it), or stop that process first"
             ) from None
         handle.seek(0)
@@ -73,7 +104,11 @@ class RunFolder:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()} ({' '.join(sys.argv)[:300]})")
         handle.flush()
         self._owner = handle
+        self._swapped = False
+        self._recover()
+        self.path.mkdir(parents=True, exist_ok=True)
         self._file_away_earlier_attempts()
+        self.staging.mkdir()
         return self
 
     def __enter__(self) -> RunFolder:
@@ -81,23 +116,58 @@ class RunFolder:
 
     def __exit__(self, *exc: object) -> None:
         if self._owner is not None:
+            with contextlib.suppress(OSError):
+                self.staging.rmdir()  # only when no file was staged
             fcntl.flock(self._owner, fcntl.LOCK_UN)
             self._owner.close()
             self._owner = None
 
     def write(self, record: RunRecord) -> Path:
-        """Write this attempt's record: ``record.json``, or ``attempt.json`` while a completed record is kept."""
+        """Write this attempt's record: ``record.json``, or ``attempt.json`` while a completed record is kept.
+        Once the attempt has completed and replaced the folder, its record stays (a late signal changes nothing)."""
+        if self._swapped:
+            return self.path / RECORD_FILE
         return write_record(self.path, record, self._record_name)
 
     def finish(self, record: RunRecord) -> Path:
-        """Write the attempt's last record; a completed one becomes ``record.json``, the one it replaces goes to history."""
-        if record.status == "completed" and self._record_name != RECORD_FILE:
-            self._to_history(self.path / RECORD_FILE)
-            path = write_record(self.path, record)
-            (self.path / self._record_name).unlink(missing_ok=True)
-            self._record_name = RECORD_FILE
-            return path
-        return self.write(record)
+        """Write the attempt's last record. A completed attempt's staging folder, with this record, replaces the run
+        folder in one step; the completed record it replaces goes to history. Any other keeps the last completed one."""
+        if record.status != "completed" or self._swapped:
+            return self.write(record)
+        write_record(self.staging, record)
+        with signals_deferred():
+            kept = self.completed()
+            if kept is not None:  # copied, so that the folder stays whole until the swap
+                target = self.path / HISTORY_DIR / f"{_stamp(kept.started_at or now())}-completed.json"
+                if not target.exists():
+                    write_record(target.parent, kept, target.name)
+            replaced = self.staging
+            if not exchange(self.staging, self.path):
+                replaced = attempts_dir(self.path) / ASIDE_DIR
+                os.replace(self.path, replaced)
+                os.replace(self.staging, self.path)
+            self._swapped = True
+            self._carry_over(replaced)
+            shutil.rmtree(replaced)
+        return self.path / RECORD_FILE
+
+    def _recover(self) -> None:
+        """Complete a two-rename swap a crash cut short, keep what a crash left in the replaced folder (history, logs),
+        and remove what an attempt that did not complete left in staging."""
+        aside = attempts_dir(self.path) / ASIDE_DIR
+        if aside.exists() and not self.path.exists():  # moved aside only once the staging folder was complete
+            os.replace(self.staging if self.staging.exists() else aside, self.path)
+        for leftover in (aside, self.staging):
+            if leftover.exists():
+                self._carry_over(leftover)
+                shutil.rmtree(leftover)
+
+    def _carry_over(self, replaced: Path) -> None:
+        """Move what belongs to the run rather than to one attempt (history, Hydra's config and logs) from the replaced
+        folder into the run folder; a log still being written moves with its open file."""
+        for item in replaced.iterdir():
+            if (item.name in LASTING or item.suffix == ".log") and not (self.path / item.name).exists():
+                os.replace(item, self.path / item.name)
 
     def _file_away_earlier_attempts(self) -> None:
         """Move what earlier attempts left (not completed) to history; keep a completed record where it is."""
@@ -134,7 +204,7 @@ class RunFolder:
     def _history_path(self, stamp: str, status: str) -> Path:
         history = self.path / HISTORY_DIR
         history.mkdir(exist_ok=True)
-        name = f"{stamp.replace(':', '-')}-{status}"
+        name = f"{_stamp(stamp)}-{status}"
         target = history / f"{name}.json"
         n = 1
         while target.exists():
@@ -143,9 +213,24 @@ class RunFolder:
         return target
 
 
+def _stamp(started_at: str) -> str:
+    return started_at.replace(":", "-")
+
+
+def completed_folder(run_dir: Path) -> RunRecord:
+    """The record of a run folder whose files may be read: it says ``completed`` (anything else is refused)."""
+    record = read_record(run_dir / RECORD_FILE)
+    status = effective_status(record, run_dir)
+    if status != "completed":
+        fix = ("wait for it to finish" if status == "running"
+               else "run the same command again to resume it (or with force=true), then read it")
+        raise ConfigError(f"{run_dir}: the run's status is {status}, so its files are no result to read; {fix}")
+    return record
+
+
 def owned(run_dir: Path) -> bool:
     """True while a live process owns the folder (holds its lock)."""
-    path = run_dir / OWNER_FILE
+    path = attempts_dir(run_dir) / OWNER_FILE
     if not path.exists():
         return False
     with open(path) as handle:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import math
 import subprocess
@@ -30,7 +31,8 @@ from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
 from trimlab.results.predictions import Predictions, load_predictions
-from trimlab.results.record import RunRecord
+from trimlab.results.record import RECORD_FILE, RunRecord
+from trimlab.results.run_folder import completed_folder
 from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
@@ -219,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  trimlab-table                                   # every completed run under outputs/runs\n"
         "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
         "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
-        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table",
+        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table\n"
+        "  trimlab-table experiments/pwlq2020.yaml --block runs --with dataset.path=/data/imagenet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
@@ -229,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to average (default: the spec's `seeds`, else 0)")
     parser.add_argument("--out", type=Path, help="where table.md/.tex/.csv and pareto.png/.svg go (default: outputs/tables/<spec>-<block>)")
     parser.add_argument("--run-missing", action="store_true", help="run the missing runs first (needs --runs <output_dir>/runs)")
+    parser.add_argument(
+        "--with", dest="with_overrides", metavar="KEY=VALUE", action="append", default=[],
+        help="an override added to every run of the spec, e.g. where your data lie: --with dataset.path=/data/imagenet "
+        "(run ids cover the content of local weights and data, so the spec finds runs made on them only so)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.spec is None:
@@ -243,7 +251,7 @@ def _list_runs(runs_dir: Path) -> int:
     if not runs_dir.is_dir():
         print(f"trimlab-table: no runs folder at {runs_dir}; run `trimlab` first or pass --runs", file=sys.stderr)
         return 2
-    found = scan(runs_dir)
+    found = _scan(runs_dir)
     _report(found)
     print(markdown(found.completed, load_predictions(found.completed, found.folders)) if found.completed else f"no completed runs under {runs_dir}")
     return 0
@@ -253,6 +261,7 @@ def _paper_table(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.block or default_block(args.spec))
     if args.seeds:
         spec.seeds = args.seeds
+    spec.cells = [dataclasses.replace(c, overrides=(*c.overrides, *args.with_overrides)) for c in spec.cells]
     if args.run_missing and (args.wandb or args.runs.name != "runs"):
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
     run_ids = trimlab_run_ids(spec)
@@ -282,9 +291,16 @@ def _records(args: argparse.Namespace) -> tuple[dict[str, RunRecord], dict[str, 
         return {r.run_id: r for r in collect_wandb(args.wandb)}, {}
     if not args.runs.is_dir():
         return {}, {}
-    found = scan(args.runs)
+    found = _scan(args.runs)
     _report(found)
     return {r.run_id: r for r in found.completed}, load_predictions(found.completed, found.folders)
+
+
+def _scan(runs_dir: Path) -> Scan:
+    """The runs under ``runs_dir``; a single run folder given as ``--runs`` must hold a completed run."""
+    if (runs_dir / RECORD_FILE).exists():
+        completed_folder(runs_dir)
+    return scan(runs_dir)
 
 
 def _report(found: Scan) -> None:

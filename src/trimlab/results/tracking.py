@@ -67,10 +67,12 @@ class Tracker:
             self.logger.save()
 
     def finish(self, status: str = "success") -> None:
-        if self.logger is None:
+        """End the run once (later calls do nothing)."""
+        logger, self.logger = self.logger, None
+        if logger is None:
             return
-        self.logger.finalize(status)
-        experiment = getattr(self.logger, "_experiment", None)
+        logger.finalize(status)
+        experiment = getattr(logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.finish(exit_code=0 if status == "success" else 1)
 
