@@ -53,8 +53,17 @@ def test_fake_quantize_keeps_zero_and_is_idempotent() -> None:
     x = torch.linspace(-1.0, 3.0, 1001)
     q = fake_quantize(x, -1.0, 3.0, 8)
     assert fake_quantize(torch.zeros(1), -1.0, 3.0, 8).item() == 0.0
-    assert (q - x).abs().max() <= 4.0 / 255 / 2 + 1e-6
+    assert (q - x).abs().max() <= 6.0 / 255 / 2 + 1e-6  # the signed grid spans [−3, 3]
     torch.testing.assert_close(fake_quantize(q, -1.0, 3.0, 8), q)
+
+
+def test_fake_quantize_uses_the_reference_codes_grids() -> None:
+    """Signed range: symmetric [−m, m], m = max(−low, high), 2^b levels, codes −2^(b−1) … 2^(b−1) − 1
+    (4 bits over [−1, 3]: step 6/15 = 0.4, top code 7); a range ≥ 0: [0, high], codes 0 … 2^b − 1."""
+    signed = fake_quantize(torch.tensor([-1.1, 0.3, 3.0, -5.0]), -1.0, 3.0, 4)
+    torch.testing.assert_close(signed, torch.tensor([-3 * 0.4, 1 * 0.4, 7 * 0.4, -8 * 0.4]))
+    unsigned = fake_quantize(torch.tensor([-0.2, 0.52, 9.0]), 0.0, 1.5, 4)
+    torch.testing.assert_close(unsigned, torch.tensor([0.0, 5 * 0.1, 15 * 0.1]))
 
 
 def small_cnn() -> CnnClassifier:

@@ -91,11 +91,20 @@ def correct_output_bias(layer: nn.Module, full_precision_weight: Tensor, mean_in
 
 
 def fake_quantize(x: Tensor, low: float, high: float, bits: int) -> Tensor:
-    """Asymmetric uniform fake quantization of ``x`` to ``bits`` bits over [low, high]."""
-    low, high = min(low, 0.0), max(high, 0.0)  # zero stays exactly representable (padding, ReLU outputs)
-    step = max(high - low, 1e-12) / (2**bits - 1)
-    zero = round(-low / step)
-    return (torch.clamp(torch.round(x / step) + zero, 0, 2**bits - 1) - zero) * step
+    """Uniform fake quantization of ``x`` to ``bits`` bits over its calibrated range, as the paper's code does.
+
+    A range that never goes below zero (after a ReLU) gets the unsigned grid
+    [0, high]; any other the signed symmetric grid [−m, m], m = max(−low, high),
+    with codes −2^(b−1) … 2^(b−1) − 1. Both have 2^b levels, step (max − min) / (2^b − 1),
+    and zero exact (the reference code's ``QuantAct`` with ``uniform_symmetric_quantizer``).
+    """
+    levels = 2**bits
+    if low >= 0:
+        step = max(high, 1e-12) / (levels - 1)
+        return torch.clamp(torch.round(torch.clamp(x, 0.0, high) / step), 0, levels - 1) * step
+    bound = max(-low, high)
+    step = 2 * bound / (levels - 1)
+    return torch.clamp(torch.round(torch.clamp(x, -bound, bound) / step), -levels // 2, levels // 2 - 1) * step
 
 
 @torch.no_grad()
