@@ -36,6 +36,13 @@ from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, r
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
 UNDECIDED = "≈"
 """Marks a cell whose compressed − dense interval includes 0."""
+EXIT_CODES = (
+    "exit codes:\n"
+    "  0    the table was printed and written\n"
+    "  1    --run-missing: a run failed (each is listed; its record.json says why)\n"
+    "  2    a usage or input error: a bad argument, a spec or record that cannot be read (one line says which)\n"
+    "  130  interrupted (Ctrl+C; 128 + the signal's number, e.g. 143 for SIGTERM, when a run was stopped)"
+)
 LEGEND = f"{UNDECIDED}: the 95% paired-bootstrap interval of compressed − dense (same test examples) includes 0: no difference shown."
 
 
@@ -198,16 +205,31 @@ def command(result: CellResult, seed: int) -> str:
     return "trimlab " + " ".join(_quote(o) for o in run_overrides(result.cell, seed))
 
 
-def run_missing(results: list[CellResult], output_dir: Path) -> int:
-    """Run every missing (cell, seed) one after another; a failing run is reported and the rest go on. Returns the failures."""
-    failures = 0
+def run_missing(results: list[CellResult], output_dir: Path) -> list[tuple[CellResult, int]]:
+    """Run every missing (cell, seed) one after another; a failing run is reported and the rest go on.
+
+    Returns the (cell, seed) pairs whose run failed. A run stopped by a signal stops the rest:
+    :class:`RunStopped` carries its exit code.
+    """
+    failed = []
     todo = [(r, seed) for r in results for seed in r.missing_seeds]
     for i, (result, seed) in enumerate(todo, 1):
         overrides = [*run_overrides(result.cell, seed), f"paths.output_dir={output_dir}"]
         print(f"[{i}/{len(todo)}] trimlab {' '.join(overrides)}", file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, "-m", "trimlab.cli", *overrides], check=False)
-        failures += done.returncode != 0
-    return failures
+        if done.returncode < 0 or done.returncode > 128:  # killed by a signal (< 0), or exited 128 + its number
+            raise RunStopped(128 - done.returncode if done.returncode < 0 else done.returncode)
+        if done.returncode != 0:
+            failed.append((result, seed))
+    return failed
+
+
+class RunStopped(Exception):
+    """A run of ``--run-missing`` was stopped by a signal; the table stops with the same exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"a run was interrupted (exit code {exit_code}); the remaining runs were not started")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  trimlab-table                                   # every completed run under outputs/runs\n"
         "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
         "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
-        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table",
+        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table\n\n"
+        f"{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
@@ -237,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"trimlab-table: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"trimlab-table: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("trimlab-table: interrupted", file=sys.stderr)
+        return 130
 
 
 def _list_runs(runs_dir: Path) -> int:
@@ -257,11 +286,11 @@ def _paper_table(args: argparse.Namespace) -> int:
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
     run_ids = trimlab_run_ids(spec)
     results = aggregate(spec, run_ids, *_records(args))
+    failed = []
     if args.run_missing and any(r.missing_seeds for r in results):
-        failures = run_missing(results, args.runs.parent)
+        todo = sum(len(r.missing_seeds) for r in results)
+        failed = run_missing(results, args.runs.parent)
         results = aggregate(spec, run_ids, *_records(args))
-        if failures:
-            print(f"trimlab-table: {failures} run(s) failed; their records say why (status failed)", file=sys.stderr)
     text = spec_markdown(spec, results)
     print(text)
     out = args.out or Path("outputs/tables") / f"{spec.path.stem}-{spec.block}"
@@ -273,6 +302,10 @@ def _paper_table(args: argparse.Namespace) -> int:
 
     pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
     print(f"\nwritten: {out}/table.md, table.tex, table.csv, pareto.png, pareto.svg", file=sys.stderr)
+    if failed:
+        print(f"trimlab-table: {len(failed)} of {todo} run(s) failed; their records say why (status failed):", file=sys.stderr)
+        print("\n".join(f"- {' / '.join(r.cell.row)} · {r.cell.column} · seed {seed}: `{command(r, seed)}`" for r, seed in failed), file=sys.stderr)
+        return 1
     return 0
 
 
