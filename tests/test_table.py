@@ -292,6 +292,29 @@ def test_an_interrupted_run_stops_run_missing_with_its_signal_code(
     assert len(calls) == 1 and "interrupted" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("- a\n- b\n", "must be a mapping"),
+        ("42\n", "must be a mapping"),
+        ((FIXTURES / "spec.yaml").read_text().replace("metric: accuracy", "metric: abc"), "table.metric 'abc'"),
+        ((FIXTURES / "spec.yaml").read_text().replace("scale: 100", "scale: abc"), "table.scale"),
+        ((FIXTURES / "spec.yaml").read_text().replace("rows: [model]", "rows: 3"), "spec.yaml"),
+    ],
+    ids=["list", "number", "metric", "scale", "rows"],
+)
+def test_a_malformed_spec_is_one_line_naming_the_file_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, match: str
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert table_main([str(spec), "--block", "embedded_runs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-table: error:") and str(spec) in err and match in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+
+
 def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         table_main(["--help"])

@@ -143,6 +143,9 @@ class CnnModelConfig:
 
 
 # ---------------------------------------------------------------- datasets
+METRICS = ("accuracy", "f1", "pearson", "agreement")
+"""The task metrics trimlab measures (a dataset's ``metric``, a table's ``metric``)."""
+
 @dataclass
 class TextDatasetConfig:
     """A text classification (or regression) task."""
@@ -503,6 +506,8 @@ def _validate_model(model: DictConfig) -> None:
 
 def _validate_dataset(dataset: DictConfig, model: DictConfig) -> None:
     dkind, mkind = dataset_kind(dataset), model_kind(model)
+    if dataset.metric not in METRICS:
+        raise ConfigError(f"dataset.metric={dataset.metric!r} is not one of {', '.join(METRICS)}")
     if (dkind == "text") != (mkind == "text"):
         raise ConfigError(f"dataset={dataset.name} is a {dkind} set but model={model.name} is a {mkind} model")
     if dkind == "image" and dataset.source in ("imagenet", "folder"):
