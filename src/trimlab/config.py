@@ -26,6 +26,16 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the fix."""
 
 
+OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=", "value_type=", "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def composition_error(err: Exception) -> ConfigError:
+    """Hydra's composition error as one line: its message and its cause's (an OmegaConf error), less their key dumps."""
+    lines = [line.strip() for text in (str(err), str(err.__cause__ or "")) for line in text.splitlines()]
+    kept = dict.fromkeys(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
+    return ConfigError(" — ".join(kept) or type(err).__name__)
+
+
 @dataclass(frozen=True)
 class Range:
     """The values a numeric key may take (each element of a list key); checked by :func:`check_keys`."""

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from trimlab.config import ConfigError
+from trimlab.config import ConfigError, composition_error
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
@@ -88,7 +88,7 @@ def trimlab_run_ids(spec: Spec) -> dict:
             try:
                 return run_id(compose("config", overrides=overrides))
             except HydraException as err:
-                raise ConfigError(f"{spec.path}: the run `trimlab {' '.join(overrides)}` does not compose: {err}") from err
+                raise ConfigError(f"{spec.path}: the run `trimlab {' '.join(overrides)}` does not compose: {composition_error(err)}") from err
 
         return cell_run_ids(spec, compose_id)
 
