@@ -151,6 +151,7 @@ def test_help_lists_the_groups(tmp_path: Path) -> None:
     assert result.returncode == 0
     for group in ("model:", "dataset:", "method:", "budget:", "trainer:", "logger:", "experiment:"):
         assert group in result.stdout
+    assert "Exit codes: 0 done" in result.stdout and "2 a config error" in result.stdout
 
 
 def test_missing_weights_folder_fails_before_work(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
