@@ -315,6 +315,13 @@ def test_a_malformed_spec_is_one_line_naming_the_file_and_exit_2(
     assert not (tmp_path / "t").exists()
 
 
+def test_an_out_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-table: error: cannot write the table to") and str(tmp_path / "taken") in err
+
+
 def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         table_main(["--help"])

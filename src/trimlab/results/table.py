@@ -294,10 +294,13 @@ def _paper_table(args: argparse.Namespace) -> int:
     text = spec_markdown(spec, results)
     print(text)
     out = args.out or Path("outputs/tables") / f"{spec.path.stem}-{spec.block}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text + "\n")
-    (out / "table.tex").write_text(spec_latex(spec, results) + "\n")
-    (out / "table.csv").write_text(spec_csv(spec, results))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(text + "\n")
+        (out / "table.tex").write_text(spec_latex(spec, results) + "\n")
+        (out / "table.csv").write_text(spec_csv(spec, results))
+    except OSError as err:
+        raise ConfigError(f"cannot write the table to {out} ({err.strerror or err}); pass --out <a folder you can write>") from err
     from trimlab.results.plot import pareto_plot
 
     pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
