@@ -243,6 +243,13 @@ def test_a_new_file_beside_the_run_and_the_default_export_are_written(saved_run:
     assert (saved_run / "cnn.pt").is_file() and (saved_run / "model.pt").is_file()
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(saved_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert main([str(saved_run), "--format", "torchscript", "--output", str(tmp_path / "taken" / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error: cannot write") and "taken" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_corrupt_saved_model_is_one_line_and_exit_2(saved_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (saved_run / "model" / "structure.json").write_text("[1, 2")
     assert main([str(saved_run), "--format", "torchscript"]) == 2

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from trimlab.config import ConfigError, model_kind
+from trimlab.results.record import RECORD_FILE
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -52,7 +53,7 @@ EXIT_CODES = (
     "  0    written, and its logits checked against the PyTorch model\n"
     "  1    the exporter failed on this model (one line says why)\n"
     "  2    a usage or input error: no such run, an unreadable saved model, an --output that contradicts\n"
-    "       --format or would overwrite the run's own files, a missing export package\n"
+    "       --format, would overwrite the run's own files or cannot be written, a missing export package\n"
     "  130  interrupted (Ctrl+C; 128 + the signal's number)"
 )
 
@@ -253,7 +254,7 @@ def check_output(output: Path, fmt: str, model_dir: Path) -> None:
         raise ConfigError(f"--output {output} is a folder; name the file to write, e.g. {output / ('model' + SUFFIXES[fmt])}")
     if model_dir in target.parents:
         raise ConfigError(f"--output {output} is inside the run's saved model ({model_dir}); write the export elsewhere")
-    if not (run_dir / "record.json").is_file():
+    if not (run_dir / RECORD_FILE).is_file():
         return
     if run_dir in target.parents and target.parent != run_dir:
         raise ConfigError(f"--output {output} is inside the run folder's {target.relative_to(run_dir).parts[0]}/; write the export elsewhere")
@@ -302,8 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trimlab-export: interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError) as err:  # the exporter, or writing the file
-        print(f"trimlab-export: the export failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+    except OSError as err:
+        print(f"trimlab-export: error: cannot write {err.filename or args.output} ({err.strerror or err})", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the exporter
+        print(f"trimlab-export: the export failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); inputs: {', '.join(batch)} → logits")
     print(f"max |logits difference| to the PyTorch model on an example batch: {difference:.2e}")
