@@ -206,6 +206,8 @@ TEXT, IMAGES = text_batches(2), image_batches(2)
     ("model", "data", "match"),
     [
         (small_bert, _with(TEXT, input_ids=lambda t: t[0], attention_mask=lambda t: t[0]), r"input_ids has shape \[16\]; it must be \[batch, tokens\]"),
+        (small_bert, _with(TEXT, input_ids=torch.tensor(80)), r"input_ids has shape \[\]; it must be \[batch, tokens\]"),
+        (small_bert, _with(TEXT, input_ids=lambda t: t[:0], attention_mask=lambda t: t[:0]), r"input_ids has shape \[0, 16\]: it holds no values"),
         (small_bert, _with(TEXT, input_ids=lambda t: t.float()), "input_ids is torch.float32; token ids are integers"),
         (small_bert, _with(TEXT, input_ids=lambda t: t.tolist()), "input_ids is a list, not a tensor"),
         (small_bert, _with(TEXT, input_ids=lambda t: t + VOCAB), rf"input_ids holds ids \d+\.\.\d+; the model's vocabulary has {VOCAB}"),
@@ -221,7 +223,7 @@ TEXT, IMAGES = text_batches(2), image_batches(2)
         (tiny_vit, _with(IMAGES, pixel_values=lambda t: t[:, :, :16, :16]), r"the model cannot read batch 0 \(pixel_values \[4, 3, 16, 16\]\)"),
         (tiny_vit, _with(IMAGES, labels=lambda t: t + 7), r"labels hold \d+\.\.\d+; the model has 3 classes"),
     ],
-    ids=["ids-1d", "ids-float", "ids-list", "ids-beyond-vocabulary", "mask-shape", "too-long", "labels-above", "labels-negative",
+    ids=["ids-1d", "ids-0d", "ids-empty", "ids-float", "ids-list", "ids-beyond-vocabulary", "mask-shape", "too-long", "labels-above", "labels-negative",
          "labels-float", "labels-count", "images-3d", "images-int", "images-channels", "images-size", "image-labels"],
 )
 def test_batches_the_model_cannot_take_are_one_clear_error(model, data: list, match: str) -> None:

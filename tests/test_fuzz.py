@@ -31,7 +31,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trimlab.checkpoints import load_checkpoint, save_checkpoint
 from trimlab.cli import register_resolvers
@@ -198,12 +198,33 @@ def saved_cnn() -> Iterator[Path]:
         yield save_model(build_model(cfg.model, 10).model.eval(), tmp / "model", cfg.model, 10).path
 
 
+SMALL_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(-5, 300) | st.text(string.ascii_letters + "._", max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(string.ascii_letters + "_", max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+"""JSON values whose numbers stay small: a crafted size could ask for any amount of memory, which no check can refuse in time."""
+
+
+@st.composite
+def structures(draw: st.DrawFn, good: bytes) -> bytes:
+    """``structure.json`` damaged, or with one value (top level or the model's config) replaced by another JSON value."""
+    if draw(st.booleans()):
+        return draw(damaged(good))
+    structure = json.loads(good)
+    node = structure["model"] if draw(st.booleans()) else structure
+    node[draw(st.sampled_from(sorted(node)))] = draw(SMALL_JSON)
+    return json.dumps(structure).encode()
+
+
 @pytest.mark.parametrize("damaged_file", ["structure.json", "weights.safetensors"])
 def test_a_damaged_saved_model_is_refused_naming_it(saved_cnn: Path, damaged_file: str) -> None:
     from trimlab.saved_model import read_model
 
+    good = (saved_cnn / damaged_file).read_bytes()
+
     @examples(25)
-    @given(damaged((saved_cnn / damaged_file).read_bytes()))
+    @given(structures(good) if damaged_file == "structure.json" else damaged(good))
     def check(data: bytes) -> None:
         with scratch() as tmp:
             folder = Path(shutil.copytree(saved_cnn, tmp / "model"))

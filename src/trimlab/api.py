@@ -326,8 +326,11 @@ def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) ->
         for name, value in batch.items():
             if not isinstance(value, Tensor):
                 raise ConfigError(f"{where} {name} is a {type(value).__name__}, not a tensor")
-        if len(batch[key]) == 0:
-            raise ConfigError(f"{where} {key} holds no examples")
+        layout = "[batch, tokens]" if text else "[batch, channels, height, width]"
+        if batch[key].ndim != len(layout.split(",")):
+            raise ConfigError(f"{where} {key} has shape {list(batch[key].shape)}; it must be {layout}")
+        if batch[key].numel() == 0:
+            raise ConfigError(f"{where} {key} has shape {list(batch[key].shape)}: it holds no values")
         if text:
             _check_tokens(model.embeddings, batch, where)
         else:
@@ -341,8 +344,6 @@ def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) ->
 
 def _check_tokens(embeddings: TextEmbeddings, batch: Mapping[str, Tensor], where: str) -> None:
     ids = batch["input_ids"]
-    if ids.ndim != 2:
-        raise ConfigError(f"{where} input_ids has shape {list(ids.shape)}; it must be [batch, tokens]")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ConfigError(f"{where} input_ids is {ids.dtype}; token ids are integers (torch.long)")
     vocab = embeddings.word.num_embeddings
@@ -361,8 +362,6 @@ def _check_tokens(embeddings: TextEmbeddings, batch: Mapping[str, Tensor], where
 
 
 def _check_images(pixels: Tensor, where: str) -> None:
-    if pixels.ndim != 4:
-        raise ConfigError(f"{where} pixel_values has shape {list(pixels.shape)}; it must be [batch, channels, height, width]")
     if not pixels.dtype.is_floating_point:
         raise ConfigError(f"{where} pixel_values is {pixels.dtype}; images are floating point (normalised, as the model was trained on)")
 

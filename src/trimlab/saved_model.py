@@ -98,6 +98,8 @@ def read_model(folder: Path) -> nn.Module:
         structure = json.loads(reading.read_text())
         if structure.get("format") != FORMAT:
             raise ValueError(f"format {structure.get('format')!r}, this trimlab reads {FORMAT}")
+        if not isinstance(structure.get("model"), dict):
+            raise ValueError("its `model` is not the model's config")
         model_cfg, num_labels = OmegaConf.create(structure["model"]), int(structure["num_labels"])
         reading = folder / WEIGHTS_FILE
         tensors = load_file(str(reading), device="cpu")
@@ -106,16 +108,16 @@ def read_model(folder: Path) -> nn.Module:
             f"{reading} is not a readable trimlab model file ({(str(err).splitlines() or [type(err).__name__])[0][:200]}); "
             "rerun its run with force=true to save the model again"
         ) from err
-    model = build_model(model_cfg, num_labels=num_labels).model
-    try:
+    try:  # structure.json is data: any value in it may be of the wrong type or size
+        model = build_model(model_cfg, num_labels=num_labels).model
         if isinstance(model, TransformerClassifier) and "heads" in structure:
             _rebuild_encoder(model.encoder, structure, tensors)
         _dequantize(model, structure, tensors)
         _add_missing_biases(model, tensors)
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, RuntimeError, ValueError) as err:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError, OmegaConfBaseException) as err:
         raise ConfigError(
-            f"{folder} does not fit model={model_cfg.get('name')} ({str(err).splitlines()[0][:300]}); "
+            f"{folder} does not fit model={model_cfg.get('name')} ({(str(err).splitlines() or [type(err).__name__])[0][:300]}); "
             "the file is corrupt or was saved by another trimlab version: rerun its run with force=true"
         ) from err
     return model.eval()
