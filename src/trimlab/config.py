@@ -156,6 +156,7 @@ class CnnModelConfig:
 METRICS = ("accuracy", "f1", "pearson", "agreement")
 """The task metrics trimlab measures (a dataset's ``metric``, a table's ``metric``)."""
 
+
 @dataclass
 class TextDatasetConfig:
     """A text classification (or regression) task."""
