@@ -197,6 +197,51 @@ def test_fisher_refuses_a_cnn_and_names_the_quantizers() -> None:
         compress(net, "fisher_prune", 0.6, image_batches(1))
 
 
+def _with(batches: list[dict[str, torch.Tensor]], **changes) -> list[dict[str, torch.Tensor]]:
+    """The batches with some keys replaced: a value is used as is, a callable is applied to the old value."""
+    return [{**b, **{k: (v(b[k]) if callable(v) else v) for k, v in changes.items()}} for b in batches]
+
+
+TEXT, IMAGES = text_batches(2), image_batches(2)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "match"),
+    [
+        (small_bert, _with(TEXT, input_ids=lambda t: t[0], attention_mask=lambda t: t[0]), r"input_ids has shape \[16\]; it must be \[batch, tokens\]"),
+        (small_bert, _with(TEXT, input_ids=torch.tensor(80)), r"input_ids has shape \[\]; it must be \[batch, tokens\]"),
+        (small_bert, _with(TEXT, input_ids=lambda t: t[:0], attention_mask=lambda t: t[:0]), r"input_ids has shape \[0, 16\]: it holds no values"),
+        (small_bert, _with(TEXT, input_ids=lambda t: t.float()), "input_ids is torch.float32; token ids are integers"),
+        (small_bert, _with(TEXT, input_ids=lambda t: t.tolist()), "input_ids is a list, not a tensor"),
+        (small_bert, _with(TEXT, input_ids=lambda t: t + VOCAB), rf"input_ids holds ids \d+\.\.\d+; the model's vocabulary has {VOCAB}"),
+        (small_bert, _with(TEXT, attention_mask=lambda t: t[:, :3]), r"attention_mask has shape \[8, 3\]; it must match input_ids \[8, 16\]"),
+        (small_bert, [{k: torch.cat([v, v], 1) if v.ndim == 2 else v for k, v in b.items()} for b in TEXT], r"input_ids has 32 tokens; the model takes at most 18"),
+        (small_bert, _with(TEXT, labels=lambda t: t + 5), r"labels hold 5\.\.7; the model has 3 classes \(labels 0\.\.2\)"),
+        (small_bert, _with(TEXT, labels=lambda t: t - 5), r"labels hold -5\.\.-3; the model has 3 classes"),
+        (small_bert, _with(TEXT, labels=lambda t: t.float()), "labels are torch.float32; class labels are integers"),
+        (small_bert, _with(TEXT, labels=lambda t: t[:3]), r"labels has shape \[3\]; it must be \[8\], one per example"),
+        (tiny_vit, _with(IMAGES, pixel_values=lambda t: t[0]), r"pixel_values has shape \[3, 32, 32\]; it must be \[batch, channels, height, width\]"),
+        (tiny_vit, _with(IMAGES, pixel_values=lambda t: t.long()), "pixel_values is torch.int64; images are floating point"),
+        (tiny_vit, _with(IMAGES, pixel_values=lambda t: t[:, :1]), r"the model cannot read batch 0 \(pixel_values \[4, 1, 32, 32\]\)"),
+        (tiny_vit, _with(IMAGES, pixel_values=lambda t: t[:, :, :16, :16]), r"the model cannot read batch 0 \(pixel_values \[4, 3, 16, 16\]\)"),
+        (tiny_vit, _with(IMAGES, labels=lambda t: t + 7), r"labels hold \d+\.\.\d+; the model has 3 classes"),
+    ],
+    ids=["ids-1d", "ids-0d", "ids-empty", "ids-float", "ids-list", "ids-beyond-vocabulary", "mask-shape", "too-long", "labels-above", "labels-negative",
+         "labels-float", "labels-count", "images-3d", "images-int", "images-channels", "images-size", "image-labels"],
+)
+def test_batches_the_model_cannot_take_are_one_clear_error(model, data: list, match: str) -> None:
+    with pytest.raises(ConfigError, match="data: batch 0: " + match if "cannot read" not in match else "data: " + match):
+        compress(model(), "fisher_prune", 0.6, data)
+
+
+def test_fisher_refuses_an_already_pruned_model_and_says_to_prune_the_dense_one() -> None:
+    small, _ = compress(small_bert(), "fisher_prune", 0.6, text_batches(2))
+    with pytest.raises(ConfigError, match=r"already structurally pruned \(layer 0 keeps \d of 4 heads.*prune the dense model once"):
+        compress(small, "fisher_prune", 0.6, text_batches(2))
+    quantized, _ = compress(small, "pwlq", bits=8, data=text_batches(2))  # quantizing a pruned model is fine
+    assert quantized.encoder.heads_per_layer == small.encoder.heads_per_layer
+
+
 # ---------------------------------------------------------------- one path with the CLI
 def test_compress_prunes_as_a_cli_run_does(compose_cfg) -> None:
     """The CLI and compress() build, check and run the same method: on the run's dense model and sample set they keep the same units."""

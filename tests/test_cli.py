@@ -128,7 +128,7 @@ def test_corrupt_cached_checkpoint_names_the_file_to_delete(
 
 def test_unknown_key_fails_naming_it(tmp_path: Path) -> None:
     result = trimlab("model.hiden_size=3", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2  # a user error, as trimlab's own checks exit
     assert "hiden_size" in result.stderr
     assert not (tmp_path / "outputs").exists()
 
@@ -151,6 +151,7 @@ def test_help_lists_the_groups(tmp_path: Path) -> None:
     assert result.returncode == 0
     for group in ("model:", "dataset:", "method:", "budget:", "trainer:", "logger:", "experiment:"):
         assert group in result.stdout
+    assert "Exit codes: 0 done" in result.stdout and "2 a config error" in result.stdout
 
 
 def test_missing_weights_folder_fails_before_work(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

@@ -84,6 +84,11 @@ def test_imagenet_without_a_folder_names_the_key(compose_cfg):
         validate(compose_cfg("model=efficientnet_lite0", "dataset=imagenet"))
 
 
+def test_a_metric_trimlab_does_not_measure_fails_before_work(compose_cfg):
+    with pytest.raises(ConfigError, match="dataset.metric='abc' is not one of accuracy, f1, pearson, agreement"):
+        validate(compose_cfg("dataset.metric=abc"))
+
+
 def test_text_model_on_image_data_is_rejected(compose_cfg):
     with pytest.raises(ConfigError, match="dataset=digits is a image set but model=minilm_l6 is a text model"):
         validate(compose_cfg("dataset=digits"))

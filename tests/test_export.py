@@ -210,3 +210,70 @@ def test_cli_names_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
     pytest.importorskip("trimlab.saved_model", reason="trimlab.saved_model (the kept model) is missing")
     assert main(["nope", "--format", "torchscript", "--runs", str(tmp_path)]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def saved_run(compose_cfg, tmp_path: Path) -> Path:
+    """A completed run folder holding a small CNN's saved model."""
+    from trimlab.models.build import build_model
+    from trimlab.saved_model import save_model
+
+    cfg = compose_cfg("model=cnn_digits", "dataset=digits")
+    torch.manual_seed(0)
+    run_dir = tmp_path / "runs" / "abc123"
+    save_model(build_model(cfg.model, 10).model.eval(), run_dir / "model", cfg.model, 10)
+    write_record(run_dir, RunRecord("abc123", "completed", "cnn_digits", "digits", "dense", {}, 0, OmegaConf.to_container(cfg, resolve=True)))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "fmt,output,match",
+    [
+        ("onnx", "{tmp}/model.pt", "--format onnx writes a .onnx file"),
+        ("torchscript", "{tmp}/model.onnx", "--format torchscript writes a TorchScript file"),
+        ("torchscript", "{run}", "is a folder"),
+        ("torchscript", "{run}/model/weights.pt", "inside the run's saved model"),
+        ("torchscript", "{run}/model", "is a folder"),
+        ("onnx", "{run}/.hydra/config.onnx", "inside the run folder"),
+        ("torchscript", "{run}/masks.pt", "would overwrite the run's own file"),
+    ],
+    ids=["onnx-as-pt", "torchscript-as-onnx", "run-folder", "in-model-folder", "model-folder", "in-a-subfolder", "own-file"],
+)
+def test_an_output_that_contradicts_the_format_or_overwrites_the_run_is_refused(
+    saved_run: Path, capsys: pytest.CaptureFixture[str], fmt: str, output: str, match: str
+) -> None:
+    (saved_run / "masks.pt").write_bytes(b"the run's own artifact")
+    before = {p: p.read_bytes() for p in saved_run.rglob("*") if p.is_file()}
+    output = output.format(run=saved_run, tmp=saved_run.parents[1])
+    assert main([str(saved_run), "--format", fmt, "--output", output]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error: --output") and match in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in saved_run.rglob("*") if p.is_file()} == before
+
+
+def test_a_new_file_beside_the_run_and_the_default_export_are_written(saved_run: Path, tmp_path: Path) -> None:
+    assert main([str(saved_run), "--format", "torchscript", "--output", str(saved_run / "cnn.pt")]) == 0
+    assert main([str(saved_run), "--format", "torchscript"]) == 0
+    assert main([str(saved_run), "--format", "torchscript"]) == 0  # a previous export is replaced
+    assert (saved_run / "cnn.pt").is_file() and (saved_run / "model.pt").is_file()
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(saved_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert main([str(saved_run), "--format", "torchscript", "--output", str(tmp_path / "taken" / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error: cannot write") and "taken" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_corrupt_saved_model_is_one_line_and_exit_2(saved_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (saved_run / "model" / "structure.json").write_text("[1, 2")
+    assert main([str(saved_run), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error:") and "structure.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes" in out and "130" in out

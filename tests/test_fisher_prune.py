@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trimlab.config import ConfigError
-from trimlab.methods.fisher_prune.fisher import collect_mask_gradients, fisher_importance, task_loss
+from trimlab.methods.fisher_prune.fisher import NonFiniteFisher, collect_mask_gradients, fisher_importance, task_loss
 from trimlab.methods.fisher_prune.latency_lut import LatencyFn, cached_layer_latency, fit_latency_fn
 from trimlab.methods.fisher_prune.rearrange import rearrange_layer
 from trimlab.methods.fisher_prune.search import Masks, milder_target, search_flops, search_latency
@@ -107,6 +107,23 @@ def test_a_head_with_no_output_has_zero_importance() -> None:
     importance = grads.head_importance()
     assert importance[1, 2] == 0
     assert (importance[1, [0, 1, 3]] > 0).all()
+
+
+def test_a_non_finite_weight_fails_naming_it_instead_of_a_nan_mask() -> None:
+    model = toy_model()
+    with torch.no_grad():
+        model.encoder.layers[1].ffn.fc2.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteFisher, match=r"not finite on sample batch 0.*encoder\.layers\.1\.ffn\.fc2\.weight holds NaN.*learning rate"):
+        collect_mask_gradients(model, toy_batches(), num_labels=2, progress=False)
+
+
+def test_a_non_finite_loss_fails_naming_the_layer_and_the_data_to_check() -> None:
+    batches = toy_batches()
+    batches[2]["labels"] = torch.full((8,), float("inf"))  # a regression target
+    model = toy_model()
+    model.head.classifier = torch.nn.Linear(16, 1)
+    with pytest.raises(NonFiniteFisher, match=r"layer \d+'s heads is not finite on sample batch 2 \(the loss is (nan|inf)\).*data"):
+        collect_mask_gradients(model, batches, num_labels=1, progress=False)
 
 
 # ---------------------------------------------------------------- search

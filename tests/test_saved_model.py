@@ -192,7 +192,7 @@ def test_missing_or_corrupt_model_is_a_clear_error(compose_cfg, tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"no run 'nope'.*runs="):
         load_model("nope", runs=folder.parent)
     (folder / MODEL_DIR / WEIGHTS_FILE).write_bytes(b"not weights")
-    with pytest.raises(ConfigError, match=rf"{MODEL_DIR} is not a readable trimlab model.*force=true"):
+    with pytest.raises(ConfigError, match=rf"{MODEL_DIR}/{WEIGHTS_FILE} is not a readable trimlab model file.*force=true"):
         load_model(folder)
     (folder / MODEL_DIR / WEIGHTS_FILE).unlink()
     (folder / MODEL_DIR / STRUCTURE_FILE).unlink()

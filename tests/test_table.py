@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -268,3 +269,75 @@ def test_the_plot_takes_the_float_models_speedup_beside_an_int8_kernel_one(tmp_p
     record_path.write_text(json.dumps(record))
     assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
     assert (tmp_path / "table" / "pareto.svg").read_text().count("speedup b32") == 1
+
+
+def _fake_trimlab(returncodes: dict[str, int]) -> object:
+    """``subprocess.run`` for ``--run-missing``: each run exits with the code its model maps to (0 when unlisted)."""
+
+    def run(argv: list[str], check: bool = False) -> subprocess.CompletedProcess[str]:
+        model = next(a.split("=")[1] for a in argv if a.startswith("model="))
+        return subprocess.CompletedProcess(argv, returncodes.get(model, 0))
+
+    return run
+
+
+def test_run_missing_exits_1_and_names_each_failed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs_from_fixtures(tmp_path / "output" / "runs")
+    monkeypatch.setattr("trimlab.results.table.subprocess.run", _fake_trimlab({"cnn_digits": 1}))
+    argv = [str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "output" / "runs"), "--out", str(tmp_path / "table"), "--run-missing"]
+    assert table_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 of 5 run(s) failed" in err
+    assert "cnn_digits · pwlq_8 · seed 0: `trimlab dataset=digits budget=none model=cnn_digits method=pwlq budget=bits_8 seed=0`" in err
+    assert "vit_digits · dense" not in err.split("failed")[-1]
+
+
+def test_an_interrupted_run_stops_run_missing_with_its_signal_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs_from_fixtures(tmp_path / "output" / "runs")
+    calls = []
+    fake = _fake_trimlab({"vit_digits": 130})
+    monkeypatch.setattr("trimlab.results.table.subprocess.run", lambda argv, check=False: calls.append(argv) or fake(argv))
+    argv = [str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "output" / "runs"), "--out", str(tmp_path / "table"), "--run-missing"]
+    assert table_main(argv) == 130
+    assert len(calls) == 1 and "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("- a\n- b\n", "must be a mapping"),
+        ("42\n", "must be a mapping"),
+        ((FIXTURES / "spec.yaml").read_text().replace("metric: accuracy", "metric: abc"), "table.metric 'abc'"),
+        ((FIXTURES / "spec.yaml").read_text().replace("scale: 100", "scale: abc"), "table.scale"),
+        ((FIXTURES / "spec.yaml").read_text().replace("rows: [model]", "rows: 3"), "spec.yaml"),
+    ],
+    ids=["list", "number", "metric", "scale", "rows"],
+)
+def test_a_malformed_spec_is_one_line_naming_the_file_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, match: str
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert table_main([str(spec), "--block", "embedded_runs", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-table: error:") and str(spec) in err and match in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert table_main([str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-table: error: cannot write the table to") and str(tmp_path / "taken") in err
+
+
+def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        table_main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes" in out and "2 " in out and "130" in out

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+import torch
 from torch import Tensor, nn
 
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
@@ -109,7 +110,7 @@ def compress(
     step_bits = _step_bits(name, steps, budget, bits)
     batches = _batches(data)
     compressed = to_trimlab(model)
-    _check_inputs(compressed, batches[0])
+    _check_batches(compressed, batches)
     for step, bits_of_step in step_bits.items():
         steps[step].bits = bits_of_step
     methods = {step: _post_training_method(cfg) for step, cfg in steps.items()}
@@ -311,13 +312,89 @@ def _batches(data: Any) -> list[dict[str, Tensor]]:
     return batches
 
 
-def _check_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> None:
-    """Text models read ``input_ids``, image models ``pixel_values``: say so before a KeyError deep in a forward."""
+def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> None:
+    """Each batch holds what the model reads, as tensors of the right kind and shape, and labels it can score:
+    say which batch and key is wrong before a traceback deep in a forward or a loss."""
     text = isinstance(model, TransformerClassifier) and isinstance(model.embeddings, TextEmbeddings)
     key = "input_ids" if text else "pixel_values"
-    if key not in batch:
-        kind = "text" if text else "vision"
-        raise ConfigError(f"data: the model is a {kind} model and reads {key}, but the batches have {', '.join(batch)}")
+    num_labels = model.head.classifier.out_features if isinstance(model, TransformerClassifier) else None
+    read: set[tuple] = set()
+    for i, batch in enumerate(batches):
+        if key not in batch:
+            kind = "text" if text else "vision"
+            raise ConfigError(f"data: the model is a {kind} model and reads {key}, but the batches have {', '.join(batch)}")
+        where = f"data: batch {i}:"
+        for name, value in batch.items():
+            if not isinstance(value, Tensor):
+                raise ConfigError(f"{where} {name} is a {type(value).__name__}, not a tensor")
+        layout = "[batch, tokens]" if text else "[batch, channels, height, width]"
+        if batch[key].ndim != len(layout.split(",")):
+            raise ConfigError(f"{where} {key} has shape {list(batch[key].shape)}; it must be {layout}")
+        if batch[key].numel() == 0:
+            raise ConfigError(f"{where} {key} has shape {list(batch[key].shape)}: it holds no values")
+        if text:
+            _check_tokens(model.embeddings, batch, where)
+        else:
+            _check_images(batch[key], where)
+        _check_labels(batch.get("labels"), len(batch[key]), num_labels, where)
+        shapes = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in batch.items() if k != "labels")
+        if shapes not in read:  # one example of each new shape through the model: what the checks above cannot know
+            _check_forward(model, batch, i)
+            read.add(shapes)
+
+
+def _check_tokens(embeddings: TextEmbeddings, batch: Mapping[str, Tensor], where: str) -> None:
+    ids = batch["input_ids"]
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ConfigError(f"{where} input_ids is {ids.dtype}; token ids are integers (torch.long)")
+    vocab = embeddings.word.num_embeddings
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ConfigError(f"{where} input_ids holds ids {int(ids.min())}..{int(ids.max())}; the model's vocabulary has {vocab} (ids 0..{vocab - 1})")
+    longest = embeddings.position.num_embeddings - (embeddings.pad_token_id + 1 if embeddings.padding_positions else 0)
+    if ids.shape[1] > longest:
+        raise ConfigError(f"{where} input_ids has {ids.shape[1]} tokens; the model takes at most {longest}: truncate the examples")
+    for name in ("attention_mask", "token_type_ids"):
+        if name in batch and batch[name].shape != ids.shape:
+            raise ConfigError(f"{where} {name} has shape {list(batch[name].shape)}; it must match input_ids {list(ids.shape)}")
+    types = batch.get("token_type_ids")
+    count = 0 if embeddings.token_type is None else embeddings.token_type.num_embeddings
+    if types is not None and types.numel() and (types.dtype.is_floating_point or int(types.min()) < 0 or int(types.max()) >= max(count, 1)):
+        raise ConfigError(f"{where} token_type_ids must be integers in 0..{max(count, 1) - 1}")
+
+
+def _check_images(pixels: Tensor, where: str) -> None:
+    if not pixels.dtype.is_floating_point:
+        raise ConfigError(f"{where} pixel_values is {pixels.dtype}; images are floating point (normalised, as the model was trained on)")
+
+
+def _check_labels(labels: Tensor | None, examples: int, num_labels: int | None, where: str) -> None:
+    """One label per example; a classifier's are class ids it has (a regression model's, with one output, any number)."""
+    if labels is None:
+        return
+    if labels.shape != (examples,):
+        raise ConfigError(f"{where} labels has shape {list(labels.shape)}; it must be [{examples}], one per example")
+    if num_labels is None or num_labels == 1:
+        return
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ConfigError(f"{where} labels are {labels.dtype}; class labels are integers (torch.long)")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_labels:
+        raise ConfigError(f"{where} labels hold {low}..{high}; the model has {num_labels} classes (labels 0..{num_labels - 1})")
+
+
+def _check_forward(model: nn.Module, batch: Mapping[str, Tensor], index: int) -> None:
+    """Run the batch's first example through the model; an error is the data not fitting the model (size, channels)."""
+    example = {k: v[:1] for k, v in batch.items() if k != "labels"}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, IndexError, ValueError, TypeError) as err:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items() if k != "labels")
+        raise ConfigError(f"data: the model cannot read batch {index} ({shapes}): {(str(err).splitlines() or [type(err).__name__])[0]}") from err
+    finally:
+        model.train(was_training)
 
 
 def _sequence_length(model: TransformerClassifier, batches: Sequence[Mapping[str, Tensor]]) -> float:

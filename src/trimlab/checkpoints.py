@@ -8,6 +8,7 @@ trains twice.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,8 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 — unpickling, truncation and shape errors all need the same fix
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).strip().splitlines() or [type(err).__name__])[0])[:200]  # torch colours some
         raise ConfigError(
-            f"cached checkpoint {path} is corrupt or does not fit model={model.__class__.__name__} ({str(err)[:200]}); "
+            f"cached checkpoint {path} is corrupt or does not fit model={model.__class__.__name__} ({reason}); "
             "delete it to train again"
         ) from err

@@ -33,6 +33,9 @@ class JobOutcome:
     message: str = ""
 
 
+JOBS_STARTED: list[int] = []
+"""Jobs this process has entered; none when Hydra stopped at the command line (an override that does not compose)."""
+
 OUTCOMES: list[JobOutcome] = []
 """Multirun jobs that ran in this process (Hydra's basic launcher runs them one after another here;
 launchers that run jobs elsewhere, Submitit and Ray, leave it empty: their records say how each ended)."""
@@ -49,6 +52,7 @@ def _app(cfg: DictConfig) -> float:
     from trimlab.results.run_folder import RunBusy
     from trimlab.run import record_refused, run
 
+    JOBS_STARTED.append(1)
     _route_library_logs()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -136,6 +140,10 @@ def main() -> None:
     register_resolvers()
     try:
         _app()
+    except SystemExit as done:
+        if done.code == 1 and not JOBS_STARTED:  # Hydra refused the overrides (unknown key, wrong type) and said why
+            sys.exit(2)
+        raise
     except RunInterrupted as err:
         where = f"; {err.record_path} says so" if err.record_path else ""
         print(

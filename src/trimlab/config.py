@@ -26,6 +26,16 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the fix."""
 
 
+OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=", "value_type=", "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def composition_error(err: Exception) -> ConfigError:
+    """Hydra's composition error as one line: its message and its cause's (an OmegaConf error), less their key dumps."""
+    lines = [line.strip() for text in (str(err), str(err.__cause__ or "")) for line in text.splitlines()]
+    kept = dict.fromkeys(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
+    return ConfigError(" — ".join(kept) or type(err).__name__)
+
+
 @dataclass(frozen=True)
 class Range:
     """The values a numeric key may take (each element of a list key); checked by :func:`check_keys`."""
@@ -146,6 +156,10 @@ class CnnModelConfig:
 
 
 # ---------------------------------------------------------------- datasets
+METRICS = ("accuracy", "f1", "pearson", "agreement")
+"""The task metrics trimlab measures (a dataset's ``metric``, a table's ``metric``)."""
+
+
 @dataclass
 class TextDatasetConfig:
     """A text classification (or regression) task."""
@@ -506,6 +520,8 @@ def _validate_model(model: DictConfig) -> None:
 
 def _validate_dataset(dataset: DictConfig, model: DictConfig) -> None:
     dkind, mkind = dataset_kind(dataset), model_kind(model)
+    if dataset.metric not in METRICS:
+        raise ConfigError(f"dataset.metric={dataset.metric!r} is not one of {', '.join(METRICS)}")
     if (dkind == "text") != (mkind == "text"):
         raise ConfigError(f"dataset={dataset.name} is a {dkind} set but model={model.name} is a {mkind} model")
     if dkind == "image" and dataset.source in ("imagenet", "folder"):

@@ -40,13 +40,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from trimlab.config import model_kind
+from trimlab.config import ConfigError, model_kind
+from trimlab.results.record import RECORD_FILE
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
 EXPORT_EXTRA = "pip install 'trimlab[export]'"
 IMAGE_KEY = "pixel_values"
+EXIT_CODES = (
+    "exit codes:\n"
+    "  0    written, and its logits checked against the PyTorch model\n"
+    "  1    the exporter failed on this model (one line says why)\n"
+    "  2    a usage or input error: no such run, an unreadable saved model, an --output that contradicts\n"
+    "       --format, would overwrite the run's own files or cannot be written, a missing export package\n"
+    "  130  interrupted (Ctrl+C; 128 + the signal's number)"
+)
 
 
 class LogitsGraph(nn.Module):
@@ -230,8 +239,31 @@ def synthetic_batch(model: nn.Module, model_cfg: DictConfig, size: int = 2, leng
     return batch
 
 
+def check_output(output: Path, fmt: str, model_dir: Path) -> None:
+    """Refuse an ``--output`` whose suffix says another format, or that would overwrite what the run saved.
+
+    A new file anywhere, or the run's previous export (``model.onnx``/``model.pt``), may be written;
+    the run folder's other files, its subfolders (the saved model among them) and any folder may not.
+    """
+    if (output.suffix == SUFFIXES["onnx"]) != (fmt == "onnx"):
+        says = "a .onnx file" if fmt == "onnx" else "a TorchScript file (.pt), not .onnx"
+        raise ConfigError(f"--output {output}: --format {fmt} writes {says}; name it so, or pass the other --format")
+    target, model_dir = output.resolve(), model_dir.resolve()
+    run_dir = model_dir.parent
+    if target.is_dir():
+        raise ConfigError(f"--output {output} is a folder; name the file to write, e.g. {output / ('model' + SUFFIXES[fmt])}")
+    if model_dir in target.parents:
+        raise ConfigError(f"--output {output} is inside the run's saved model ({model_dir}); write the export elsewhere")
+    if not (run_dir / RECORD_FILE).is_file():
+        return
+    if run_dir in target.parents and target.parent != run_dir:
+        raise ConfigError(f"--output {output} is inside the run folder's {target.relative_to(run_dir).parts[0]}/; write the export elsewhere")
+    if target.parent == run_dir and target.exists() and target.name not in {f"model{s}" for s in SUFFIXES.values()}:
+        raise ConfigError(f"--output {output} would overwrite the run's own file {target.name}; write the export elsewhere")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``trimlab-export``."""
+    """Console script ``trimlab-export``: exits 2 on a usage or input error, 1 when the exporter fails, 130 on Ctrl+C."""
     parser = argparse.ArgumentParser(
         prog="trimlab-export",
         description="Export the model a trimlab run kept as ONNX or TorchScript, then print how far the file's\n"
@@ -246,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  ONNX needs {EXPORT_EXTRA}; TorchScript needs nothing more\n\n"
         "examples:\n"
         "  trimlab-export outputs/runs/3f2a9c1b0d --format onnx\n"
-        "  trimlab-export 3f2a9c1b0d --format torchscript --output model.pt",
+        "  trimlab-export 3f2a9c1b0d --format torchscript --output model.pt\n\n"
+        f"{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run", help="a run folder, or a run id under --runs")
@@ -258,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trimlab.saved_model import STRUCTURE_FILE, model_folder, read_model
 
         folder = model_folder(args.run, args.runs)
+        if args.output is not None:
+            check_output(args.output, args.format, folder)
         model = read_model(folder)
         batch = synthetic_batch(model, OmegaConf.create(json.loads((folder / STRUCTURE_FILE).read_text())["model"]))
         path = export_model(model, batch, args.output or folder.parent / f"model{SUFFIXES[args.format]}", args.format)
@@ -265,6 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, ValueError) as err:  # ConfigError is a ValueError
         print(f"trimlab-export: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("trimlab-export: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"trimlab-export: error: cannot write {err.filename or args.output} ({err.strerror or err})", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the exporter
+        print(f"trimlab-export: the export failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr)
+        return 1
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); inputs: {', '.join(batch)} → logits")
     print(f"max |logits difference| to the PyTorch model on an example batch: {difference:.2e}")
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -94,27 +95,31 @@ def load_model(run: str | Path, runs: str | Path | None = None) -> nn.Module:
 def read_model(folder: Path) -> nn.Module:
     """Rebuild the model saved in ``folder``; a missing or corrupt folder is a :class:`ConfigError` naming it."""
     folder = Path(folder)
+    reading = folder / STRUCTURE_FILE
     try:
-        structure = json.loads((folder / STRUCTURE_FILE).read_text())
-        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        structure = json.loads(reading.read_text())
         if structure.get("format") != FORMAT:
             raise ValueError(f"format {structure.get('format')!r}, this trimlab reads {FORMAT}")
+        if not isinstance(structure.get("model"), dict):
+            raise ValueError("its `model` is not the model's config")
         model_cfg, num_labels = OmegaConf.create(structure["model"]), int(structure["num_labels"])
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        reading = folder / WEIGHTS_FILE
+        tensors = load_file(str(reading), device="cpu")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OmegaConfBaseException, SafetensorError) as err:
         raise ConfigError(
-            f"{folder} is not a readable trimlab model ({str(err).splitlines()[0][:200]}); "
+            f"{reading} is not a readable trimlab model file ({(str(err).splitlines() or [type(err).__name__])[0][:200]}); "
             "rerun its run with force=true to save the model again"
         ) from err
-    model = build_model(model_cfg, num_labels=num_labels).model
-    try:
+    try:  # structure.json is data: any value in it may be of the wrong type or size
+        model = build_model(model_cfg, num_labels=num_labels).model
         if isinstance(model, TransformerClassifier) and "heads" in structure:
             _rebuild_encoder(model.encoder, structure, tensors)
         _dequantize(model, structure, tensors)
         _add_missing_biases(model, tensors)
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, RuntimeError, ValueError) as err:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError, OmegaConfBaseException) as err:
         raise ConfigError(
-            f"{folder} does not fit model={model_cfg.get('name')} ({str(err).splitlines()[0][:300]}); "
+            f"{folder} does not fit model={model_cfg.get('name')} ({(str(err).splitlines() or [type(err).__name__])[0][:300]}); "
             "the file is corrupt or was saved by another trimlab version: rerun its run with force=true"
         ) from err
     return model.eval()

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from trimlab.config import ConfigError
+from trimlab.config import METRICS, ConfigError
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,20 @@ def default_block(path: Path) -> str:
 def load_spec(path: Path, block: str = "runs") -> Spec:
     """Read ``path`` and lay out the cells of its run block ``block``; a malformed spec raises :class:`ConfigError`."""
     content = _read(path)
+    try:
+        return _layout(path, content, block)
+    except ConfigError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # a value of the wrong shape
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"{path} is not a well-formed spec ({detail}); lay it out as experiments/*.yaml are: "
+            "<block>_runs: {common: [...], <axis>: {<entry>: [overrides]}}, table: {rows: [...], columns: [...]}"
+        ) from err
+
+
+def _layout(path: Path, content: dict[str, Any], block: str) -> Spec:
+    """The cells, rows and columns of run block ``block`` of the spec ``content`` read from ``path``."""
     blocks = [key for key in content if key == "runs" or key.endswith("_runs")]
     if block not in blocks:
         raise ConfigError(f"{path} has no run block {block!r}; it has {', '.join(blocks) or 'none'} (choose one with --block)")
@@ -136,8 +150,8 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
         row_axes=row_axes,
         columns=columns,
         seeds=[int(s) for s in runs.get("seeds") or content.get("seeds") or [0]],  # a block's own seeds first
-        metric=_metric_name(table, columns),
-        scale=float(table.get("scale", 1)),
+        metric=_metric_name(table, columns, path),
+        scale=_scale(table, path),
         extra_columns=[str(c) for c in table.get("extra_columns") or []],
         paper_numbers=content.get("paper_numbers") or {},
         common_model=_common_model(common),
@@ -145,13 +159,23 @@ def load_spec(path: Path, block: str = "runs") -> Spec:
     )
 
 
-def _metric_name(table: dict[str, Any], columns: list[str]) -> str:
+def _metric_name(table: dict[str, Any], columns: list[str], path: Path) -> str:
     """The table's ``metric``, or the one metric (ours) that ``metrics`` gives every column of this block."""
     if "metric" in table:
+        if table["metric"] not in METRICS:
+            raise ConfigError(f"{path}: table.metric {table['metric']!r} is not a metric trimlab measures; use one of {', '.join(METRICS)}")
         return str(table["metric"])
     per_column = table.get("metrics") or {}
     ours = {str((per_column.get(c) or {}).get("trimlab", "")) for c in columns}
     return ours.pop() if len(ours) == 1 and "" not in ours else "metric"
+
+
+def _scale(table: dict[str, Any], path: Path) -> float:
+    """``table.scale``: what a cell's metric is multiplied by (100 for percent)."""
+    scale = table.get("scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ConfigError(f"{path}: table.scale {scale!r} must be a positive number (100 prints percent, 1 fractions)")
+    return float(scale)
 
 
 def _claims(entries: list[dict[str, Any]], block: str, path: Path) -> list[Claim]:
@@ -175,9 +199,12 @@ def _claims(entries: list[dict[str, Any]], block: str, path: Path) -> list[Claim
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the spec {path}: {err}") from err
+        content = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the spec {path}: {' '.join(str(err).split())}") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a spec must be a mapping (runs:, table:, …) at its top level, not a {type(content).__name__}")
+    return content
 
 
 def run_overrides(cell: Cell, seed: int) -> list[str]:

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from trimlab.config import ConfigError
+from trimlab.config import ConfigError, composition_error
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
@@ -38,6 +38,13 @@ from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, r
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
 UNDECIDED = "≈"
 """Marks a cell whose compressed − dense interval includes 0."""
+EXIT_CODES = (
+    "exit codes:\n"
+    "  0    the table was printed and written\n"
+    "  1    --run-missing: a run failed (each is listed; its record.json says why)\n"
+    "  2    a usage or input error: a bad argument, a spec or record that cannot be read (one line says which)\n"
+    "  130  interrupted (Ctrl+C; 128 + the signal's number, e.g. 143 for SIGTERM, when a run was stopped)"
+)
 LEGEND = f"{UNDECIDED}: the 95% paired-bootstrap interval of compressed − dense (same test examples) includes 0: no difference shown."
 
 
@@ -83,7 +90,7 @@ def trimlab_run_ids(spec: Spec) -> dict:
             try:
                 return run_id(compose("config", overrides=overrides))
             except HydraException as err:
-                raise ConfigError(f"{spec.path}: the run `trimlab {' '.join(overrides)}` does not compose: {err}") from err
+                raise ConfigError(f"{spec.path}: the run `trimlab {' '.join(overrides)}` does not compose: {composition_error(err)}") from err
 
         return cell_run_ids(spec, compose_id)
 
@@ -200,16 +207,31 @@ def command(result: CellResult, seed: int) -> str:
     return "trimlab " + " ".join(_quote(o) for o in run_overrides(result.cell, seed))
 
 
-def run_missing(results: list[CellResult], output_dir: Path) -> int:
-    """Run every missing (cell, seed) one after another; a failing run is reported and the rest go on. Returns the failures."""
-    failures = 0
+def run_missing(results: list[CellResult], output_dir: Path) -> list[tuple[CellResult, int]]:
+    """Run every missing (cell, seed) one after another; a failing run is reported and the rest go on.
+
+    Returns the (cell, seed) pairs whose run failed. A run stopped by a signal stops the rest:
+    :class:`RunStopped` carries its exit code.
+    """
+    failed = []
     todo = [(r, seed) for r in results for seed in r.missing_seeds]
     for i, (result, seed) in enumerate(todo, 1):
         overrides = [*run_overrides(result.cell, seed), f"paths.output_dir={output_dir}"]
         print(f"[{i}/{len(todo)}] trimlab {' '.join(overrides)}", file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, "-m", "trimlab.cli", *overrides], check=False)
-        failures += done.returncode != 0
-    return failures
+        if done.returncode < 0 or done.returncode > 128:  # killed by a signal (< 0), or exited 128 + its number
+            raise RunStopped(128 - done.returncode if done.returncode < 0 else done.returncode)
+        if done.returncode != 0:
+            failed.append((result, seed))
+    return failed
+
+
+class RunStopped(Exception):
+    """A run of ``--run-missing`` was stopped by a signal; the table stops with the same exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"a run was interrupted (exit code {exit_code}); the remaining runs were not started")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
         "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
         "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table\n"
-        "  trimlab-table experiments/pwlq2020.yaml --block runs --with dataset.path=/data/imagenet",
+        "  trimlab-table experiments/pwlq2020.yaml --block runs --with dataset.path=/data/imagenet\n\n"
+        f"{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
@@ -245,6 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"trimlab-table: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"trimlab-table: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("trimlab-table: interrupted", file=sys.stderr)
+        return 130
 
 
 def _list_runs(runs_dir: Path) -> int:
@@ -266,22 +295,29 @@ def _paper_table(args: argparse.Namespace) -> int:
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
     run_ids = trimlab_run_ids(spec)
     results = aggregate(spec, run_ids, *_records(args))
+    failed = []
     if args.run_missing and any(r.missing_seeds for r in results):
-        failures = run_missing(results, args.runs.parent)
+        todo = sum(len(r.missing_seeds) for r in results)
+        failed = run_missing(results, args.runs.parent)
         results = aggregate(spec, run_ids, *_records(args))
-        if failures:
-            print(f"trimlab-table: {failures} run(s) failed; their records say why (status failed)", file=sys.stderr)
     text = spec_markdown(spec, results)
     print(text)
     out = args.out or Path("outputs/tables") / f"{spec.path.stem}-{spec.block}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(text + "\n")
-    (out / "table.tex").write_text(spec_latex(spec, results) + "\n")
-    (out / "table.csv").write_text(spec_csv(spec, results))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(text + "\n")
+        (out / "table.tex").write_text(spec_latex(spec, results) + "\n")
+        (out / "table.csv").write_text(spec_csv(spec, results))
+    except OSError as err:
+        raise ConfigError(f"cannot write the table to {out} ({err.strerror or err}); pass --out <a folder you can write>") from err
     from trimlab.results.plot import pareto_plot
 
     pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
     print(f"\nwritten: {out}/table.md, table.tex, table.csv, pareto.png, pareto.svg", file=sys.stderr)
+    if failed:
+        print(f"trimlab-table: {len(failed)} of {todo} run(s) failed; their records say why (status failed):", file=sys.stderr)
+        print("\n".join(f"- {' / '.join(r.cell.row)} · {r.cell.column} · seed {seed}: `{command(r, seed)}`" for r, seed in failed), file=sys.stderr)
+        return 1
     return 0
 
 

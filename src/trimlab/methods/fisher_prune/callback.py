@@ -171,6 +171,14 @@ def check_transformer(model: nn.Module, name: str) -> None:
             f"method=fisher_prune prunes attention heads and FFN neurons; {name} is not a "
             "Transformer. Use a BERT or ViT model, or method=pwlq for CNNs."
         )
+    spec, encoder = model.encoder.spec, model.encoder
+    for i, (heads, neurons) in enumerate(zip(encoder.heads_per_layer, encoder.neurons_per_layer)):
+        if heads != spec.num_heads or neurons != spec.ffn_dim:
+            raise ConfigError(
+                f"method=fisher_prune ranks every head and neuron of a full model; {name} is already structurally pruned "
+                f"(layer {i} keeps {heads} of {spec.num_heads} heads, {neurons} of {spec.ffn_dim} neurons): "
+                "prune the dense model once, to the combined budget"
+            )
 
 
 def check_budget(model: TransformerClassifier, budget: Budget, cfg: DictConfig, seq_len: float, cache_dir: Path) -> None:

@@ -36,6 +36,10 @@ class MaskGradients:
         return fisher_importance(self.neurons)
 
 
+class NonFiniteFisher(RuntimeError):
+    """A mask gradient is NaN or infinite: a search ranking by it would prune at random, so the method stops."""
+
+
 def fisher_importance(grads: Tensor) -> Tensor:
     """Diagonal empirical Fisher: the squared gradients summed over mini-batches."""
     return grads.pow(2).sum(dim=0)
@@ -65,7 +69,9 @@ def collect_mask_gradients(
         for batch in tqdm(batches, desc="Fisher", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch, head_mask=head_mask, neuron_mask=neuron_mask).logits
-            h, n = torch.autograd.grad(task_loss(logits, batch, num_labels), (head_mask, neuron_mask))
+            loss = task_loss(logits, batch, num_labels)
+            h, n = torch.autograd.grad(loss, (head_mask, neuron_mask))
+            _check_finite(model, len(head_grads), loss, h, n)
             head_grads.append(h)
             neuron_grads.append(n)
     finally:
@@ -73,3 +79,23 @@ def collect_mask_gradients(
         for p in needs_grad:
             p.requires_grad_(True)
     return MaskGradients(torch.stack(head_grads), torch.stack(neuron_grads))
+
+
+def _check_finite(model: TransformerClassifier, batch_index: int, loss: Tensor, heads: Tensor, neurons: Tensor) -> None:
+    """Raise :class:`NonFiniteFisher` naming the first layer whose mask gradient is not finite, and why where it can tell."""
+    for kind, grads in (("heads", heads), ("neurons", neurons)):
+        bad_layers = (~torch.isfinite(grads)).any(dim=1).nonzero()
+        if len(bad_layers) == 0:
+            continue
+        weight = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if weight is not None:
+            cause = f"the weight {weight} holds NaN or inf"
+        elif not torch.isfinite(loss):
+            cause = f"the loss is {loss.item():g}"
+        else:
+            cause = "the gradients overflow"
+        raise NonFiniteFisher(
+            f"Fisher information of layer {int(bad_layers[0])}'s {kind} is not finite on sample batch {batch_index} ({cause}): "
+            "check the model (a fine-tuning that diverged: lower its learning rate, finetune.lr) and the sample data "
+            "(NaN or inf inputs or labels)"
+        )
