@@ -73,3 +73,21 @@ def test_a_saved_model_naming_a_module_never_imports_it(tmp_path: Path, compose_
     with pytest.raises(ConfigError, match="evil_weights"):
         read_model(folder)
     assert not witness.exists()
+
+
+def test_a_checkpoint_write_failing_inside_safetensors_costs_the_cache_not_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors raises its own error type for a failed write; the run's cache step must treat it as the disk error it is."""
+    from safetensors import SafetensorError
+    from torch import nn
+
+    import trimlab.checkpoints as checkpoints
+    from trimlab.run import _cache_dense
+
+    def failing_save(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(checkpoints, "save_file", failing_save)
+    with pytest.raises(OSError, match="safetensors could not write"):
+        checkpoints.save_checkpoint(nn.Linear(2, 2), tmp_path / "dense.safetensors")
+    _cache_dense(nn.Linear(2, 2), tmp_path / "dense.safetensors")  # logs a warning, raises nothing
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -67,9 +68,15 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Save the state dict as safetensors (the kept models' format), atomically: a crash never leaves a corrupt entry."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    """Save the state dict as safetensors (the kept models' format), atomically: a crash never leaves a corrupt entry.
+
+    The storage library's own error (a write that failed inside safetensors) is raised as the ``OSError``
+    it stands for, so callers handle every failed write the same way."""
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    except SafetensorError as err:
+        raise OSError(f"safetensors could not write {path}: {err}") from err
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
