@@ -298,3 +298,15 @@ def test_an_8_bit_run_times_and_scores_the_int8_kernel_path(compose_cfg) -> None
     # the int8 path's own accuracy, beside the simulated model's: close, not necessarily equal (dynamic input ranges)
     assert abs(record.compressed["metric_int8_kernel"] - record.compressed["metric"]) <= 0.05
     assert 0.9 <= record.compressed["agreement_int8_kernel"] <= 1.0
+
+
+def test_a_non_finite_calibration_input_stops_naming_the_layer() -> None:
+    from trimlab.methods.pwlq.calibrate import NonFiniteActivations
+
+    model = small_cnn().eval()
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    first = next(iter(layers))
+    batch = {"pixel_values": torch.randn(2, 1, 8, 8)}
+    batch["pixel_values"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteActivations, match=f"layer {first}"):
+        calibrate_ranges(model, layers, [batch])

@@ -37,6 +37,10 @@ class RangeObserver:
         return sum(self.lows) / len(self.lows), sum(self.highs) / len(self.highs)
 
 
+class NonFiniteActivations(RuntimeError):
+    """A calibration input holds NaN or inf: its range, and every value quantized over it, would be NaN."""
+
+
 @torch.no_grad()
 def observe_inputs(
     model: nn.Module,
@@ -44,8 +48,20 @@ def observe_inputs(
     batches: Iterable[Mapping[str, Tensor]],
     observe: Callable[[str, Tensor], None],
 ) -> None:
-    """Run the batches (labels dropped) in eval mode, handing each named layer's input to ``observe``."""
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: observe(n, args[0])) for name, m in layers.items()]
+    """Run the batches (labels dropped) in eval mode, handing each named layer's input to ``observe``.
+
+    A non-finite input stops calibration with :class:`NonFiniteActivations` naming the first layer that saw it.
+    """
+
+    def checked(name: str, x: Tensor) -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteActivations(
+                f"the input of layer {name} holds NaN or inf values on the calibration batches: the model itself "
+                "computes them (check its weights, e.g. a diverged fine-tune: finetune.lr) or the data does"
+            )
+        observe(name, x)
+
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: checked(n, args[0])) for name, m in layers.items()]
     was_training = model.training
     model.eval()
     try:
