@@ -138,7 +138,34 @@ def test_budget_the_method_cannot_take_fails_before_work(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "trimlab: error:" in result.stderr and "cannot take a 'bits' budget" in result.stderr
     assert "budget=flops_60" in result.stderr  # names the fix
-    assert not list(tmp_path.rglob(RECORD_FILE))
+    assert not (tmp_path / "outputs").exists()  # nothing on disk: Hydra's job folder went with the refusal
+
+
+def test_the_runs_folder_shows_runs_only(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Hydra's job files live in the run folder once the run passed its checks; its job folder is gone."""
+    workdir, _ = smoke
+    run_dir = only_run_dir(workdir)
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    log = (run_dir / "cli.log").read_text()
+    assert "fine-tuning" in log and "pruned to" in log  # written before and after the job folder moved in
+    assert not (workdir / "outputs" / "runs" / ".attempts" / run_dir.name / "job").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["method=pwlq", "budget=bits_4", "budget.target=17"], "budget.target"),  # trimlab's own check
+        (["method=nope"], "Available options in 'method': dense, "),  # Hydra's: one line, the options listed
+        (["seed=abc"], "seed=abc"),  # a value of the wrong type
+        (["experiment=smok"], "did you mean experiment=smoke"),  # Hydra would skip an unknown optional experiment
+    ],
+)
+def test_a_refused_command_line_says_one_line_and_leaves_nothing(overrides: list[str], names: str, tmp_path: Path) -> None:
+    result = trimlab(*overrides, "logger=none", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("trimlab: error: ") and names in result.stderr
+    assert "Traceback" not in result.stderr and "Config search path" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_version_is_trimlabs(tmp_path: Path) -> None:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from trimlab.config import ConfigError, register_configs
+from trimlab.config import ConfigError, composition_error, register_configs
 from trimlab.interrupt import RunInterrupted
 from trimlab.results.record import now, run_id
 
@@ -48,29 +55,34 @@ def _app(cfg: DictConfig) -> float:
     In a multirun a job that fails (its checks, or later) is recorded and the sweep
     goes on; the summary at the end names it. A signal stops the whole sweep.
     """
-    from trimlab.distributed import check_launch
-    from trimlab.results.run_folder import RunBusy
+    from trimlab.distributed import check_launch, is_primary
+    from trimlab.results.run_folder import RunBusy, discard_hydra_job
     from trimlab.run import record_refused, run
 
     JOBS_STARTED.append(1)
     _route_library_logs()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    hydra_job = Path(hydra_cfg.runtime.output_dir)
     try:
+        check_optional_choices(hydra_cfg.runtime.choices)
         check_launch(cfg, multirun=multirun)
     except ConfigError as err:
+        discard_hydra_job(hydra_job)
         _exit_with(err)
     job = JobOutcome(hydra_cfg.job.get("num", 0), list(hydra_cfg.overrides.task), "running")
     started = now()
     try:
-        record = run(cfg)
+        record = run(cfg, hydra_job=hydra_job)
     except ConfigError as err:
+        if not multirun or isinstance(err, RunBusy):
+            discard_hydra_job(hydra_job)
         if not multirun:
             _exit_with(err)
         print(f"trimlab: error: {err}", file=sys.stderr)
         job.status, job.message = ("busy", str(err)) if isinstance(err, RunBusy) else ("failed", str(err))
         if job.status == "failed":
-            record_refused(cfg, str(err))
+            record_refused(cfg, str(err), hydra_job)
         OUTCOMES.append(job)
         return float("nan")
     except Exception as err:  # noqa: BLE001 — recorded by run(); the sweep goes on
@@ -80,10 +92,26 @@ def _app(cfg: DictConfig) -> float:
         job.status, job.message = "failed", f"{type(err).__name__}: {err}"
         OUTCOMES.append(job)
         return float("nan")
+    skipped = record.started_at < started
+    if skipped and is_primary():
+        discard_hydra_job(hydra_job)
     if multirun:
-        job.status = "skipped" if record.started_at < started else "completed"
+        job.status = "skipped" if skipped else "completed"
         OUTCOMES.append(job)
     return float(record.compressed["metric"])
+
+
+def check_optional_choices(choices: Mapping[str, str | None]) -> None:
+    """Refuse an option Hydra would skip in silence: ``experiment`` is optional, so ``experiment=typo`` would
+    run the default experiment instead."""
+    chosen = choices.get("experiment")
+    if chosen is None:
+        return
+    options = GlobalHydra.instance().config_loader().get_group_options("experiment")
+    if chosen not in options:
+        near = difflib.get_close_matches(chosen, options, n=1)
+        hint = f"did you mean experiment={near[0]}? " if near else ""
+        raise ConfigError(f"experiment={chosen} does not exist; {hint}the experiments are {', '.join(sorted(options))}")
 
 
 def _exit_with(err: ConfigError) -> None:
@@ -138,10 +166,19 @@ def main() -> None:
         )
         sys.exit(2)
     register_resolvers()
+    user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach us, to be said in one line
     try:
         _app()
+    except (HydraException, OmegaConfBaseException, ConfigError) as err:
+        if JOBS_STARTED or user_wants_trace:
+            raise
+        # Hydra refused the command line (unknown key, wrong type, a missing option) before any job started
+        message = err if isinstance(err, ConfigError) else composition_error(err)
+        print(f"trimlab: error: {message} (`trimlab --help` lists the groups and keys)", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as done:
-        if done.code == 1 and not JOBS_STARTED:  # Hydra refused the overrides (unknown key, wrong type) and said why
+        if done.code == 1 and not JOBS_STARTED:  # Hydra stopped at the command line and said why
             sys.exit(2)
         raise
     except RunInterrupted as err:

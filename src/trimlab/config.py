@@ -32,8 +32,17 @@ OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=", "value_type=
 def composition_error(err: Exception) -> ConfigError:
     """Hydra's composition error as one line: its message and its cause's (an OmegaConf error), less their key dumps."""
     lines = [line.strip() for text in (str(err), str(err.__cause__ or "")) for line in text.splitlines()]
+    if "Config search path:" in lines:  # Hydra's list of where it looked: not the user's business
+        lines = lines[: lines.index("Config search path:")]
     kept = dict.fromkeys(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
-    return ConfigError(" — ".join(kept) or type(err).__name__)
+    parts: list[str] = []
+    for line in kept:
+        if parts and parts[-1].startswith("Available options") and not line.endswith(":"):
+            if not line.endswith("_schema"):  # the schemas' own entries are not options to choose
+                parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        else:
+            parts.append(line)
+    return ConfigError(" — ".join(parts) or type(err).__name__)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from trimlab.saved_model import MODEL_DIR, save_model
 
 log = logging.getLogger(__name__)
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
+def run(cfg: DictConfig, run_dir: Path | None = None, hydra_job: Path | None = None) -> RunRecord:
     """Run one experiment; a completed run with the same config is returned without rerunning.
 
     The run folder is owned for the whole run (a second process on the same
@@ -63,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunRecord:
     if not is_primary():
         with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
             return _run_alongside(cfg, rid, Path(scratch))
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir, hydra_job)
     inputs = input_fingerprints(locations(cfg))
     done = None if cfg.force else _reusable(folder, inputs)
     if done is None:
@@ -88,13 +88,13 @@ def _reusable(folder: RunFolder, inputs: dict[str, str]) -> RunRecord | None:
     return done
 
 
-def record_refused(cfg: DictConfig, message: str) -> Path | None:
+def record_refused(cfg: DictConfig, message: str, hydra_job: Path | None = None) -> Path | None:
     """Record a run that failed its checks (a multirun goes on past it); None when another process owns its folder."""
     rid = run_id(cfg)
     try:
         record = _new_record(cfg, rid)
         record.status, record.error, record.stage, record.finished_at = "failed", message, "checks", now()
-        with RunFolder(Path(cfg.paths.output_dir) / "runs" / rid).own() as folder:
+        with RunFolder(Path(cfg.paths.output_dir) / "runs" / rid, hydra_job).own() as folder:
             return folder.finish(record)
     except (ConfigError, OSError) as err:
         log.warning("could not record the failed run %s: %s", rid, err)

@@ -19,6 +19,10 @@ not complete, so every attempt leaves a record that says what happened;
 ``history/``, Hydra's ``.hydra/`` and its job logs pass to the new folder. The
 files of an attempt that did not complete stay in its staging folder until the
 next attempt starts.
+
+Hydra's job folder is ``<runs>/.attempts/<id>/job``, not the run folder, so an
+invocation refused by trimlab's checks leaves no run folder behind (the CLI
+removes the job folder): only an owner adopts Hydra's files into the run folder.
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ class RunBusy(ConfigError):
 class RunFolder:
     """The folder of one run id; :meth:`own` it before writing anything; an attempt's files go to :attr:`staging`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hydra_job: Path | None = None) -> None:
         self.path = path
+        self.hydra_job = hydra_job
+        """Hydra's job folder of this process (its ``.hydra/`` and job log), adopted by :meth:`own`."""
         self.staging = attempts_dir(path) / STAGING_DIR
         self._owner: IO[str] | None = None
         self._record_name = RECORD_FILE
@@ -107,6 +113,7 @@ class RunFolder:
         self._swapped = False
         self._recover()
         self.path.mkdir(parents=True, exist_ok=True)
+        self._adopt_hydra_job()
         self._file_away_earlier_attempts()
         self.staging.mkdir()
         return self
@@ -169,6 +176,29 @@ class RunFolder:
             if (item.name in LASTING or item.suffix == ".log") and not (self.path / item.name).exists():
                 os.replace(item, self.path / item.name)
 
+    def _adopt_hydra_job(self) -> None:
+        """Move Hydra's files of this invocation into the run folder: its ``.hydra/`` replaces an earlier one, its
+        job log is appended to the run's log, and the open log handler writes on in the run folder."""
+        job = self.hydra_job
+        if job is None or not job.is_dir() or job.resolve() == self.path.resolve():
+            return
+        for item in sorted(job.iterdir()):
+            target = self.path / item.name
+            if item.suffix == ".log":
+                if target.exists():
+                    with open(target, "ab") as kept, open(item, "rb") as new:
+                        shutil.copyfileobj(new, kept)
+                    item.unlink()
+                else:
+                    os.replace(item, target)
+                repoint_log_handlers(item, target)
+            elif item.is_dir():
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+        with contextlib.suppress(OSError):
+            job.rmdir()
+
     def _file_away_earlier_attempts(self) -> None:
         """Move what earlier attempts left (not completed) to history; keep a completed record where it is."""
         self._to_history(self.path / ATTEMPT_FILE)
@@ -211,6 +241,36 @@ class RunFolder:
             target = history / f"{name}-{n}.json"
             n += 1
         return target
+
+
+def repoint_log_handlers(old: Path, new: Path) -> None:
+    """File handlers writing to ``old`` write to ``new`` from their next message on."""
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == old.absolute():
+                handler.acquire()
+                try:
+                    handler.close()
+                    handler.baseFilename = str(new.absolute())
+                    handler.mode = "a"
+                finally:
+                    handler.release()
+
+
+def discard_hydra_job(job: Path) -> None:
+    """Remove what Hydra made for an invocation that ran nothing (refused, busy, or completed before): its job
+    folder, then the folders above it that it leaves empty, up to the runs folder's parent."""
+    if job.name != "job" or job.parent.parent.name != ATTEMPTS_DIR or not job.is_dir():
+        return
+    for item in job.iterdir():
+        if item.suffix == ".log":
+            repoint_log_handlers(item, Path(os.devnull))
+    shutil.rmtree(job, ignore_errors=True)
+    for folder in (job.parent, job.parent.parent, job.parent.parent.parent, job.parent.parent.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _stamp(started_at: str) -> str:
