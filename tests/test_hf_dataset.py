@@ -146,7 +146,7 @@ def test_bad_data_fails_with_one_line_naming_the_key_and_fix(compose_cfg, tmp_pa
         assert "\n" not in str(err.value)
 
 
-def test_bad_config_fails_before_reading(compose_cfg, tmp_path: Path) -> None:
+def test_bad_config_or_unreadable_file_fails_naming_the_key(compose_cfg, tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", rows(10, ["a", "b"]))
     (tmp_path / "saved").mkdir()
     garbage = tmp_path / "broken.parquet"
@@ -167,7 +167,8 @@ def test_bad_config_fails_before_reading(compose_cfg, tmp_path: Path) -> None:
 
 
 def test_run_id_follows_the_files_content_not_their_place(compose_cfg, tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "copy").mkdir()
+    for name in ("a", "b", "copy"):
+        (tmp_path / name).mkdir()
     examples = rows(20, ["x", "y"])
     write_csv(tmp_path / "a" / "train.csv", examples)
     shutil.copy(tmp_path / "a" / "train.csv", tmp_path / "copy" / "train.csv")
