@@ -84,6 +84,15 @@ def test_imagenet_without_a_folder_names_the_key(compose_cfg):
         validate(compose_cfg("model=efficientnet_lite0", "dataset=imagenet"))
 
 
+def test_image_folder_needs_its_class_count(compose_cfg, tmp_path):
+    (tmp_path / "train").mkdir()
+    cfg = compose_cfg("model=cnn_digits", "dataset=image_folder", f"dataset.path={tmp_path}")
+    with pytest.raises(ConfigError, match="set dataset.num_labels to the number of folders in train/"):
+        validate(cfg)
+    cfg.dataset.num_labels = 3
+    validate(cfg)
+
+
 def test_a_metric_trimlab_does_not_measure_fails_before_work(compose_cfg):
     with pytest.raises(ConfigError, match="dataset.metric='abc' is not one of accuracy, f1, pearson, agreement"):
         validate(compose_cfg("dataset.metric=abc"))

