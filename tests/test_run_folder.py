@@ -198,3 +198,32 @@ def test_only_a_completed_folder_may_be_read(tmp_path: Path) -> None:
         completed_folder(tmp_path)
     write_record(tmp_path, record("completed"))
     assert completed_folder(tmp_path).status == "completed"
+
+
+def test_a_killed_writers_temporaries_go_at_the_next_write_and_a_live_ones_stay(tmp_path: Path) -> None:
+    """A SIGKILL mid-save leaves ``.<name>.*.tmp`` beside the target; the next atomic write of it removes what has
+    been untouched for an hour (a writer's file, or folder, is touched every few seconds), nothing else."""
+    import os
+    import time
+
+    from torch import nn
+
+    from trimlab.checkpoints import save_checkpoint
+
+    target = tmp_path / "cache" / "dense" / "m-d-abc.safetensors"
+    target.parent.mkdir(parents=True)
+    dead_file = target.parent / f".{target.name}.k1ll3d.tmp"
+    dead_folder = target.parent / f".{target.name}.f0ld3r.tmp"
+    live = target.parent / f".{target.name}.wr1t1ng.tmp"
+    other = target.parent / ".other.safetensors.k1ll3d.tmp"
+    for path in (dead_file, live, other):
+        path.write_bytes(b"half a checkpoint")
+    dead_folder.mkdir()
+    (dead_folder / "weights.safetensors").write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for path in (dead_file, dead_folder, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    save_checkpoint(nn.Linear(2, 2), target)
+    assert target.is_file()
+    assert not dead_file.exists() and not dead_folder.exists()
+    assert live.exists() and other.exists()  # a live writer's; another target's

@@ -91,3 +91,45 @@ def test_a_checkpoint_write_failing_inside_safetensors_costs_the_cache_not_the_r
         checkpoints.save_checkpoint(nn.Linear(2, 2), tmp_path / "dense.safetensors")
     _cache_dense(nn.Linear(2, 2), tmp_path / "dense.safetensors")  # logs a warning, raises nothing
     assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"model": {"trust_remote_code": True}}, "trust_remote_code"),  # a key no schema has
+        ({"model": {"family": "os.system"}}, "model.family='os.system'"),  # not a family trimlab loads
+        ({"model": {"weights": "pickle"}}, "model.weights='pickle'"),  # not a weights kind
+        ({"model": {"max_length": "long"}}, "max_length"),  # a value of the wrong type
+        ({"token_selector": {"kind": "subprocess.run"}}, "token_selector.kind='subprocess.run'"),
+        ({"quantized": {"classifier": {"scheme": "eval"}}}, "quantized.classifier.scheme='eval'"),
+    ],
+)
+def test_a_saved_model_names_its_parts_by_trimlabs_own_keys(
+    change: dict, named: str, tmp_path: Path, compose_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each name in ``structure.json`` is checked against trimlab's own lists (the model config by its schema)
+    before anything is built: the builder is never reached, and the error names the file and the key."""
+    import json
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    import torch
+
+    import trimlab.saved_model as saved_model
+
+    model_cfg = OmegaConf.to_container(compose_cfg("model=minilm_l6").model, resolve=True)
+    structure = {"format": 1, "model": model_cfg, "num_labels": 2, "quantized": {}, "input_quantizers": {}, "token_selector": None}
+    for key, value in change.items():
+        structure[key] = structure[key] | value if isinstance(structure[key], dict) else value
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "structure.json").write_text(json.dumps(structure))
+    save_file({"x": torch.zeros(1)}, str(folder / "weights.safetensors"))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built from an unchecked structure")
+
+    monkeypatch.setattr(saved_model, "build_model", never)
+    with pytest.raises(ConfigError, match="structure.json") as caught:
+        saved_model.read_model(folder)
+    assert named in str(caught.value)

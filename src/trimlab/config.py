@@ -20,6 +20,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -568,6 +569,25 @@ def model_kind(model: DictConfig) -> str:
 def dataset_kind(dataset: DictConfig) -> str:
     """``text`` or ``image``."""
     return "text" if "glue_task" in dataset or "text_fields" in dataset else "image"
+
+
+def model_config_from_data(data: Any) -> DictConfig:
+    """A model config read from a file (a saved model's ``structure.json``): typed by its schema, checked as a run's is.
+
+    Which schema is chosen by the keys present (``family``: text, ``patch_size``: ViT, else CNN); an unknown key,
+    a wrong type, a value out of range, a weights kind or family trimlab does not know is a :class:`ConfigError`.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"the model config is a {type(data).__name__}, not a mapping")
+    schema = TextModelConfig if "family" in data else VitModelConfig if "patch_size" in data else CnnModelConfig
+    try:
+        model = OmegaConf.merge(OmegaConf.structured(schema), data)
+    except OmegaConfBaseException as err:
+        key = f"model.{err.full_key}" if getattr(err, "full_key", None) else "the model config"
+        raise ConfigError(f"{key} does not fit {schema.__name__}: {str(err).splitlines()[0]}") from err
+    check_keys(model, "model.")
+    _validate_model(model)
+    return model
 
 
 def _validate_model(model: DictConfig) -> None:

@@ -31,6 +31,8 @@ AT_FDCWD, RENAME_EXCHANGE = -100, 2
 CHUNK = 2**22
 RACY_NS = 2 * 10**9
 """A file modified this recently may change again within the same mtime tick: its digest is not cached."""
+STALE_AFTER_S = 3600
+"""A temporary of an atomic write untouched this long belongs to a writer that died (a write takes seconds)."""
 FINGERPRINT_CACHE = "fingerprints"
 """Folder, under a cache folder, of the digests :func:`fingerprint` has computed."""
 
@@ -46,6 +48,7 @@ def _umask() -> int:
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; on success it replaces ``path`` whole, readable as the umask allows."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -65,6 +68,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     folder or the new one, never a mix (a moment without either is possible).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -82,6 +86,32 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(path: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it (``.<name>.*.tmp`` / ``.old``, untouched for
+    ``older_than_s``), so a SIGKILL mid-save costs disk space until the next write, not for ever."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if leftover.suffix not in (".tmp", ".old"):
+            continue
+        try:
+            if leftover.lstat().st_mtime >= cutoff:
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        except OSError:
+            continue  # another process got there first, or it is not ours to remove
+        removed.append(leftover)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` as a glob pattern matching only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def exchange(a: Path, b: Path) -> bool:

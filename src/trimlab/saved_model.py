@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from trimlab.config import ConfigError
+from trimlab.config import ConfigError, model_config_from_data
 from trimlab.files import atomic_folder
 from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens
 from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
@@ -100,11 +100,12 @@ def read_model(folder: Path) -> nn.Module:
         structure = json.loads(reading.read_text())
         if structure.get("format") != FORMAT:
             raise ValueError(f"format {structure.get('format')!r}, this trimlab reads {FORMAT}")
-        if not isinstance(structure.get("model"), dict):
-            raise ValueError("its `model` is not the model's config")
-        model_cfg, num_labels = OmegaConf.create(structure["model"]), int(structure["num_labels"])
+        model_cfg, num_labels = model_config_from_data(structure.get("model")), int(structure["num_labels"])
+        check_part_names(structure)
         reading = folder / WEIGHTS_FILE
         tensors = load_file(str(reading), device="cpu")
+    except ConfigError as err:
+        raise ConfigError(f"{reading} names a part trimlab does not build, so nothing was built: {err}") from err
     except (OSError, ValueError, KeyError, TypeError, AttributeError, OmegaConfBaseException, SafetensorError) as err:
         raise ConfigError(
             f"{reading} is not a readable trimlab model file ({(str(err).splitlines() or [type(err).__name__])[0][:200]}); "
@@ -123,6 +124,28 @@ def read_model(folder: Path) -> nn.Module:
             "the file is corrupt or was saved by another trimlab version: rerun its run with force=true"
         ) from err
     return model.eval()
+
+
+SELECTOR_KINDS = ("thresholds", "topk", "sait")
+"""The token selectors a structure file may name (``token_selector.kind``)."""
+QUANT_SCHEMES = ("uniform", "pwlq")
+"""The weight quantizers a structure file may name (``quantized.<layer>.scheme``)."""
+
+
+def check_part_names(structure: dict[str, Any]) -> None:
+    """Every part a structure file names is one of trimlab's own (its model config is checked by its schema):
+    the file is data, so nothing it says picks code outside these lists."""
+    selector = structure.get("token_selector")
+    if selector is not None and (not isinstance(selector, dict) or selector.get("kind") not in SELECTOR_KINDS):
+        kind = selector.get("kind") if isinstance(selector, dict) else selector
+        raise ConfigError(f"token_selector.kind={kind!r} is not one of {', '.join(SELECTOR_KINDS)}")
+    quantized = structure.get("quantized", {})
+    if not isinstance(quantized, dict):
+        raise ConfigError("`quantized` is not a mapping of layer names")
+    for layer, spec in quantized.items():
+        scheme = spec.get("scheme") if isinstance(spec, dict) else spec
+        if scheme not in QUANT_SCHEMES:
+            raise ConfigError(f"quantized.{layer}.scheme={scheme!r} is not one of {', '.join(QUANT_SCHEMES)}")
 
 
 def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:
@@ -204,6 +227,7 @@ def _build_selector(spec: dict[str, Any] | None) -> Any:
         return selector
     if spec["kind"] == "topk":
         return TopKTokens(spec["keep_rates"])
+    assert spec["kind"] == "sait", spec["kind"]  # check_part_names let no other kind through
     selector = SaiTSelector(spec["prune_layers"], spec["mode"], spec["package"], spec["num_protected"])
     selector.density = spec["density"]
     return selector
