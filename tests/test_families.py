@@ -8,6 +8,10 @@ that tokenizer, so they are padded with the family's own padding id.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from transformers import (
 
 from trimlab.api import compress
 from trimlab.config import ConfigError, validate
+from trimlab.data import build_datamodule
 from trimlab.measure.flops import analytic_flops, count_flops
 from trimlab.models.build import build_model
 from trimlab.models.convert import to_trimlab
@@ -125,6 +130,51 @@ def test_a_saved_folder_loads_through_model_hf_and_matches_transformers(
     ours.encoder.packed = not ours.encoder.packed  # the other layout gives the same logits
     with torch.no_grad():
         assert float((ours(batch).logits - got).abs().max()) <= BOUND
+
+
+def test_a_roberta_folder_is_fed_by_the_text_datamodule(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """The datamodule pads with the folder tokenizer's padding id (1) and sends no token types, as RoBERTa expects.
+
+    Tweets has 2 labels, the checkpoint 3: the head's trained dense layer is kept, under a fresh output layer.
+    """
+    theirs, folder = save_checkpoint("roberta", tmp_path / "roberta")
+    cfg = compose_cfg("model=hf", f"model.path={folder}", "model.max_length=24", "dataset=tweets", "dataset.max_train_examples=16")
+    built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
+    datamodule = build_datamodule(cfg.dataset, built, seed=0)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    assert "token_type_ids" not in batch and (batch["input_ids"][batch["attention_mask"] == 0] == 1).all()
+    with torch.no_grad():
+        got = built.model.eval()(inputs).logits
+    theirs.classifier.out_proj = built.model.head.classifier  # tweets has its own label count: compare on one head
+    assert float((got - hf_logits(theirs, inputs)).abs().max()) <= BOUND
+
+
+HUB_LOAD = """
+import sys, torch
+from trimlab.models.text import hub_commit, load_text_classifier
+model, tokenizer = load_text_classifier(sys.argv[1], "auto", num_labels=3)
+batch = dict(tokenizer(sys.argv[3:], padding=True, return_tensors="pt"))
+with torch.no_grad():
+    torch.save({"logits": model.eval()(batch).logits, "batch": batch, "commit": hub_commit(sys.argv[1])}, sys.argv[2])
+"""
+
+
+def test_a_hub_id_loads_through_the_same_path(tmp_path: Path) -> None:
+    """A hub id resolved by ``huggingface_hub`` from its cache (offline), in a fresh process as a run loads it."""
+    theirs, folder = save_checkpoint("roberta", tmp_path / "saved")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-roberta"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out.pt"
+    subprocess.run([sys.executable, "-c", HUB_LOAD, "someone/tiny-roberta", str(out), *SENTENCES], env=env, check=True)
+    got = torch.load(out)
+    assert got["commit"] == commit
+    assert float((got["logits"] - hf_logits(theirs, got["batch"])).abs().max()) <= BOUND
 
 
 @pytest.mark.parametrize("name", ["roberta", "electra"])

