@@ -216,10 +216,11 @@ def test_an_unsupported_model_type_is_refused_with_the_supported_families(
     config: PretrainedConfig, compose_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
     config.save_pretrained(tmp_path)
-    cfg = compose_cfg("model=hf", f"model.path={tmp_path}")
     match = rf"model.path='{tmp_path}' is a '{config.model_type}' model.*supported model types: bert .*roberta.*distilbert, electra, mpnet"
-    with pytest.raises(ConfigError, match=match):
-        build_model(cfg.model, num_labels=LABELS)
+    for option in ("hf", "bert_base"):  # whether the family is read from the checkpoint or named
+        cfg = compose_cfg(f"model={option}", f"model.path={tmp_path}")
+        with pytest.raises(ConfigError, match=match):
+            build_model(cfg.model, num_labels=LABELS)
 
 
 def test_a_family_that_contradicts_the_checkpoint_names_the_right_one(compose_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

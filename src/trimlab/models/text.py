@@ -215,8 +215,8 @@ def load_text_classifier(
 
 
 def _checked_family(family: str, hf_config: PretrainedConfig, path: str) -> str:
-    """``family``, or the checkpoint's own for ``auto``; a known ``model_type`` of another layout is refused."""
-    found = family_of(hf_config, path) if family == "auto" else MODEL_TYPES.get(getattr(hf_config, "model_type", ""), family)
+    """The checkpoint's own family; an unsupported ``model_type``, or one that ``family`` (unless ``auto``) contradicts, is refused."""
+    found = family_of(hf_config, path)
     if family not in ("auto", found):
         raise ConfigError(
             f"model.family={family} but model.path={path!r} is a {hf_config.model_type!r} model; "
