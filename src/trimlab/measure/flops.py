@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
-from trimlab.models.embeddings import PatchEmbeddings
+from trimlab.models.embeddings import PatchEmbeddings, TextEmbeddings
 
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -87,11 +87,10 @@ def analytic_flops(
     layers = model.encoder.layers
     if tokens_per_layer is not None and len(tokens_per_layer) != len(layers):
         raise ValueError(f"tokens_per_layer has {len(tokens_per_layer)} layers, the encoder has {len(layers)}")
-    per_example = fixed_flops(model)
     total = 0.0
     for b, seq_len in enumerate(seq_lens):
         tokens = int(seq_len)
-        total += per_example
+        total += fixed_flops(model, tokens)
         for i, block in enumerate(layers):
             total += attention_flops(tokens, hidden, block.attn.num_heads, block.attn.head_dim)
             if tokens_per_layer is not None:
@@ -133,13 +132,16 @@ def mean_flops_per_example(model: nn.Module, batches: Iterable[Mapping[str, Tens
     return total / examples
 
 
-def fixed_flops(model: TransformerClassifier) -> int:
-    """Per-example FLOPs outside the encoder (patch embedding and head), which no head or neuron pruning removes."""
-    return _embedding_flops(model.embeddings) + _head_flops(model.head)
+def fixed_flops(model: TransformerClassifier, tokens: float) -> float:
+    """Per-example FLOPs outside the encoder (embeddings, head) at ``tokens`` tokens: no head or neuron pruning removes them."""
+    return _embedding_flops(model.embeddings, tokens) + _head_flops(model.head)
 
 
-def _embedding_flops(embeddings: nn.Module) -> int:
-    """Per-example FLOPs of the patch projection; text embeddings are lookups and cost none."""
+def _embedding_flops(embeddings: nn.Module, tokens: float) -> float:
+    """Per-example FLOPs of the patch projection, or of ELECTRA's projection up to the hidden width; lookups cost none."""
+    if isinstance(embeddings, TextEmbeddings):
+        project = embeddings.project
+        return 2 * tokens * project.in_features * project.out_features if project is not None else 0
     if not isinstance(embeddings, PatchEmbeddings):
         return 0
     conv = embeddings.proj

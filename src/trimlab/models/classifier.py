@@ -17,15 +17,15 @@ from trimlab.models.encoder import Encoder, EncoderOutput
 class ClassifierHead(nn.Module):
     """Pools the class token and maps it to logits.
 
-    ``pre`` picks the layer before the classifier: ``tanh_dense`` (BERT pooler),
-    ``relu_dense`` (DistilBERT pre-classifier), ``layernorm`` (ViT final norm)
-    or ``none``.
+    ``pre`` picks the layer before the classifier: ``tanh_dense`` (BERT pooler,
+    RoBERTa and MPNet heads), ``relu_dense`` (DistilBERT pre-classifier),
+    ``gelu_dense`` (ELECTRA head), ``layernorm`` (ViT final norm) or ``none``.
     """
 
     def __init__(self, hidden_size: int, num_labels: int, pre: str, dropout: float, layer_norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.pre_kind = pre
-        if pre in ("tanh_dense", "relu_dense"):
+        if pre in ("tanh_dense", "relu_dense", "gelu_dense"):
             self.pre = nn.Linear(hidden_size, hidden_size)
         elif pre == "layernorm":
             self.pre = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -42,6 +42,8 @@ class ClassifierHead(nn.Module):
             x = x.tanh()
         elif self.pre_kind == "relu_dense":
             x = x.relu()
+        elif self.pre_kind == "gelu_dense":
+            x = nn.functional.gelu(x)
         return x
 
     def forward(self, hidden: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""A model of the user's own, as trimlab's: ``transformers`` BERT-family sequence classifiers and timm ViT/DeiT.
+"""A model of the user's own, as trimlab's: ``transformers`` encoder sequence classifiers and timm ViT/DeiT.
 
 Conversion reads only the module's own config and state dict (no hub access),
 through the same loaders a configured run uses (:mod:`trimlab.models.text`,
@@ -16,15 +16,12 @@ from transformers import PreTrainedModel
 
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.cnn import CnnClassifier
-from trimlab.models.text import text_classifier_from_hf
+from trimlab.models.text import MODEL_TYPES, text_classifier_from_hf
 from trimlab.models.vision import vit_from_timm
 
-HF_FAMILIES = {"bert": "bert", "distilbert": "distilbert", "mpnet": "mpnet"}
-"""``config.model_type`` → the text loader's state-dict layout (MiniLM checkpoints are ``bert``)."""
-
 CONVERTIBLE = (
-    "a transformers BertForSequenceClassification (also MiniLM), DistilBertForSequenceClassification or "
-    "MPNetForSequenceClassification, a timm VisionTransformer (ViT, DeiT), another timm model (quantization only), "
+    "a transformers *ForSequenceClassification of BERT (also MiniLM), RoBERTa (also XLM-RoBERTa), DistilBERT, "
+    "ELECTRA or MPNet, a timm VisionTransformer (ViT, DeiT), another timm model (quantization only), "
     "or a trimlab model"
 )
 
@@ -49,9 +46,9 @@ def to_trimlab(model: nn.Module) -> nn.Module:
 
 
 def from_transformers(model: PreTrainedModel) -> TransformerClassifier:
-    """The unified-encoder classifier of a ``transformers`` BERT, DistilBERT or MPNet sequence classifier."""
+    """The unified-encoder classifier of a ``transformers`` sequence classifier of one of the text loader's families."""
     kind, model_type = type(model).__name__, getattr(model.config, "model_type", "")
-    if model_type not in HF_FAMILIES:
+    if model_type not in MODEL_TYPES:
         raise ValueError(f"model: a transformers {kind} (model_type={model_type!r}) cannot be converted; give {CONVERTIBLE}")
     if not kind.endswith("ForSequenceClassification"):
         raise ValueError(
@@ -59,7 +56,7 @@ def from_transformers(model: PreTrainedModel) -> TransformerClassifier:
             "transformers.AutoModelForSequenceClassification.from_pretrained(..., num_labels=N)"
         )
     try:
-        return text_classifier_from_hf(model, HF_FAMILIES[model_type], model.config.num_labels)
+        return text_classifier_from_hf(model, MODEL_TYPES[model_type], model.config.num_labels)
     except ValueError as exc:
         raise ValueError(f"model: {kind} cannot be converted: {exc}") from exc
 

@@ -14,6 +14,8 @@ class TextEmbeddings(nn.Module):
     ``type_vocab_size=0`` gives DistilBERT's embeddings (no token types).
     ``padding_positions`` numbers positions as RoBERTa and MPNet do: real tokens
     count from ``pad_token_id + 1``, pad tokens take position ``pad_token_id``.
+    ``embedding_size`` (ELECTRA) embeds in a narrower width, normalises there and
+    projects up to ``hidden_size`` (``project``).
     """
 
     def __init__(
@@ -26,15 +28,18 @@ class TextEmbeddings(nn.Module):
         dropout: float,
         pad_token_id: int = 0,
         padding_positions: bool = False,
+        embedding_size: int | None = None,
     ) -> None:
         super().__init__()
         self.pad_token_id = pad_token_id
         self.padding_positions = padding_positions
-        self.word = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.position = nn.Embedding(max_positions, hidden_size, padding_idx=pad_token_id if padding_positions else None)
-        self.token_type = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size > 0 else None
-        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        width = embedding_size or hidden_size
+        self.word = nn.Embedding(vocab_size, width, padding_idx=pad_token_id)
+        self.position = nn.Embedding(max_positions, width, padding_idx=pad_token_id if padding_positions else None)
+        self.token_type = nn.Embedding(type_vocab_size, width) if type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(width, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(width, hidden_size) if width != hidden_size else None
 
     def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Return hidden ``[B, N, D]`` and the valid-token mask ``[B, N]``."""
@@ -50,7 +55,8 @@ class TextEmbeddings(nn.Module):
             x = x + self.token_type(types if types is not None else torch.zeros_like(ids))
         valid = batch.get("attention_mask")
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
-        return self.dropout(self.norm(x)), valid
+        x = self.dropout(self.norm(x))
+        return (x if self.project is None else self.project(x)), valid
 
 
 class PatchEmbeddings(nn.Module):

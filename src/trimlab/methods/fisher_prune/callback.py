@@ -137,7 +137,7 @@ def encoder_flops_target(model: TransformerClassifier, target: float, seq_len: f
     """
     spec = model.encoder.spec
     encoder = encoder_flops(spec, spec.num_layers * spec.num_heads, spec.num_layers * spec.ffn_dim, seq_len)
-    fixed = fixed_flops(model)
+    fixed = fixed_flops(model, seq_len)
     share = (target * (encoder + fixed) - fixed) / encoder
     if share <= 0:
         raise ConfigError(
