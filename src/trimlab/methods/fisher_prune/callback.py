@@ -1,4 +1,4 @@
-"""Fisher pruning as a Lightning Callback: the model is pruned in ``setup``, then the trainer validates it.
+"""Fisher pruning as a Lightning Callback: the model is pruned on the trainer's device, then the trainer validates it.
 
 Stages (each timed and recorded): Fisher gradients of the masks on the sample
 set → search under the FLOPs or latency budget → rearrangement → mask tuning
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class FisherPruning(PostTrainingCallback):
-    """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget`` (flops or latency).
+    """Prunes ``pl_module.model`` once, when a validate/test loop starts, to fit ``budget`` (flops or latency).
 
     ``cfg`` is the method's own config (:class:`~trimlab.methods.fisher_prune.schema.FisherPruneConfig`);
     each batch of ``samples`` gives one Fisher gradient.

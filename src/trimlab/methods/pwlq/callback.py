@@ -38,7 +38,7 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class PostTrainingQuantization(PostTrainingCallback):
-    """Quantizes ``pl_module.model`` once, when a validate/test run sets up."""
+    """Quantizes ``pl_module.model`` once, when a validate/test loop starts."""
 
     def __init__(self, cfg: DictConfig, bits: int, samples: Iterable[Mapping[str, Tensor]], run_dir: Path) -> None:
         super().__init__()
