@@ -29,6 +29,7 @@ from trimlab.methods.fisher_prune.search import Masks, check_latency_budget, mil
 from trimlab.methods.fisher_prune.tune import fold_masks, tune_masks
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import EncoderSpec
+from trimlab.models.placement import model_device
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def encoder_flops_target(model: TransformerClassifier, target: float, seq_len: f
 
 
 def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float, cache_dir: Path) -> tuple[LayerLatency, bool]:
-    """This machine's latency tables for the model's layer shape (cached under ``cache_dir/latency_lut``)."""
+    """This machine's latency tables for the model's layer shape, timed on its device (cached under ``cache_dir/latency_lut``)."""
     spec = model.encoder.spec
     return cached_layer_latency(
         Path(cache_dir) / "latency_lut",
@@ -161,6 +162,7 @@ def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float,
         batch_size=cfg.lut_batch_size,
         seq_len=max(1, round(seq_len)),
         ffn_points=cfg.lut_ffn_points,
+        device=model_device(model).type,
     )
 
 
