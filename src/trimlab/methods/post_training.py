@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any
 
 import lightning.pytorch as pl
