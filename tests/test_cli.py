@@ -53,6 +53,7 @@ def test_smoke_run_writes_a_completed_record(smoke: tuple[Path, subprocess.Compl
     assert 0.0 <= record.dense["metric"] <= 1.0 and record.dense["metric_name"] == "accuracy"
     assert record.dense["flops"] > 0 and record.dense["params"] > 20e6
     assert record.dense["latency_ms_b1"] > 0 and record.dense["threads"] >= 1
+    assert record.dense["latency_device"] == record.compressed["latency_device"] == "cpu"
     assert record.method == "fisher_prune" and record.budget == {"kind": "flops", "target": 0.6}
     assert 0.5 < record.ratios["flops"] < 0.7  # measured on test lengths; the budget is priced at the mean train length
     for b in (1, 8):  # the smoke experiment's batch sizes: the speedup and its share of the physical limit

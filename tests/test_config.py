@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 
 from trimlab.config import ConfigError, validate
@@ -137,6 +138,14 @@ def test_a_key_added_with_plus_that_the_schema_lacks_fails_naming_it(compose_cfg
 def test_values_out_of_range_fail_before_work_naming_the_key(compose_cfg, override, match):
     with pytest.raises(ConfigError, match=match):
         validate(compose_cfg(override))
+
+
+def test_latency_is_timed_on_a_device_the_run_has(compose_cfg):
+    with pytest.raises(ConfigError, match="measure.device='tpu' is not one of cpu, cuda"):
+        validate(compose_cfg("measure.device=tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="measure.device=cuda but this machine has no CUDA device"):
+            validate(compose_cfg("measure.device=cuda"))
 
 
 def test_lightning_trainer_options_are_schema_keys(compose_cfg):

@@ -20,7 +20,7 @@ def test_submitit_local_runs_each_job_in_its_own_process_and_records_it(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "runs").glob("*/record.json")]
     assert sorted(r["seed"] for r in records) == [0, 1] and all(r["status"] == "completed" for r in records)
-    assert (tmp_path / "outputs" / "runs" / ".submitit").is_dir()
+    assert (tmp_path / "outputs" / "runs" / ".attempts" / ".submitit").is_dir()  # the launcher's files, in Hydra's sweep folder
 
 
 def test_ray_runs_each_job_as_a_ray_task_and_records_it(tmp_path: Path, tiny_run: tuple[str, ...]) -> None:

@@ -39,6 +39,7 @@ from trimlab.methods.post_training import PostTrainingMethod, StepInputs
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.convert import to_trimlab
 from trimlab.models.embeddings import TextEmbeddings
+from trimlab.models.placement import batch_for
 
 __all__ = ["Budget", "CompressionReport", "compress"]
 
@@ -109,7 +110,8 @@ def compress(
     budget = _resolve_budget(name, steps, accepted, budget, bits)
     step_bits = _step_bits(name, steps, budget, bits)
     batches = _batches(data)
-    compressed = to_trimlab(model)
+    compressed = to_trimlab(model)  # on the model's device, in its dtype: so are the batches, and every step computes there
+    batches = [batch_for(compressed, batch) for batch in batches]
     _check_batches(compressed, batches)
     for step, bits_of_step in step_bits.items():
         steps[step].bits = bits_of_step

@@ -389,6 +389,10 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
+MEASURE_DEVICES = ("cpu", "cuda")
+"""Where a run may time its models (``measure.device``)."""
+
+
 @dataclass
 class MeasureConfig:
     """How the dense and compressed models are measured (same process, same machine)."""
@@ -401,6 +405,9 @@ class MeasureConfig:
     """Threads for timing (0 = torch's default)."""
     flops_batches: int = at_least(1, 4)
     """Evaluation batches whose FLOPs are counted and averaged."""
+    device: str = "cpu"
+    """Where latency and throughput are timed: ``cpu`` (deployment on a CPU; the models leave the trainer's device
+    for it) or ``cuda`` (the first GPU). The record says which (``latency_device``)."""
 
 
 @dataclass
@@ -480,6 +487,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not one of offline, online, disabled")
     process_count(cfg.trainer)
+    _validate_measure_device(cfg.measure.device)
+
+
+def _validate_measure_device(device: str) -> None:
+    if device not in MEASURE_DEVICES:
+        raise ConfigError(f"measure.device={device!r} is not one of {', '.join(MEASURE_DEVICES)}")
+    if device == "cuda":
+        import torch  # here only: composing a config stays free of torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("measure.device=cuda but this machine has no CUDA device; use measure.device=cpu")
 
 
 def check_keys(node: DictConfig, prefix: str = "") -> None:

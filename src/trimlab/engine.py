@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
+from trimlab.models.placement import batch_for, model_device
 from trimlab.results.record import RunRecord
 from trimlab.results.tracking import Tracker
 from trimlab.training import ClassifierModule, steps_for
@@ -139,17 +141,19 @@ def compare(
     m = cfg.measure
     for batch_size in m.latency_batch_sizes:
         batch = first_examples(datamodule.test_dataloader(), batch_size)
-        if compressed is dense:
-            a = measure_latency(dense, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
-            b = a
-        else:
-            a, b = compare_latency(dense, compressed, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
+        with placed_on(torch.device(m.device), dense, compressed):
+            placed = batch_for(dense, batch)
+            if compressed is dense:
+                a = measure_latency(dense, placed, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
+                b = a
+            else:
+                a, b = compare_latency(dense, compressed, placed, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
         _store_latency(record.dense, a)
         _store_latency(record.compressed, b)
         ratios[f"speedup_b{a.batch_size}"] = a.median_s / b.median_s
         # the share of the physical limit (1 / FLOPs ratio) the speedup reaches: 1.0 = the FLOPs saving fully turned into speed
         ratios[f"limit_fraction_b{a.batch_size}"] = ratios[f"speedup_b{a.batch_size}"] * ratios["flops"]
-        if kernel is not None:  # the same weights through int8 kernels: what quantization buys on this CPU
+        if kernel is not None:  # the same weights through int8 kernels, which run on the CPU only: what quantization buys on this CPU
             d, c = compare_latency(dense, kernel, batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads)
             record.compressed[f"latency_ms_b{c.batch_size}_int8_kernel"] = c.median_s * 1e3
             ratios[f"speedup_b{c.batch_size}_int8_kernel"] = d.median_s / c.median_s
@@ -166,6 +170,20 @@ def _store_latency(metrics: dict[str, Any], result: LatencyResult) -> None:
     metrics[f"latency_ms_b{b}"] = result.median_s * 1e3
     metrics[f"throughput_b{b}"] = result.throughput
     metrics["threads"] = result.threads
+    metrics["latency_device"] = result.device
+
+
+@contextmanager
+def placed_on(device: torch.device, *models: nn.Module) -> Iterator[None]:
+    """The models on ``device`` for the block, then back where each was (a run's models sit on the CPU between trainers)."""
+    before = [model_device(m) for m in models]
+    try:
+        for m in models:
+            m.to(device)
+        yield
+    finally:
+        for m, where in zip(models, before):
+            m.to(where)
 
 
 def first_examples(loader: Iterable[Mapping[str, Tensor]], n: int) -> dict[str, Tensor]:

@@ -253,7 +253,8 @@ def _quantization(model: nn.Module, tensors: dict[str, Tensor]) -> tuple[dict[st
     inputs: dict[str, list[float]] = {}
     for name, module in model.named_modules():
         q: QuantizedWeight | None = getattr(module, "quantized_weight", None)
-        if q is not None and torch.equal(q.dequantize().cpu(), tensors[f"{name}.weight"]):
+        weight = tensors.get(f"{name}.weight")  # a 16-bit model's weight is its codes' values in its dtype
+        if q is not None and weight is not None and torch.equal(q.dequantize().cpu().to(weight.dtype), weight):
             del tensors[f"{name}.weight"]
             tensors[f"{name}.weight.codes"] = pack_bits(q.codes.cpu(), q.code_bits)
             for key, value in q.params.items():

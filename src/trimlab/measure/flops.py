@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings, TextEmbeddings
+from trimlab.models.placement import batch_for
 
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -108,13 +109,12 @@ def mean_flops_per_example(model: nn.Module, batches: Iterable[Mapping[str, Tens
     not a :class:`TransformerClassifier` (CNNs) are counted with
     :func:`count_flops` instead.
     """
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, examples = 0.0, 0
     try:
         for batch in islice(batches, max_batches):
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            batch = batch_for(model, {k: v for k, v in batch.items() if isinstance(v, Tensor)})
             if isinstance(model, TransformerClassifier):
                 with torch.no_grad():
                     _, valid = model.embeddings(batch)

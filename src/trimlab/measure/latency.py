@@ -29,6 +29,8 @@ class LatencyResult:
     batch_size: int
     threads: int
     """Intra-op threads torch used during the measurement."""
+    device: str
+    """Where the models ran: ``cpu`` or ``cuda``."""
     throughput: float = field(init=False)
     """Examples per second at the median latency (a field, so records that ``asdict`` keep it)."""
 
@@ -66,7 +68,7 @@ def _measure(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     first = next(v for v in batch.values() if isinstance(v, Tensor))
     if not is_primary():  # a DDP run times in its primary process only: the others would compete for the cores
-        return [LatencyResult(math.nan, math.nan, first.shape[0], torch.get_num_threads()) for _ in models]
+        return [LatencyResult(math.nan, math.nan, first.shape[0], torch.get_num_threads(), first.device.type) for _ in models]
     sync = torch.cuda.synchronize if first.is_cuda else (lambda: None)
     modes = [m.training for m in models]
     times: list[list[float]] = [[] for _ in models]
@@ -89,7 +91,7 @@ def _measure(
         for m, mode in zip(models, modes):
             m.train(mode)
     return [
-        LatencyResult(statistics.median(t), _percentile(t, 0.9), first.shape[0], used_threads) for t in times
+        LatencyResult(statistics.median(t), _percentile(t, 0.9), first.shape[0], used_threads, first.device.type) for t in times
     ]
 
 

@@ -1,6 +1,10 @@
-"""What post-training methods share: a Callback that compresses once when a validate run sets up.
+"""What post-training methods share: a Callback that compresses once a validate run has the model on its device.
 
-The trainer then validates the compressed model, so its validation metric is
+Compression runs at the start of the validation loop, after Lightning has put
+the model on the trainer's device (and in its ``*-true`` precision), in full
+precision: outside the loop's inference mode, with gradients on for Fisher and
+autocast off whatever ``trainer.precision`` says. The trainer then validates
+the compressed model, so its validation metric is
 logged right after compression; the method's numbers ride back on the
 callback (``stats``, ``stages``, ``artifacts``) into the run record.
 
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -26,6 +32,7 @@ from trimlab.config import Budget
 from trimlab.measure.flops import sequence_length
 from trimlab.methods import MethodContext, MethodResult
 from trimlab.models.classifier import TransformerClassifier
+from trimlab.models.placement import model_device
 from trimlab.training import ClassifierModule
 
 
@@ -45,7 +52,7 @@ class StepInputs:
 
 
 class PostTrainingCallback(pl.Callback):
-    """Calls :meth:`compress` on ``pl_module.model`` once, at the setup of the first validate or test run."""
+    """Calls :meth:`compress` on ``pl_module.model`` once, at the start of the first validate or test loop."""
 
     def __init__(self) -> None:
         self.done = False
@@ -59,10 +66,22 @@ class PostTrainingCallback(pl.Callback):
     def compress(self, model: nn.Module) -> None:
         """Compress ``model`` in place."""
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.done and stage in ("validate", "test"):
-            self.compress(pl_module.model)
-            self.done = True
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.compress_once(pl_module.model)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.compress_once(pl_module.model)
+
+    def compress_once(self, model: nn.Module) -> None:
+        """:meth:`compress` on the model where it is, in full precision, unless done already."""
+        if self.done:
+            return
+        device = model_device(model).type
+        no_autocast = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+        with torch.inference_mode(False), torch.enable_grad(), no_autocast:
+            self.compress(model)
+        self.stats["compressed_on"] = device  # the record says where the method computed: cpu or cuda
+        self.done = True
 
 
 def validate_with(callbacks: list[PostTrainingCallback], model: nn.Module, ctx: MethodContext) -> None:

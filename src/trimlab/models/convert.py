@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.cnn import CnnClassifier
+from trimlab.models.placement import model_device, model_dtype
 from trimlab.models.text import MODEL_TYPES, text_classifier_from_hf
 from trimlab.models.vision import vit_from_timm
 
@@ -27,7 +28,7 @@ CONVERTIBLE = (
 
 
 def to_trimlab(model: nn.Module) -> nn.Module:
-    """trimlab's model of ``model``, in eval mode on ``model``'s device; it shares no parameter with ``model``.
+    """trimlab's model of ``model``, in eval mode on ``model``'s device and in its dtype; it shares no parameter with ``model``.
 
     The result takes a batch mapping (``input_ids``/``attention_mask``/``token_type_ids``
     or ``pixel_values``) and returns an object with ``.logits``. Raises
@@ -41,8 +42,7 @@ def to_trimlab(model: nn.Module) -> nn.Module:
         converted = from_timm(model)
     else:
         raise ValueError(f"model: a {type(model).__module__}.{type(model).__name__} cannot be converted; give {CONVERTIBLE}")
-    device = next(model.parameters()).device
-    return converted.to(device).eval()
+    return converted.to(device=model_device(model), dtype=model_dtype(model)).eval()
 
 
 def from_transformers(model: PreTrainedModel) -> TransformerClassifier:

@@ -471,9 +471,9 @@ class Attention(nn.Module):
     @torch.no_grad()
     def prune_heads(self, keep: Sequence[int]) -> None:
         """Keep only the listed heads (indices into the current heads), shrinking the weights."""
-        keep_t = torch.as_tensor(sorted(keep), dtype=torch.long)
+        keep_t = torch.as_tensor(sorted(keep), dtype=torch.long, device=self.proj.weight.device)
         dh, h = self.head_dim, self.num_heads
-        per_head = (keep_t[:, None] * dh + torch.arange(dh)[None, :]).reshape(-1)
+        per_head = (keep_t[:, None] * dh + torch.arange(dh, device=keep_t.device)[None, :]).reshape(-1)
         rows = torch.cat([per_head + part * h * dh for part in range(3)])
         self.qkv = _sliced_linear(self.qkv, rows=rows)
         self.proj = _sliced_linear(self.proj, cols=per_head)
@@ -545,7 +545,7 @@ class FeedForward(nn.Module):
     @torch.no_grad()
     def prune_neurons(self, keep: Sequence[int]) -> None:
         """Keep only the listed neurons (indices into the current neurons)."""
-        keep_t = torch.as_tensor(sorted(keep), dtype=torch.long)
+        keep_t = torch.as_tensor(sorted(keep), dtype=torch.long, device=self.fc1.weight.device)
         self.fc1 = _sliced_linear(self.fc1, rows=keep_t)
         self.fc2 = _sliced_linear(self.fc2, cols=keep_t)
 

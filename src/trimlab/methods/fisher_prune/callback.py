@@ -1,4 +1,4 @@
-"""Fisher pruning as a Lightning Callback: the model is pruned in ``setup``, then the trainer validates it.
+"""Fisher pruning as a Lightning Callback: the model is pruned on the trainer's device, then the trainer validates it.
 
 Stages (each timed and recorded): Fisher gradients of the masks on the sample
 set → search under the FLOPs or latency budget → rearrangement → mask tuning
@@ -29,12 +29,13 @@ from trimlab.methods.fisher_prune.search import Masks, check_latency_budget, mil
 from trimlab.methods.fisher_prune.tune import fold_masks, tune_masks
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import EncoderSpec
+from trimlab.models.placement import model_device
 
 log = logging.getLogger(__name__)
 
 
 class FisherPruning(PostTrainingCallback):
-    """Prunes ``pl_module.model`` once, when a validate/test run sets up, to fit ``budget`` (flops or latency).
+    """Prunes ``pl_module.model`` once, when a validate/test loop starts, to fit ``budget`` (flops or latency).
 
     ``cfg`` is the method's own config (:class:`~trimlab.methods.fisher_prune.schema.FisherPruneConfig`);
     each batch of ``samples`` gives one Fisher gradient.
@@ -149,7 +150,7 @@ def encoder_flops_target(model: TransformerClassifier, target: float, seq_len: f
 
 
 def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float, cache_dir: Path) -> tuple[LayerLatency, bool]:
-    """This machine's latency tables for the model's layer shape (cached under ``cache_dir/latency_lut``)."""
+    """This machine's latency tables for the model's layer shape, timed on its device (cached under ``cache_dir/latency_lut``)."""
     spec = model.encoder.spec
     return cached_layer_latency(
         Path(cache_dir) / "latency_lut",
@@ -161,6 +162,7 @@ def layer_latency(model: TransformerClassifier, cfg: DictConfig, seq_len: float,
         batch_size=cfg.lut_batch_size,
         seq_len=max(1, round(seq_len)),
         ffn_points=cfg.lut_ffn_points,
+        device=model_device(model).type,
     )
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from trimlab.models.classifier import TransformerClassifier
+from trimlab.models.placement import batch_for, model_device, model_dtype, statistics_dtype
 
 
 @dataclass
@@ -47,8 +48,9 @@ def fisher_importance(grads: Tensor) -> Tensor:
 
 def task_loss(logits: Tensor, batch: Mapping[str, Tensor], num_labels: int) -> Tensor:
     """The loss the model was trained with; unlabelled batches use the model's own predictions as labels."""
+    logits = logits.to(statistics_dtype(logits.dtype))  # a 16-bit model's loss in float32
     if num_labels == 1:
-        return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+        return F.mse_loss(logits.squeeze(-1), batch["labels"].to(logits.dtype))
     labels = batch["labels"] if "labels" in batch else logits.detach().argmax(-1)
     return F.cross_entropy(logits, labels)
 
@@ -58,16 +60,16 @@ def collect_mask_gradients(
 ) -> MaskGradients:
     """Backpropagate the task loss of every sample batch to the masks only (weights stay frozen)."""
     encoder = model.encoder
-    device = next(model.parameters()).device
-    head_mask = torch.ones(len(encoder.layers), max(encoder.heads_per_layer), device=device, requires_grad=True)
-    neuron_mask = torch.ones(len(encoder.layers), max(encoder.neurons_per_layer), device=device, requires_grad=True)
+    device, dtype = model_device(model), statistics_dtype(model_dtype(model))  # the encoder casts the masks to its dtype
+    head_mask = torch.ones(len(encoder.layers), max(encoder.heads_per_layer), device=device, dtype=dtype, requires_grad=True)
+    neuron_mask = torch.ones(len(encoder.layers), max(encoder.neurons_per_layer), device=device, dtype=dtype, requires_grad=True)
     was_training = model.training
     needs_grad = [p for p in model.parameters() if p.requires_grad]
     model.eval().requires_grad_(False)
     head_grads, neuron_grads = [], []
     try:
         for batch in tqdm(batches, desc="Fisher", disable=not progress, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = batch_for(model, batch)
             logits = model(batch, head_mask=head_mask, neuron_mask=neuron_mask).logits
             loss = task_loss(logits, batch, num_labels)
             h, n = torch.autograd.grad(loss, (head_mask, neuron_mask))

@@ -4,8 +4,8 @@ Kwon et al. time one attention sublayer for every head count and one FFN for
 every neuron count, then fit "constant up to a threshold, linear after it".
 Timing every one of 1,536 or 3,072 neuron counts would take minutes on a CPU,
 so the FFN is timed on an even grid of counts and the fit is done on those
-points. Tables are cached per architecture × input shape × threads × CPU, so
-they are built once per machine.
+points. Tables are timed on the model's device and cached per architecture ×
+input shape × threads × CPU (× GPU), so they are built once per machine.
 """
 
 from __future__ import annotations
@@ -79,14 +79,17 @@ class LayerLatency:
     threads: int
 
 
-def _time(fn, warmup: int, repeats: int) -> float:
+def _time(fn, warmup: int, repeats: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
         for _ in range(warmup):
             fn()
+        sync()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -102,35 +105,42 @@ def measure_layer_latency(
     ffn_points: int = 24,
     warmup: int = 3,
     repeats: int = 10,
+    device: str = "cpu",
 ) -> LayerLatency:
-    """Time an attention sublayer for 1..``heads`` heads and an FFN for ``ffn_points`` neuron counts."""
-    x = torch.randn(batch_size, seq_len, hidden)
-    state = TokenState(x, torch.ones(batch_size, seq_len, dtype=torch.bool), torch.arange(seq_len).expand(batch_size, -1))
+    """Time an attention sublayer for 1..``heads`` heads and an FFN for ``ffn_points`` neuron counts on ``device`` (cpu, cuda)."""
+    x = torch.randn(batch_size, seq_len, hidden, device=device)
+    valid = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)
+    state = TokenState(x, valid, torch.arange(seq_len, device=device).expand(batch_size, -1))
     head_counts = list(range(1, heads + 1))
     attention_s = []
     for h in head_counts:
-        attn = Attention(hidden, h, head_dim, 0.0).eval()
-        attention_s.append(_time(lambda: attn(x, state), warmup, repeats))
+        attn = Attention(hidden, h, head_dim, 0.0).to(device).eval()
+        attention_s.append(_time(lambda: attn(x, state), warmup, repeats, device))
     neuron_counts = sorted({max(1, int(round(v))) for v in np.linspace(0, ffn_dim, ffn_points + 1)[1:]} | {1})
     ffn_s = []
     for n in neuron_counts:
-        ffn = FeedForward(hidden, n, activation).eval()
-        ffn_s.append(_time(lambda: ffn(x), warmup, repeats))
+        ffn = FeedForward(hidden, n, activation).to(device).eval()
+        ffn_s.append(_time(lambda: ffn(x), warmup, repeats, device))
     return LayerLatency(
         LatencyTable(head_counts, attention_s), LatencyTable(neuron_counts, ffn_s), batch_size, seq_len, torch.get_num_threads()
     )
 
 
-def lut_key(hidden: int, heads: int, head_dim: int, ffn_dim: int, activation: str, batch_size: int, seq_len: int) -> str:
-    """A file name that changes with anything the timings depend on (shape, threads, CPU)."""
+def lut_key(
+    hidden: int, heads: int, head_dim: int, ffn_dim: int, activation: str, batch_size: int, seq_len: int, device: str = "cpu"
+) -> str:
+    """A file name that changes with anything the timings depend on (shape, threads, CPU, GPU)."""
     machine = f"{platform.machine()}-{platform.processor()}-{os.cpu_count()}-{torch.__version__}"
+    if device == "cuda":
+        machine += f"-{torch.cuda.get_device_name()}"
     digest = hashlib.sha1(machine.encode()).hexdigest()[:8]
     return f"d{hidden}-h{heads}x{head_dim}-f{ffn_dim}-{activation}-b{batch_size}-s{seq_len}-t{torch.get_num_threads()}-{digest}.json"
 
 
 def cached_layer_latency(cache_dir: Path, **shape) -> tuple[LayerLatency, bool]:
     """The layer's tables from ``cache_dir`` or, measured now and cached (atomically). Returns (tables, was_cached)."""
-    path = Path(cache_dir) / lut_key(**{k: shape[k] for k in ("hidden", "heads", "head_dim", "ffn_dim", "activation", "batch_size", "seq_len")})
+    keys = ("hidden", "heads", "head_dim", "ffn_dim", "activation", "batch_size", "seq_len", "device")
+    path = Path(cache_dir) / lut_key(**{k: shape[k] for k in keys if k in shape})
     if path.exists():
         try:
             raw = json.loads(path.read_text())

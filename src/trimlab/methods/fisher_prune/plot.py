@@ -16,10 +16,10 @@ def plot_masks(masks: Masks, path: Path) -> None:
     layers, heads = masks.heads.shape
     width = masks.neurons.shape[1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * layers + 1.6), gridspec_kw={"width_ratios": [heads, 6]})
-    image = left.imshow(masks.heads.numpy(), cmap="viridis", aspect="auto", vmin=0)
+    image = left.imshow(masks.heads.cpu().numpy(), cmap="viridis", aspect="auto", vmin=0)
     left.set(title="head mask (0 = removed)", xlabel="head", ylabel="layer", yticks=range(layers))
     fig.colorbar(image, ax=left, fraction=0.05)
-    kept = (masks.neurons != 0).sum(1).numpy()
+    kept = (masks.neurons != 0).sum(1).cpu().numpy()
     right.barh(range(layers), kept, color="tab:blue")
     right.barh(range(layers), width - kept, left=kept, color="lightgrey")
     right.set(title="FFN neurons kept", xlabel=f"of {width}", yticks=range(layers), xlim=(0, width))

@@ -39,8 +39,9 @@ class Masks:
         return Masks(self.heads.clone(), self.neurons.clone())
 
 
-def _mask_from_flat(indices: Tensor, shape: tuple[int, int]) -> Tensor:
-    mask = torch.zeros(shape[0] * shape[1])
+def _mask_from_flat(indices: Tensor, shape: tuple[int, int], like: Tensor) -> Tensor:
+    """A 0/1 mask of ``shape`` with ones at the flat ``indices``, on the device and in the dtype of ``like``."""
+    mask = like.new_zeros(shape[0] * shape[1])
     mask[indices] = 1.0
     return mask.view(shape)
 
@@ -49,9 +50,10 @@ def _best_fill(
     head_gains: Tensor, neuron_gains: Tensor, budget: float, head_cost: float, neuron_cost: float
 ) -> tuple[float, int, int]:
     """Best (importance, k heads, n neurons) taking the top ``k`` / ``n`` of each sorted list within ``budget``."""
-    cum_h = torch.cat([torch.zeros(1, dtype=torch.float64), head_gains.double().cumsum(0)])
-    cum_n = torch.cat([torch.zeros(1, dtype=torch.float64), neuron_gains.double().cumsum(0)])
-    k = torch.arange(len(head_gains) + 1, dtype=torch.float64)
+    zero = head_gains.new_zeros(1, dtype=torch.float64)
+    cum_h = torch.cat([zero, head_gains.double().cumsum(0)])
+    cum_n = torch.cat([zero, neuron_gains.double().cumsum(0)])
+    k = torch.arange(len(head_gains) + 1, dtype=torch.float64, device=head_gains.device)
     left = budget - k * head_cost
     if neuron_cost > 0:
         n = torch.floor(left / neuron_cost + 1e-9).clamp(0, len(neuron_gains)).long()
@@ -72,7 +74,10 @@ def search_flops(
     head_gains, head_order = head_importance.flatten().sort(descending=True)
     neuron_gains, neuron_order = neuron_importance.flatten().sort(descending=True)
     _, k, n = _best_fill(head_gains, neuron_gains, budget, head_cost, neuron_cost)
-    return Masks(_mask_from_flat(head_order[:k], (layers, heads)), _mask_from_flat(neuron_order[:n], (layers, ffn)))
+    return Masks(
+        _mask_from_flat(head_order[:k], (layers, heads), head_importance),
+        _mask_from_flat(neuron_order[:n], (layers, ffn), neuron_importance),
+    )
 
 
 def search_latency(
@@ -132,7 +137,7 @@ def check_latency_budget(target: float, layers: int, heads: int, width: int, att
 def _latency_mask(sorted_imp: Tensor, local: Tensor, kept_layers: list[int], base: int, extra: int) -> Tensor:
     """Bases of ``kept_layers`` plus their ``extra`` globally most important units beyond the base."""
     mask = torch.zeros_like(sorted_imp)
-    rows = torch.tensor(kept_layers, dtype=torch.long)
+    rows = torch.tensor(kept_layers, dtype=torch.long, device=mask.device)
     if len(rows) == 0:
         return mask
     mask[rows[:, None], local[rows, :base]] = 1.0

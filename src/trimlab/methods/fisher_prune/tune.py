@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from trimlab.methods.fisher_prune.search import Masks
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import Block, TokenState
+from trimlab.models.placement import batch_for, model_device, model_dtype, statistics_dtype
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class _Captured:
 
 def solve_scales(ata: Tensor, atb: Tensor, damping: float) -> tuple[np.ndarray, bool]:
     """Solve ``ata · x = atb`` for x near 1: damped LSMR on the change from 1, as the paper does."""
-    a = ata.double().numpy()
-    b = atb.double().numpy() - a.sum(axis=1)
+    a = ata.double().cpu().numpy()
+    b = atb.double().cpu().numpy() - a.sum(axis=1)
     if a.shape[0] == 1:
         return b / a[0, 0] + 1.0, bool(a[0, 0] != 0)
     result = lsmr(a, b, damp=damping, maxiter=10 * a.shape[0])
@@ -103,15 +104,20 @@ def tune_masks(
     cls_only_last: bool = True,
     progress: bool = True,
 ) -> tuple[Masks, TuneReport]:
-    """Tuned copies of the ``student`` masks; the model's weights are not changed."""
+    """Tuned copies of the ``student`` masks; the model's weights are not changed.
+
+    The model computes in its own dtype; the least-squares products are taken in
+    at least float32 (:func:`~trimlab.models.placement.statistics_dtype`) and summed in float64.
+    """
     model.eval()
+    device, dtype = model_device(model), statistics_dtype(model_dtype(model))
     tuned = student.clone()
     report = TuneReport()
     num_protected = model.num_protected
     teacher_states, student_states = [], []
     for batch in batches:
-        hidden, valid = model.embeddings(batch)
-        positions = torch.arange(hidden.shape[1]).expand(hidden.shape[0], -1)
+        hidden, valid = model.embeddings(batch_for(model, batch))
+        positions = torch.arange(hidden.shape[1], device=device).expand(hidden.shape[0], -1)
         teacher_states.append(TokenState(hidden, valid.bool(), positions))
         student_states.append(TokenState(hidden, valid.bool(), positions))
     layers = model.encoder.layers
@@ -130,14 +136,14 @@ def tune_masks(
 
         if i > 0 and len(kept_heads) > 0:
             k = len(kept_heads)
-            ata = torch.zeros(k + 1, k + 1, dtype=torch.float64)
-            atb = torch.zeros(k + 1, dtype=torch.float64)
-            w = attn.proj.weight.view(attn.proj.out_features, attn.num_heads, attn.head_dim)[:, kept_heads]
+            ata = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
+            atb = torch.zeros(k + 1, dtype=torch.float64, device=device)
+            w = attn.proj.weight.view(attn.proj.out_features, attn.num_heads, attn.head_dim)[:, kept_heads].to(dtype)
             for state, target in zip(student_states, attn_targets):
                 _, cap = _run_block(block, state, i, tuned.heads[i], tuned.neurons[i], num_protected)
-                ctx = _rows(cap.context, state.valid, False).view(-1, attn.num_heads, attn.head_dim)[:, kept_heads]
+                ctx = _rows(cap.context, state.valid, False).view(-1, attn.num_heads, attn.head_dim)[:, kept_heads].to(dtype)
                 per_head = torch.einsum("thk,dhk->thd", ctx, w)  # [tokens, heads, D]
-                rhs = target - _rows(cap.block_input, state.valid, False)
+                rhs = (target - _rows(cap.block_input, state.valid, False)).to(dtype)
                 ata[:k, :k] += torch.einsum("thd,tgd->hg", per_head, per_head).double()
                 ata[:k, k] += per_head.sum(dim=(0, 2)).double()
                 ata[k, k] += rhs.numel()
@@ -149,26 +155,26 @@ def tune_masks(
             if not ok or np.abs(scales).max() > max_scale:
                 report.stopped = f"layer {i} attention: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
                 break
-            tuned.heads[i, kept_heads] *= torch.as_tensor(scales, dtype=tuned.heads.dtype)
+            tuned.heads[i, kept_heads] *= torch.as_tensor(scales, dtype=tuned.heads.dtype, device=tuned.heads.device)
 
         if len(kept_neurons) > 0:
-            w2 = fc2.weight[:, kept_neurons]  # [D, K]
-            ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64)
-            atb = torch.zeros(len(kept_neurons), dtype=torch.float64)
+            w2 = fc2.weight[:, kept_neurons].to(dtype)  # [D, K]
+            ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64, device=device)
+            atb = torch.zeros(len(kept_neurons), dtype=torch.float64, device=device)
             ffn_inputs = []
             for state, target in zip(student_states, ffn_targets):
                 _, cap = _run_block(block, state, i, tuned.heads[i], tuned.neurons[i], num_protected)
                 ffn_inputs.append((cap.ffn_residual, cap.ffn_hidden))
-                acts = _rows(cap.ffn_hidden, state.valid, cls_only)[:, kept_neurons]
-                rhs = target - _rows(cap.ffn_residual, state.valid, cls_only)
-                ata += (acts.t() @ acts).double()  # float32 products per batch, summed in float64
+                acts = _rows(cap.ffn_hidden, state.valid, cls_only)[:, kept_neurons].to(dtype)
+                rhs = (target - _rows(cap.ffn_residual, state.valid, cls_only)).to(dtype)
+                ata += (acts.t() @ acts).double()  # float32 (or float64) products per batch, summed in float64
                 atb += ((rhs @ w2) * acts).sum(0).double()
             ata *= (w2.t() @ w2).double()
             scales, ok = solve_scales(ata, atb, damping)
             if not ok or np.abs(scales).max() > max_scale:
                 report.stopped = f"layer {i} FFN: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
                 break
-            tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype)
+            tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype, device=tuned.neurons.device)
             student_states = [
                 TokenState(_ffn_output(block, residual, hidden, tuned.neurons[i]), state.valid, state.positions)
                 for state, (residual, hidden) in zip(student_states, ffn_inputs)

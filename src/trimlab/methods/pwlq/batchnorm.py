@@ -15,6 +15,8 @@ import copy
 import torch
 from torch import nn
 
+from trimlab.models.placement import batch_for, statistics_dtype
+
 
 def conv_batchnorm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(conv, bn) pairs where the BN is the next module after the conv and normalises its channels.
@@ -47,12 +49,14 @@ def fold_batchnorm(model: nn.Module) -> int:
     """Fold every eligible BatchNorm into its convolution, in place; returns how many were folded."""
     pairs = conv_batchnorm_pairs(model)
     for conv, bn in pairs:
-        gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
-        beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.ndim - 1))).to(conv.weight.dtype))
-        folded_bias = (bias - bn.running_mean) * scale + beta
+        dtype = statistics_dtype(conv.weight.dtype)  # a 16-bit model's scales in float32
+        mean, var = bn.running_mean.to(dtype), bn.running_var.to(dtype)
+        gamma = bn.weight.to(dtype) if bn.affine else torch.ones_like(var)
+        beta = bn.bias.to(dtype) if bn.affine else torch.zeros_like(mean)
+        scale = gamma / torch.sqrt(var + bn.eps)
+        bias = conv.bias.to(dtype) if conv.bias is not None else torch.zeros_like(mean)
+        conv.weight.copy_(conv.weight.to(dtype) * scale.reshape(-1, *([1] * (conv.weight.ndim - 1))))
+        folded_bias = (bias - mean) * scale + beta
         conv.bias = nn.Parameter(folded_bias.to(conv.weight.dtype))
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
@@ -70,7 +74,7 @@ def folding_error(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
     so each BN gets random ones first; a correct folding changes nothing.
     """
     probe = copy.deepcopy(model).eval()
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: copy_ moves the statistics to the model's device
     for bn in (m for m in probe.modules() if isinstance(m, nn.BatchNorm2d) and m.running_var is not None):
         n = bn.num_features
         bn.running_mean.copy_(torch.randn(n, generator=generator))
@@ -78,7 +82,8 @@ def folding_error(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
         if bn.affine:
             bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
             bn.bias.copy_(torch.randn(n, generator=generator))
-    before = probe(inputs).logits
+    inputs = batch_for(probe, inputs)
+    before = probe(inputs).logits.float()
     fold_batchnorm(probe)
-    after = probe(inputs).logits
+    after = probe(inputs).logits.float()
     return float((after - before).norm() / before.norm().clamp_min(1e-12))

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from trimlab.models.placement import batch_for, statistics_dtype
+
 
 @dataclass
 class RangeObserver:
@@ -28,7 +30,7 @@ class RangeObserver:
     lows: list[float] = field(default_factory=list)
 
     def observe(self, x: Tensor) -> None:
-        flat = x.detach().flatten().float()
+        flat = x.detach().flatten().to(statistics_dtype(x.dtype))
         k = min(self.top_k, flat.numel())
         self.highs.append(float(flat.topk(k).values.median()))
         self.lows.append(float(flat.topk(k, largest=False).values.median()))
@@ -66,7 +68,7 @@ def observe_inputs(
     model.eval()
     try:
         for batch in batches:
-            model({k: v for k, v in batch.items() if k != "labels"})
+            model(batch_for(model, {k: v for k, v in batch.items() if k != "labels"}))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -80,7 +82,7 @@ def mean_inputs(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iter
     counts: dict[str, int] = {}
 
     def observe(name: str, x: Tensor) -> None:
-        x = x.detach().float()
+        x = x.detach().to(statistics_dtype(x.dtype))
         feature_dim = 1 if x.ndim == 4 else x.ndim - 1  # channels of a conv input, features of a linear one
         other = [d for d in range(x.ndim) if d != feature_dim]
         sums[name] = sums.get(name, 0) + x.sum(dim=other)
@@ -95,7 +97,7 @@ def correct_output_bias(layer: nn.Module, full_precision_weight: Tensor, mean_in
 
     Exact for Linear; for Conv2d it treats every position as interior (padding at the borders is ignored).
     """
-    delta = (full_precision_weight - layer.weight.data).float()
+    delta = full_precision_weight.to(mean_input.dtype) - layer.weight.data.to(mean_input.dtype)
     if delta.ndim == 4:
         delta = delta.sum(dim=(2, 3))
     groups = getattr(layer, "groups", 1)  # grouped / depthwise: each output channel sees its own group of inputs
@@ -113,14 +115,16 @@ def fake_quantize(x: Tensor, low: float, high: float, bits: int) -> Tensor:
     [0, high]; any other the signed symmetric grid [−m, m], m = max(−low, high),
     with codes −2^(b−1) … 2^(b−1) − 1. Both have 2^b levels, step (max − min) / (2^b − 1),
     and zero exact (the reference code's ``QuantAct`` with ``uniform_symmetric_quantizer``).
+    A 16-bit ``x`` is rounded in float32, and the result returned in its dtype.
     """
-    levels = 2**bits
+    levels, dtype = 2**bits, x.dtype
+    x = x.to(statistics_dtype(dtype))
     if low >= 0:
         step = max(high, 1e-12) / (levels - 1)
-        return torch.clamp(torch.round(torch.clamp(x, 0.0, high) / step), 0, levels - 1) * step
+        return (torch.clamp(torch.round(torch.clamp(x, 0.0, high) / step), 0, levels - 1) * step).to(dtype)
     bound = max(-low, high)
     step = 2 * bound / (levels - 1)
-    return torch.clamp(torch.round(torch.clamp(x, -bound, bound) / step), -levels // 2, levels // 2 - 1) * step
+    return (torch.clamp(torch.round(torch.clamp(x, -bound, bound) / step), -levels // 2, levels // 2 - 1) * step).to(dtype)
 
 
 @torch.no_grad()

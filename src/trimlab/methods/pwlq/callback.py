@@ -27,6 +27,7 @@ from trimlab.methods.pwlq.batchnorm import conv_batchnorm_pairs, fold_batchnorm,
 from trimlab.methods.pwlq.calibrate import calibrate_ranges, correct_output_bias, install_activation_quantizers, mean_inputs
 from trimlab.methods.pwlq.quantizer import bias_correction, pwlq_codes, uniform_codes
 from trimlab.methods.pwlq.schema import BREAKPOINTS
+from trimlab.models.placement import model_dtype, statistics_dtype
 
 SCHEMES = ("pwlq", "uniform")
 
@@ -37,7 +38,7 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 class PostTrainingQuantization(PostTrainingCallback):
-    """Quantizes ``pl_module.model`` once, when a validate/test run sets up."""
+    """Quantizes ``pl_module.model`` once, when a validate/test loop starts."""
 
     def __init__(self, cfg: DictConfig, bits: int, samples: Iterable[Mapping[str, Tensor]], run_dir: Path) -> None:
         super().__init__()
@@ -61,7 +62,8 @@ class PostTrainingQuantization(PostTrainingCallback):
         per_layer: dict[str, dict[str, Any]] = {}
         for index, (name, module) in enumerate(layers.items()):
             bits = self.layer_bits(index, len(layers))
-            w = module.weight.data
+            original = module.weight.data
+            w = original.to(statistics_dtype(original.dtype))  # a 16-bit weight's grid is found in float32
             if self.cfg.scheme == "pwlq":
                 quantized = pwlq_codes(w, bits, self.cfg.per_channel, self.cfg.breakpoint)
             else:
@@ -78,7 +80,7 @@ class PostTrainingQuantization(PostTrainingCallback):
                 if breakpoints is None
                 else float((breakpoints / quantized.params["max_abs"].clamp_min(1e-12)).mean()),
             }
-            module.weight.data = q
+            module.weight.data = q.to(original.dtype)
             module.quantized_weight = quantized  # what the kept model stores (trimlab.saved_model)
             if name in means:
                 correct_output_bias(module, w, means[name])
@@ -131,7 +133,7 @@ class QuantizeMethod(PostTrainingMethod):
         if self.cfg.fold_batchnorm and conv_batchnorm_pairs(model):
             batch = next(iter(inputs.samples))
             error = folding_error(model, {k: v[:2] for k, v in batch.items() if k != "labels"})
-            if error > 1e-4:
+            if error > max(1e-4, 8 * torch.finfo(model_dtype(model)).eps):  # a 16-bit model's own rounding is no error
                 raise ConfigError(
                     f"folding BatchNorm into the convolutions of {model_name} changes its outputs "
                     f"(relative error {error:.1e}): its BatchNorms do not follow their convolutions. "
