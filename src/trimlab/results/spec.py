@@ -12,6 +12,9 @@ and any other axis joins the row label. Each cell's run id is the one
 model → row entry → column); ``claims`` are judged on a block's cells; a
 ``paper_tables`` section may keep a paper's other tables as printed, for a
 reader (no cell is compared with it).
+
+The specs ship inside the package (``trimlab/experiments``), so ``trimlab-table
+pwlq2020`` finds one by name after a plain ``pip install``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +96,33 @@ class Spec:
             if isinstance(node, (int, float)) and not isinstance(node, bool):
                 return float(node)
         return None
+
+
+def packaged_specs() -> list[str]:
+    """The names of the specs that ship with trimlab (``experiments/<name>.yaml``), sorted."""
+    return sorted(p.stem for p in _packaged_folder().glob("*.yaml"))
+
+
+def spec_path(name_or_path: str) -> Path:
+    """The spec file ``name_or_path`` means: a bare name (no folder, no ``.yaml``) that is no file here is a packaged spec.
+
+    An unknown name raises :class:`ConfigError` listing the packaged specs; anything else is a path, read as given.
+    """
+    path = Path(name_or_path)
+    if len(path.parts) > 1 or path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    packaged = _packaged_folder() / f"{name_or_path}.yaml"
+    if not packaged.is_file():
+        raise ConfigError(
+            f"no spec named {name_or_path!r}: the packaged specs are {', '.join(packaged_specs())} "
+            "(or pass the path of a spec file, e.g. my_specs/paper.yaml)"
+        )
+    return packaged
+
+
+def _packaged_folder() -> Path:
+    """``trimlab/experiments`` where trimlab is installed (a wheel or a source folder: on the file system)."""
+    return Path(str(files("trimlab") / "experiments"))
 
 
 def default_block(path: Path) -> str:

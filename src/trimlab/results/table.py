@@ -1,6 +1,7 @@
 """``trimlab-table``: a paper's table from the records, with the paper's numbers beside ours.
 
-``trimlab-table experiments/<paper>.yaml`` finds each cell's runs by the run id
+``trimlab-table <paper>`` (a spec that ships with trimlab, by name, or the path of
+any spec file) finds each cell's runs by the run id
 ``trimlab`` would give them (one per seed), averages the seeds, prints the
 table in the paper's layout (ours, the paper's number, the difference), lists
 each missing run with the command that makes it (``--run-missing`` runs them),
@@ -33,7 +34,7 @@ from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
 from trimlab.results.predictions import Predictions, load_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord
 from trimlab.results.run_folder import completed_folder
-from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, run_overrides
+from trimlab.results.spec import Spec, cell_run_ids, default_block, load_spec, packaged_specs, run_overrides, spec_path
 
 COLUMNS = ("run", "model", "dataset", "method", "budget", "metric", "dense", "compressed", "flops ratio", "speedup b1")
 UNDECIDED = "≈"
@@ -241,14 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.split("\n\n")[1].replace("\n", " "),
         epilog="examples:\n"
         "  trimlab-table                                   # every completed run under outputs/runs\n"
-        "  trimlab-table experiments/pwlq2020.yaml         # the paper's table from the offline runs (embedded_runs)\n"
-        "  trimlab-table experiments/pwlq2020.yaml --block runs --wandb me/trimlab   # full scale, from W&B\n"
-        "  trimlab-table experiments/mait2022.yaml --run-missing   # run what is missing, then print the table\n"
-        "  trimlab-table experiments/pwlq2020.yaml --block runs --with dataset.path=/data/imagenet\n\n"
+        "  trimlab-table pwlq2020                          # the paper's table from the offline runs (embedded_runs)\n"
+        "  trimlab-table pwlq2020 --block runs --wandb me/trimlab   # full scale, from W&B\n"
+        "  trimlab-table mait2022 --run-missing            # run what is missing, then print the table\n"
+        "  trimlab-table pwlq2020 --block runs --with dataset.path=/data/imagenet\n"
+        "  trimlab-table my_specs/paper.yaml               # a spec file of your own, by its path\n\n"
         f"{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", nargs="?", type=Path, help="a paper-table spec, experiments/<paper>.yaml")
+    parser.add_argument(
+        "spec", nargs="?",
+        help=f"a paper-table spec: the name of one that ships with trimlab ({', '.join(packaged_specs())}) or a spec file's path",
+    )
     parser.add_argument("--runs", type=Path, default=Path("outputs/runs"), help="folder of run folders (default: outputs/runs)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the records from a W&B project instead (online)")
     parser.add_argument("--block", help="the spec's run block: embedded_runs (default when the spec has it), runs, or <name>_runs")
@@ -287,7 +292,8 @@ def _list_runs(runs_dir: Path) -> int:
 
 
 def _paper_table(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.block or default_block(args.spec))
+    path = spec_path(args.spec)
+    spec = load_spec(path, args.block or default_block(path))
     if args.seeds:
         spec.seeds = args.seeds
     spec.cells = [dataclasses.replace(c, overrides=(*c.overrides, *args.with_overrides)) for c in spec.cells]
