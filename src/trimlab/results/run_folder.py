@@ -139,6 +139,7 @@ class RunFolder:
     def finish(self, record: RunRecord) -> Path:
         """Write the attempt's last record. A completed attempt's staging folder, with this record, replaces the run
         folder in one step; the completed record it replaces goes to history. Any other keeps the last completed one."""
+        self._adopt_hydra_job()  # logs that appeared there since the start (DDP's other processes write theirs there)
         if record.status != "completed" or self._swapped:
             return self.write(record)
         write_record(self.staging, record)
