@@ -190,3 +190,19 @@ def test_sait_and_mait_stopped_mid_training_resume_to_the_model_of_an_unstopped_
     assert f"resuming {label} at step 6 of 8" in caplog.text
     runs = Path(cfg.paths.output_dir) / "runs"
     assert_same_weights(load_model(runs / record.run_id).state_dict(), load_model(tmp_path / "whole" / "runs" / whole.run_id).state_dict())
+
+
+def test_a_signal_inside_an_accumulation_of_gradients_saves_after_its_optimizer_step(
+    fine_tuning: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = fine_tuning("whole", "trainer.accumulate_grad_batches=2")
+    run(whole)
+    cfg = fine_tuning("stopped", "trainer.accumulate_grad_batches=2")
+    stop_at(monkeypatch, ClassifierModule, 3, sigterm)  # the first of the two batches of step 4
+    with pytest.raises(RunInterrupted):
+        run(cfg)
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="trimlab"):
+        run(cfg)
+    assert "resuming fine-tuning at step 4 of 8" in caplog.text
+    assert_same_weights(weights(dense_checkpoint_path(cfg)), weights(dense_checkpoint_path(whole)))
