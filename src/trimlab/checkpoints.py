@@ -67,6 +67,11 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
     return Path(cfg.paths.cache_dir) / kind / f"{cfg.model.name}-{cfg.dataset.name}-{key}.safetensors"
 
 
+def resume_folder(cache_entry: Path) -> Path:
+    """Where the training toward a cache entry keeps its state between attempts (any run that needs the entry resumes it)."""
+    return cache_entry.with_suffix(".resume")
+
+
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Save the state dict as safetensors (the kept models' format), atomically: a crash never leaves a corrupt entry.
 

@@ -374,6 +374,10 @@ class TrainerConfig:
     """Clip each training step's gradient norm to this value (0 = no clipping); passed to Lightning."""
     accumulate_grad_batches: int = at_least(1, 1)
     """Sum the gradients of this many batches per optimizer step; passed to Lightning."""
+    checkpoint_every_n_steps: int = at_least(0, 500)
+    """Save the full training state (model, optimizer, data position, random generators) every this many optimizer
+    steps into the run's resume folder (0 = never), so a run killed outright (SIGKILL, a lost node) resumes from there
+    on its next attempt. A SIGTERM or Ctrl+C saves it anyway, at the end of the step it arrives in."""
 
 
 @dataclass

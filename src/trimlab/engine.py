@@ -26,22 +26,46 @@ from trimlab.measure.latency import LatencyResult, compare_latency, measure_late
 from trimlab.measure.size import count_params, model_size_bytes
 from trimlab.models.placement import batch_for, model_device
 from trimlab.results.record import RunRecord
+from trimlab.resumable import ResumableTraining, saved_step
 from trimlab.results.tracking import Tracker
 from trimlab.training import ClassifierModule, steps_for
 
 log = logging.getLogger(__name__)
 
 
-def fit(module: pl.LightningModule, model: nn.Module, datamodule: Any, epochs: float, trainer_cfg: Any, make_trainer: Any) -> int:
+def fit(
+    module: pl.LightningModule,
+    model: nn.Module,
+    datamodule: Any,
+    epochs: float,
+    trainer_cfg: Any,
+    make_trainer: Any,
+    resume: Path | None = None,
+    label: str = "training",
+    keep_final: bool = True,
+) -> int:
     """Train ``module`` (which wraps ``model``) for ``epochs`` (fractional allowed) of the training split; returns the steps.
 
     The model is put in train mode first (Lightning keeps the mode it finds;
-    a measurement leaves it in eval mode) and left in eval mode.
+    a measurement leaves it in eval mode) and left in eval mode. With ``resume``
+    the training state is saved to that file as it goes (see :mod:`trimlab.resumable`;
+    with ``keep_final`` at the end too, so a later attempt skips this training)
+    and a state an earlier attempt saved there is continued; the log calls it ``label``.
     """
     steps = steps_for(epochs, len(datamodule.train_dataloader()), trainer_cfg)
+    callbacks, ckpt_path = [], None
+    if resume is not None:
+        callbacks.append(ResumableTraining(resume, trainer_cfg.checkpoint_every_n_steps, keep_final))
+        if resume.exists():
+            ckpt_path = resume
+            log.info("resuming %s at step %d of %d from %s", label, saved_step(resume), steps, resume)
     model.train()
-    make_trainer(max_steps=steps, max_epochs=-1).fit(
-        module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader()
+    make_trainer(max_steps=steps, max_epochs=-1, callbacks=callbacks).fit(
+        module,
+        train_dataloaders=datamodule.train_dataloader(),
+        val_dataloaders=datamodule.val_dataloader(),
+        ckpt_path=ckpt_path,
+        weights_only=True,
     )
     model.eval()
     return steps
@@ -81,8 +105,8 @@ def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides:
     return pl.Trainer(**kwargs)
 
 
-def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any) -> None:
-    """Fine-tune (or train from scratch) the dense model with the ``finetune`` recipe."""
+def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, resume: Path | None = None) -> None:
+    """Fine-tune (or train from scratch) the dense model with the ``finetune`` recipe; ``resume``: where its state is kept."""
     ft = cfg.finetune
     module = ClassifierModule(
         model,
@@ -95,7 +119,7 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
         freeze_embeddings=ft.freeze_embeddings,
     )
     log.info("fine-tuning %s on %s for %.2g epochs", cfg.model.name, cfg.dataset.name, ft.epochs)
-    fit(module, model, datamodule, ft.epochs, cfg.trainer, make_trainer)
+    fit(module, model, datamodule, ft.epochs, cfg.trainer, make_trainer, resume, "fine-tuning", keep_final=False)
     for p in model.parameters():
         p.requires_grad_(True)
 

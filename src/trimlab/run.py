@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, save_checkpoint
+from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint
 from trimlab.config import Budget, ConfigError, model_kind, validate
 from trimlab.data import build_datamodule, num_labels_of
 from trimlab.distributed import is_primary
@@ -38,7 +38,8 @@ from trimlab.models.build import build_model
 from trimlab.models.text import hub_commit
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord, environment, input_fingerprints, locations, now, run_id
-from trimlab.results.run_folder import RunFolder
+from trimlab.resumable import discard
+from trimlab.results.run_folder import RunFolder, resume_dir
 from trimlab.results.summary import print_summary
 from trimlab.results.tracking import Tracker, open_tracker, wandb_logged_in
 from trimlab.saved_model import MODEL_DIR, save_model
@@ -63,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, hydra_job: Path | None = N
     run_dir = run_dir or Path(cfg.paths.output_dir) / "runs" / rid
     if not is_primary():
         with tempfile.TemporaryDirectory(prefix=f"trimlab-{rid}-") as scratch:
-            return _run_alongside(cfg, rid, Path(scratch))
+            return _run_alongside(cfg, rid, Path(scratch), resume_dir(run_dir))
     folder = RunFolder(run_dir, hydra_job)
     inputs = input_fingerprints(locations(cfg))
     done = None if cfg.force else _reusable(folder, inputs)
@@ -126,7 +127,7 @@ def _run_owned(cfg: DictConfig, rid: str, folder: RunFolder, model: nn.Module, d
         try:
             tracker = open_tracker(cfg, rid, folder.staging)
             record.wandb_run_id = tracker.run_id
-            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.staging, enter)
+            _execute(cfg, record, model, datamodule, method, checkpoint, tracker, folder.staging, resume_dir(folder.path), enter)
             record.status, record.stage = "completed", ""
             record.finished_at = now()
             tracker.log_record(record, folder.staging)
@@ -148,11 +149,11 @@ def _run_owned(cfg: DictConfig, rid: str, folder: RunFolder, model: nn.Module, d
     return record
 
 
-def _run_alongside(cfg: DictConfig, rid: str, scratch: Path) -> RunRecord:
+def _run_alongside(cfg: DictConfig, rid: str, scratch: Path, resume: Path) -> RunRecord:
     """A non-primary DDP process: the same steps in the same order, its writes going to ``scratch``."""
     model, datamodule, method, checkpoint = _build(cfg)
     record = _new_record(cfg, rid)
-    _execute(cfg, record, model, datamodule, method, checkpoint, Tracker(None), scratch, lambda stage: None)
+    _execute(cfg, record, model, datamodule, method, checkpoint, Tracker(None), scratch, resume, lambda stage: None)
     return record
 
 
@@ -197,7 +198,7 @@ def _hub_weights(cfg: DictConfig) -> dict[str, dict[str, str]]:
     return {"model.path": {"hub": model.path, "revision": hub_commit(model.path, model.get("revision", ""))}}
 
 
-def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir, enter: Callable[[str], None]) -> None:
+def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_dir, resume: Path, enter: Callable[[str], None]) -> None:
     datamodule.setup("fit")
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
@@ -206,7 +207,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     start = time.perf_counter()
     if cfg.finetune.enabled and not checkpoint.exists():
         enter("finetune")
-        finetune(cfg, model, datamodule, make_trainer)
+        finetune(cfg, model, datamodule, make_trainer, resume_folder(checkpoint) / "finetune.ckpt")
         if is_primary():
             _cache_dense(model, checkpoint)
     record.stages["finetune"] = time.perf_counter() - start
@@ -219,7 +220,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
 
     enter("method")
     start = time.perf_counter()
-    result = method.apply(model, MethodContext(cfg, Budget.of(cfg.budget), datamodule, run_dir, make_trainer))
+    result = method.apply(model, MethodContext(cfg, Budget.of(cfg.budget), datamodule, run_dir, make_trainer, resume))
     record.method_cost_s = time.perf_counter() - start
     record.stages.update(result.stages)
     record.artifacts.update(result.artifacts)
@@ -254,5 +255,6 @@ def _cache_dense(model: nn.Module, checkpoint: Path) -> None:
     """Cache the fine-tuned weights; a disk that fails now costs the cache, not the run."""
     try:
         save_checkpoint(model, checkpoint)
+        discard(resume_folder(checkpoint))
     except OSError as err:
         log.warning("could not cache the fine-tuned model at %s (%s); this run goes on, the next one fine-tunes again", checkpoint, err)

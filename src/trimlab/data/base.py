@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset, default_collate
 
+from trimlab.resumable import ResumableLoader
+
 
 class TrimlabDataModule(pl.LightningDataModule):
     """Train/val/test loaders plus a seeded sample loader for post-training methods.
@@ -58,8 +60,10 @@ class TrimlabDataModule(pl.LightningDataModule):
         return self.train_set
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled, and resumable mid-epoch (worker seeds from its own seeded generator, see :class:`ResumableLoader`)."""
         self.setup()
-        return self._loader(self.train_set, self.cfg.batch_size, sampler=self.train_sampler())
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train_set, self.cfg.batch_size, sampler=self.train_sampler(), kind=ResumableLoader, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -82,15 +86,18 @@ class TrimlabDataModule(pl.LightningDataModule):
         indices = rng.choice(len(source), size=n, replace=n > len(source))
         return self._loader(Subset(source, indices.tolist()), batch_size or self.cfg.batch_size)
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler[int] | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler: Sampler[int] | None = None, kind: type[DataLoader] = DataLoader, **extra: Any
+    ) -> DataLoader:
         workers = int(self.cfg.num_workers)
-        return DataLoader(
+        return kind(
             dataset,
             batch_size=int(batch_size),
             sampler=sampler,
             collate_fn=self.collate,
             num_workers=workers,
             persistent_workers=workers > 0,
+            **extra,
         )
 
 

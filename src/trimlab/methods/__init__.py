@@ -37,6 +37,12 @@ class MethodContext:
     datamodule: Any
     run_dir: Path
     make_trainer: Callable[..., Any]
+    resume_dir: Path | None = None
+    """Where a training method keeps each phase's state between attempts of the run (None: no resuming)."""
+
+    def resume_state(self, phase: str) -> Path | None:
+        """The file where the training phase ``phase`` keeps its state between attempts of the run (None: not resumed)."""
+        return self.resume_dir / f"{phase}.ckpt" if self.resume_dir is not None else None
 
 
 @dataclass

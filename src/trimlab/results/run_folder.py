@@ -18,7 +18,8 @@ completed record moves to ``history/``, as do the records of attempts that did
 not complete, so every attempt leaves a record that says what happened;
 ``history/``, Hydra's ``.hydra/`` and its job logs pass to the new folder. The
 files of an attempt that did not complete stay in its staging folder until the
-next attempt starts.
+next attempt starts. Training states (``<runs>/.attempts/<id>/resume``, see
+:mod:`trimlab.resumable`) outlive every attempt but the one that completes.
 
 Hydra's job folder is ``<runs>/.attempts/<id>/job``, not the run folder, so an
 invocation refused by trimlab's checks leaves no run folder behind (the CLI
@@ -50,6 +51,8 @@ OWNER_FILE = "owner"
 STAGING_DIR = "staging"
 ASIDE_DIR = "aside"
 """Where the two-rename swap moves the replaced run folder (and where the next owner finds it after a crash)."""
+RESUME_DIR = "resume"
+"""Where an attempt's training phases keep their states for the next attempt of the same run."""
 ATTEMPT_FILE = "attempt.json"
 HISTORY_DIR = "history"
 LASTING = (HISTORY_DIR, ".hydra")
@@ -59,6 +62,11 @@ LASTING = (HISTORY_DIR, ".hydra")
 def attempts_dir(run_dir: Path) -> Path:
     """The folder beside ``run_dir`` that holds its lock and staging folder."""
     return run_dir.parent / ATTEMPTS_DIR / run_dir.name
+
+
+def resume_dir(run_dir: Path) -> Path:
+    """Where the run's training phases keep their states between attempts (every process of a DDP run uses this one)."""
+    return attempts_dir(run_dir) / RESUME_DIR
 
 
 class RunBusy(ConfigError):
@@ -157,6 +165,7 @@ class RunFolder:
             self._swapped = True
             self._carry_over(replaced)
             shutil.rmtree(replaced)
+        shutil.rmtree(resume_dir(self.path), ignore_errors=True)  # the run folder now holds what the training led to
         return self.path / RECORD_FILE
 
     def _recover(self) -> None:

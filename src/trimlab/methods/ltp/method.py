@@ -85,7 +85,8 @@ class LTPMethod:
             selector = LearnedThresholds(layers, cfg.final_threshold, cfg.temperature, cfg.score_length)
             model.encoder.token_selector = selector
             start = time.perf_counter()
-            self._fit(model, ctx, cfg.soft_epochs, TokenPruningModule(model, dm.num_labels, dm.metric, cfg.lr, cfg.lam, cfg.threshold_lr))
+            soft = TokenPruningModule(model, dm.num_labels, dm.metric, cfg.lr, cfg.lam, cfg.threshold_lr)
+            self._fit(model, ctx, cfg.soft_epochs, soft, "soft")
             stages["soft"] = time.perf_counter() - start
             start = time.perf_counter()
             learned = selector.offsets.detach().clone()
@@ -112,15 +113,17 @@ class LTPMethod:
             with_rate(bisect(with_rate, target, 0.0, 1.0 - MIN_KEEP_RATE))
             stages["calibrate"] = time.perf_counter() - start
         start = time.perf_counter()
-        self._fit(model, ctx, cfg.hard_epochs, TokenPruningModule(model, dm.num_labels, dm.metric, cfg.hard_lr))
+        self._fit(model, ctx, cfg.hard_epochs, TokenPruningModule(model, dm.num_labels, dm.metric, cfg.hard_lr), "hard")
         stages["hard"] = time.perf_counter() - start
         model.eval()
         return MethodResult(model, stats=self._stats(model, dm, ctx, ratio()), stages=stages, artifacts=self._artifacts(ctx))
 
-    def _fit(self, model: nn.Module, ctx: MethodContext, epochs: float, module: TokenPruningModule) -> None:
+    def _fit(self, model: nn.Module, ctx: MethodContext, epochs: float, module: TokenPruningModule, stage: str) -> None:
+        """One stage's training; its state is kept to the end, so an attempt stopped later skips it (the calibration
+        between the stages is computed again, the same way)."""
         if epochs <= 0:
             return
-        fit(module, model, ctx.datamodule, epochs, ctx.cfg.trainer, ctx.make_trainer)
+        fit(module, model, ctx.datamodule, epochs, ctx.cfg.trainer, ctx.make_trainer, ctx.resume_state(f"ltp-{stage}"), f"LTP's {stage} stage")
 
     def _stats(self, model: TransformerClassifier, dm: Any, ctx: MethodContext, calibration_ratio: float) -> dict[str, Any]:
         kept = kept_fraction_per_layer(model, dm.test_dataloader())

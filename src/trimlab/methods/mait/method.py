@@ -91,7 +91,7 @@ class MaiTMethod:
             "MaiT: masked heads per layer %s, window %s, %s masks, training %s for %.3g epochs", counts, list(m.window), m.mask_form, m.init, ft.epochs
         )
         start = time.perf_counter()
-        fit(module, model, dm, ft.epochs, cfg.trainer, ctx.make_trainer)
+        fit(module, model, dm, ft.epochs, cfg.trainer, ctx.make_trainer, ctx.resume_state("mait"), "MaiT training")
         stages = {"train": time.perf_counter() - start}
         stats = {"masked_heads": masked_heads_of(model.encoder), "window": list(m.window), "mask_form": m.mask_form, "init": m.init}
         ctx.run_dir.mkdir(parents=True, exist_ok=True)

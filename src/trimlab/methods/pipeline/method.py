@@ -68,7 +68,10 @@ class PipelineMethod:
                     target = min(1.0, ctx.budget.target / done)
                 if name in pruning:
                     result.stats[f"{name}/budget_target"] = target
-                contexts[name] = dataclasses.replace(ctx, budget=self._step_budget(ctx.budget, name, target), run_dir=ctx.run_dir / name)
+                resume = ctx.resume_dir / name if ctx.resume_dir is not None else None
+                contexts[name] = dataclasses.replace(
+                    ctx, budget=self._step_budget(ctx.budget, name, target), run_dir=ctx.run_dir / name, resume_dir=resume
+                )
             for name, outcome in self._apply_group(group, model, contexts, ctx):
                 model = outcome.model
                 result.stats.update({f"{name}/{k}": v for k, v in outcome.stats.items()})

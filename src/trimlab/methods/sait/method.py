@@ -144,7 +144,8 @@ class SaiTMethod:
             teacher.requires_grad_(False).train()  # Lightning expects train mode at fit start; each use switches it to eval
         module = DenseSparseModule(model, dm.num_labels, dm.metric, m, teacher=teacher, seed=ctx.cfg.seed)
         log.info("SaiT dense/sparse training for %.3g epochs", m.epochs)
-        fit(module, model, dm, m.epochs, ctx.cfg.trainer, ctx.make_trainer)
+        # the trained weights are cached, so the state need not outlive the training
+        fit(module, model, dm, m.epochs, ctx.cfg.trainer, ctx.make_trainer, ctx.resume_state("sait"), "SaiT training", keep_final=False)
         model.encoder.token_selector.reset()
 
     def _density_for(self, model: TransformerClassifier, ctx: MethodContext, target: float) -> float:

@@ -44,6 +44,12 @@ class DenseSparseModule(ClassifierModule):
         self.teacher = teacher
         self.densities = torch.Generator().manual_seed(seed)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sait_densities"] = self.densities.get_state()  # a resumed training draws the densities an unstopped one would
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.densities.set_state(checkpoint["sait_densities"])
+
     @property
     def selector(self) -> SaiTSelector:
         return self.model.encoder.token_selector
