@@ -120,7 +120,7 @@ def tune_masks(
         # attention half: x + Σ_h s_h · proj_h(context_h) ≈ the teacher's x + proj(context), without the bias
         k, head_dim = len(kept_heads), part.attn.head_dim
         tune_heads = i > 0 and k > 0
-        w = part.attn.proj.weight.view(part.attn.proj.out_features, k, head_dim)
+        w = part.attn.proj.weight.view(part.attn.proj.out_features, k, head_dim).permute(1, 2, 0)  # [heads, head_dim, D]
         ata = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=w.device)
         atb = torch.zeros(k + 1, dtype=torch.float64, device=w.device)
         teacher_mid, contexts = [], []
@@ -131,12 +131,12 @@ def tune_masks(
             ctx, _ = part.attn.context(part.attention_input(s_state.hidden), s_state, heads)
             contexts.append(ctx)
             if tune_heads:
-                per_head = torch.einsum("thk,dhk->thd", ctx.view(-1, k, head_dim), w)  # [tokens, heads, D]
-                rhs = t_state.hidden + t_attn - s_state.hidden
-                ata[:k, :k] += torch.einsum("thd,tgd->hg", per_head, per_head).double()
-                ata[:k, k] += per_head.sum(dim=(0, 2)).double()
+                per_head = torch.bmm(ctx.view(-1, k, head_dim).transpose(0, 1), w).view(k, -1)  # [heads, tokens · D]
+                rhs = (t_state.hidden + t_attn - s_state.hidden).view(-1)
+                ata[:k, :k] += (per_head @ per_head.t()).double()  # float32 products per batch, summed in float64
+                ata[:k, k] += per_head.sum(1).double()
                 ata[k, k] += rhs.numel()
-                atb[:k] += torch.einsum("thd,td->h", per_head, rhs).double()
+                atb[:k] += (per_head @ rhs).double()
                 atb[k] += rhs.double().sum()
         teacher_states = teacher_mid
         if tune_heads:
