@@ -106,7 +106,7 @@ def main() -> None:
         "budget": cfg.budget.target,
         "samples": sum(len(b["input_ids"]) for b in samples),
         "tokens": tokens,
-        "tune_memory_bound_mb": round(tokens * (5 * spec.hidden_size + spec.ffn_dim) * 4 / 2**20, 1),
+        "tune_memory_bound_mb": round(tokens * (4 * spec.hidden_size + spec.ffn_dim) * 4 / 2**20, 1),
         "dense_pass_seconds": round(dense_seconds, 2),
         "passes": {"fisher": round(fisher_flops / dense_flops, 2), "search": round(search_flops_count / dense_flops, 2),
                    "rearrange": round(rearrange_flops / dense_flops, 2), "tune_before": passes["before"], "tune_after": passes["after"]},

@@ -22,10 +22,12 @@ from trimlab.models.encoder import Attention, Encoder, EncoderSpec, FeedForward,
 LAYERS, HEADS, FFN = 3, 4, 16
 
 
-def toy_model(seed: int = 0, norm_first: bool = False) -> TransformerClassifier:
+def toy_model(seed: int = 0, norm_first: bool = False, relative_buckets: int = 0) -> TransformerClassifier:
     torch.manual_seed(seed)
-    spec = EncoderSpec(num_layers=LAYERS, hidden_size=16, num_heads=HEADS, ffn_dim=FFN, norm_first=norm_first)
+    spec = EncoderSpec(LAYERS, 16, HEADS, FFN, norm_first=norm_first, relative_buckets=relative_buckets)
     model = TransformerClassifier(TextEmbeddings(40, 16, 24, 2, 1e-12, 0.0), Encoder(spec), ClassifierHead(16, 2, "tanh_dense", 0.0))
+    if relative_buckets:
+        torch.nn.init.normal_(model.encoder.relative_bias.table.weight, std=2.0)  # a bias large enough to matter
     return model.eval()
 
 
@@ -318,9 +320,9 @@ def reference_tune_masks(model: TransformerClassifier, batches, student: Masks, 
     return tuned
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_tuning_equals_the_plain_least_squares_reference(norm_first: bool) -> None:
-    model = toy_model(norm_first=norm_first)
+@pytest.mark.parametrize("norm_first, relative_buckets", [(False, 0), (True, 0), (False, 32)], ids=["post-norm", "pre-norm", "mpnet-bias"])
+def test_tuning_equals_the_plain_least_squares_reference(norm_first: bool, relative_buckets: int) -> None:
+    model = toy_model(norm_first=norm_first, relative_buckets=relative_buckets)
     batches = toy_batches(4)
     teacher = Masks(torch.ones(LAYERS, HEADS), torch.ones(LAYERS, FFN))
     teacher.neurons[:, 1] = 0

@@ -10,7 +10,8 @@ As in the paper: the normal equations are solved by damped LSMR for the change
 from 1 (given 10× the default iteration cap, which the small systems sometimes
 need to converge); the first layer's attention is not tuned; for classification the
 last FFN only rebuilds the class token; tuning stops at the first layer whose
-solve fails or gives a scale beyond ±``max_scale``.
+solve fails or gives a scale beyond ±``max_scale``. Each layer's teacher and
+student run once per sample batch (see :func:`tune_masks` for the memory this takes).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def tune_masks(
     solve the layer's output is rebuilt from them instead of being rerun.
     Memory: the teacher's and the student's states of one layer plus the
     layer's kept contexts and neurons, at most about
-    ``tokens × (5 · hidden + ffn_dim) × 4`` bytes (float32) for the sample set's
-    real tokens.
+    ``tokens × (4 · hidden + ffn_dim) × 4`` bytes (float32, ``tokens`` = the
+    sample set's real tokens), plus one batch's intermediates.
     """
     model.eval()
     tuned = student.clone()
@@ -148,7 +149,8 @@ def tune_masks(
                 break
             tuned.heads[i, kept_heads] *= torch.as_tensor(scales, dtype=tuned.heads.dtype, device=tuned.heads.device)
             head_scale = torch.as_tensor(scales, dtype=w.dtype, device=w.device).repeat_interleave(head_dim)
-            contexts = [ctx * head_scale for ctx in contexts]
+            for ctx in contexts:
+                ctx.mul_(head_scale)
         student_states = [s.with_hidden(part.after_attention(s.hidden, part.attn.proj(c))) for s, c in zip(student_states, contexts)]
         del contexts
 
@@ -181,7 +183,8 @@ def tune_masks(
                 break
             tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype, device=tuned.neurons.device)
             neuron_scale = torch.as_tensor(scales, dtype=w2.dtype, device=w2.device)
-            activations = [acts * neuron_scale for acts in activations]
+            for acts in activations:
+                acts.mul_(neuron_scale)
         if not last:
             student_states = [
                 s.with_hidden(part.after_ffn(h, part.ffn.fc2(acts))) for s, h, acts in zip(student_states, student_mid, activations)
