@@ -115,8 +115,8 @@ def tune_masks(
         last = i == len(layers) - 1
         kept_heads = tuned.heads[i].nonzero().flatten()
         kept_neurons = tuned.neurons[i].nonzero().flatten()
-        teacher_part, teacher_heads, teacher_neurons = _kept_part(block, teacher.heads[i], teacher.neurons[i])
-        part, heads, neurons = _kept_part(block, tuned.heads[i], tuned.neurons[i])
+        teacher_part, teacher_head_values, teacher_neuron_values = _kept_part(block, teacher.heads[i], teacher.neurons[i])
+        part, head_values, neuron_values = _kept_part(block, tuned.heads[i], tuned.neurons[i])
 
         # attention half: x + Σ_h s_h · proj_h(context_h) ≈ the teacher's x + proj(context), without the bias
         k, head_dim = len(kept_heads), part.attn.head_dim
@@ -126,10 +126,10 @@ def tune_masks(
         atb = torch.zeros(k + 1, dtype=torch.float64, device=w.device)
         teacher_mid, contexts = [], []
         for t_state, s_state in zip(teacher_states, student_states):
-            t_ctx, _ = teacher_part.attn.context(teacher_part.attention_input(t_state.hidden), t_state, teacher_heads)
+            t_ctx, _ = teacher_part.attn.context(teacher_part.attention_input(t_state.hidden), t_state, teacher_head_values)
             t_attn = F.linear(t_ctx, teacher_part.attn.proj.weight)
             teacher_mid.append(t_state.with_hidden(teacher_part.after_attention(t_state.hidden, t_attn + teacher_part.attn.proj.bias)))
-            ctx, _ = part.attn.context(part.attention_input(s_state.hidden), s_state, heads)
+            ctx, _ = part.attn.context(part.attention_input(s_state.hidden), s_state, head_values)
             contexts.append(ctx)
             if tune_heads:
                 per_head = torch.bmm(ctx.view(-1, k, head_dim).transpose(0, 1), w).view(k, -1)  # [heads, tokens · D]
@@ -159,16 +159,15 @@ def tune_masks(
         w2 = part.ffn.fc2.weight  # [D, K]
         ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64, device=w2.device)
         atb = torch.zeros(len(kept_neurons), dtype=torch.float64, device=w2.device)
-        teacher_out, student_mid, activations = [], [], []
+        teacher_out, activations = [], []
         for t_state, s_state in zip(teacher_states, student_states):
             t_h, s_h = t_state.hidden, s_state.hidden
             if cls_only:
                 t_h, s_h = t_h[_first_rows(t_state)], s_h[_first_rows(s_state)]
-            t_ffn = F.linear(teacher_part.ffn.activations(teacher_part.ffn_input(t_h), teacher_neurons), teacher_part.ffn.fc2.weight)
+            t_ffn = F.linear(teacher_part.ffn.activations(teacher_part.ffn_input(t_h), teacher_neuron_values), teacher_part.ffn.fc2.weight)
             if not last:
                 teacher_out.append(t_state.with_hidden(teacher_part.after_ffn(t_h, t_ffn + teacher_part.ffn.fc2.bias)))
-            acts = part.ffn.activations(part.ffn_input(s_h), neurons)
-            student_mid.append(s_h)
+            acts = part.ffn.activations(part.ffn_input(s_h), neuron_values)
             activations.append(acts)
             if len(kept_neurons) > 0:
                 rhs = t_h + t_ffn - s_h
@@ -187,7 +186,7 @@ def tune_masks(
                 acts.mul_(neuron_scale)
         if not last:
             student_states = [
-                s.with_hidden(part.after_ffn(h, part.ffn.fc2(acts))) for s, h, acts in zip(student_states, student_mid, activations)
+                s.with_hidden(part.after_ffn(s.hidden, part.ffn.fc2(acts))) for s, acts in zip(student_states, activations)
             ]
         report.tuned_layers = i + 1
     if report.stopped:
