@@ -419,10 +419,17 @@ class Attention(nn.Module):
         fused kernel, unless a logit mask is installed; the other reads compute
         the probabilities explicitly.
         """
+        context, scores = self.context(x, state, head_mask, reads)
+        return self.proj(context), scores
+
+    def context(
+        self, x: Tensor, state: TokenState | PackedState, head_mask: Tensor | None = None, reads: str | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The masked per-head contexts ``[..., heads * head_dim]`` (what :attr:`proj` reads, rows as ``x``) and what a selector ``reads``."""
         if reads not in (None, PROBABILITIES, RECEIVED, FIRST_ROW):
             raise ValueError(f"a token selector reads {reads!r}; use {PROBABILITIES}, {RECEIVED} or {FIRST_ROW}")
         if self.num_heads == 0:
-            return self.proj(x.new_zeros(*x.shape[:-1], 0)), None
+            return x.new_zeros(*x.shape[:-1], 0), None
         qkv = state.to_batch(self.qkv(x))
         b, n, _ = qkv.shape
         heads = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -449,7 +456,7 @@ class Attention(nn.Module):
         if head_mask is not None:
             context = context * head_mask.view(1, -1, 1, 1).to(context.dtype)
         context = context.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj(state.from_batch(context)), scores
+        return state.from_batch(context), scores
 
     def _received(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, logit_mask: Tensor | None, valid: Tensor, dropout: float
@@ -537,10 +544,14 @@ class FeedForward(nn.Module):
         return self.fc1.out_features
 
     def forward(self, x: Tensor, neuron_mask: Tensor | None = None) -> Tensor:
+        return self.fc2(self.activations(x, neuron_mask))
+
+    def activations(self, x: Tensor, neuron_mask: Tensor | None = None) -> Tensor:
+        """The masked neurons (what :attr:`fc2` reads)."""
         h = F.gelu(self.fc1(x), approximate=self.approximate)
         if neuron_mask is not None:
             h = h * neuron_mask.to(h.dtype)
-        return self.fc2(h)
+        return h
 
     @torch.no_grad()
     def prune_neurons(self, keep: Sequence[int]) -> None:
@@ -568,6 +579,22 @@ class Block(nn.Module):
     def prune_neurons(self, keep: Sequence[int]) -> None:
         self.ffn.prune_neurons(keep)
 
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What the attention reads of the layer input ``x``."""
+        return self.norm1(x) if self.norm_first else x
+
+    def after_attention(self, x: Tensor, attn_out: Tensor) -> Tensor:
+        """The residual sum (and norm) of the layer input ``x`` and the attention output: the FFN half's input."""
+        return x + self.dropout(attn_out) if self.norm_first else self.norm1(x + self.dropout(attn_out))
+
+    def ffn_input(self, h: Tensor) -> Tensor:
+        """What the FFN reads of the FFN half's input ``h``."""
+        return self.norm2(h) if self.norm_first else h
+
+    def after_ffn(self, h: Tensor, ffn_out: Tensor) -> Tensor:
+        """The layer output: residual sum (and norm) of ``h`` and the FFN output."""
+        return h + self.dropout(ffn_out) if self.norm_first else self.norm2(h + self.dropout(ffn_out))
+
     def forward(
         self,
         state: TokenState | PackedState,
@@ -582,12 +609,8 @@ class Block(nn.Module):
         x = state.hidden
         select = selector is not None and selector.selects_at(layer)
         reads = selector.reads if select else None
-        if self.norm_first:
-            attn_out, scores = self.attn(self.norm1(x), state, head_mask, reads)
-            h = x + self.dropout(attn_out)
-        else:
-            attn_out, scores = self.attn(x, state, head_mask, reads)
-            h = self.norm1(x + self.dropout(attn_out))
+        attn_out, scores = self.attn(self.attention_input(x), state, head_mask, reads)
+        h = self.after_attention(x, attn_out)
         state = state.with_hidden(h)
         soft = None
         if select and scores is not None:  # a layer without heads has no attention to select by: it keeps every token
@@ -603,10 +626,7 @@ class Block(nn.Module):
             elif decision is not None:
                 soft = torch.cat([torch.ones_like(decision[:, :num_protected]), decision[:, num_protected:]], dim=1)
         h = state.hidden
-        if self.norm_first:
-            out = h + self.dropout(self.ffn(self.norm2(h), neuron_mask))
-        else:
-            out = self.norm2(h + self.dropout(self.ffn(h, neuron_mask)))
+        out = self.after_ffn(h, self.ffn(self.ffn_input(h), neuron_mask))
         if soft is not None:
             out = out * state.from_batch(soft[..., None]).to(out.dtype)
         return state.with_hidden(out)

@@ -10,25 +10,28 @@ As in the paper: the normal equations are solved by damped LSMR for the change
 from 1 (given 10× the default iteration cap, which the small systems sometimes
 need to converge); the first layer's attention is not tuned; for classification the
 last FFN only rebuilds the class token; tuning stops at the first layer whose
-solve fails or gives a scale beyond ±``max_scale``.
+solve fails or gives a scale beyond ±``max_scale``. Each layer's teacher and
+student run once per sample batch (see :func:`tune_masks` for the memory this takes).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.sparse.linalg import lsmr
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from trimlab.methods.fisher_prune.search import Masks
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.models.encoder import Block, TokenState
-from trimlab.models.placement import batch_for, model_device, model_dtype, statistics_dtype
+from trimlab.models.encoder import Block, PackedState
+from trimlab.models.placement import batch_for, model_dtype, statistics_dtype
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,6 @@ class TuneReport:
     stopped: str = ""
 
 
-@dataclass
-class _Captured:
-    block_input: Tensor
-    context: Tensor
-    ffn_residual: Tensor
-    ffn_hidden: Tensor
-
-
 def solve_scales(ata: Tensor, atb: Tensor, damping: float) -> tuple[np.ndarray, bool]:
     """Solve ``ata · x = atb`` for x near 1: damped LSMR on the change from 1, as the paper does."""
     a = ata.double().cpu().numpy()
@@ -59,38 +54,31 @@ def solve_scales(ata: Tensor, atb: Tensor, damping: float) -> tuple[np.ndarray, 
     return result[0] + 1.0, result[1] < 3
 
 
-def _run_block(
-    block: Block, state: TokenState, layer: int, heads: Tensor, neurons: Tensor, num_protected: int
-) -> tuple[TokenState, _Captured]:
-    """Run one block under masks and capture what the least-squares problems read."""
-    seen: dict[str, Tensor] = {}
-    ffn_residual_module = block.norm2 if block.norm_first else block.ffn
-    hooks = [
-        block.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("context", a[0])),
-        block.ffn.fc2.register_forward_pre_hook(lambda m, a: seen.__setitem__("ffn_hidden", a[0])),
-        ffn_residual_module.register_forward_pre_hook(lambda m, a: seen.__setitem__("ffn_residual", a[0])),
-    ]
-    try:
-        out = block(state, layer, heads, neurons, None, num_protected, True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return out, _Captured(state.hidden, seen["context"], seen["ffn_residual"], seen["ffn_hidden"])
+def _kept_part(block: Block, head_mask: Tensor, neuron_mask: Tensor) -> tuple[Block, Tensor, Tensor]:
+    """A copy of ``block`` holding only the units the masks keep, and the masks' values on those units.
 
-
-def _ffn_output(block: Block, residual: Tensor, hidden: Tensor, neuron_mask: Tensor) -> Tensor:
-    """The block's output from its captured FFN inputs under a new neuron mask, without rerunning attention.
-
-    ``hidden`` was captured under a 0/1 mask, so scaling it by the new mask
-    gives the new masked activations; the rest is :class:`Block`'s FFN half.
+    Running it costs what the kept units cost: masked units are not computed as zeros.
     """
-    out = residual + torch.nn.functional.linear(hidden * neuron_mask.to(hidden.dtype), block.ffn.fc2.weight, block.ffn.fc2.bias)
-    return out if block.norm_first else block.norm2(out)
+    device = block.attn.proj.weight.device
+    heads, neurons = head_mask.nonzero().flatten(), neuron_mask.nonzero().flatten()
+    part = copy.deepcopy(block)
+    part.prune_heads(heads.tolist())
+    part.prune_neurons(neurons.tolist())
+    return part, head_mask[heads].to(device), neuron_mask[neurons].to(device)
 
 
-def _rows(x: Tensor, valid: Tensor, cls_only: bool) -> Tensor:
-    """Real tokens only (or the class token only), flattened to ``[tokens, D]``."""
-    return x[:, 0] if cls_only else x[valid]
+def _first_rows(state: PackedState) -> Tensor:
+    """The row of each example's first (class) token."""
+    return torch.cumsum(state.lengths, 0) - state.lengths
+
+
+def _stop_reason(layer: int, part: str, ok: bool, scales: np.ndarray, max_scale: float) -> str:
+    """Why tuning must stop at this solve ("" when it may go on)."""
+    if not ok:
+        return f"layer {layer} {part}: LSMR did not converge"
+    if np.abs(scales).max() > max_scale:
+        return f"layer {layer} {part}: scale beyond ±{max_scale:g}"
+    return ""
 
 
 @torch.no_grad()
@@ -106,82 +94,101 @@ def tune_masks(
 ) -> tuple[Masks, TuneReport]:
     """Tuned copies of the ``student`` masks; the model's weights are not changed.
 
-    The model computes in its own dtype; the least-squares products are taken in
-    at least float32 (:func:`~trimlab.models.placement.statistics_dtype`) and summed in float64.
+    Each layer's teacher and student halves run once per sample batch, on the
+    real tokens only, with only the units their masks keep: the student's
+    per-head contexts and FFN neurons are kept across the batches, so after a
+    solve the layer's output is rebuilt from them instead of being rerun.
+    Memory: the teacher's and the student's states of one layer plus the
+    layer's kept contexts and neurons, at most about
+    ``tokens × (4 · hidden + ffn_dim) × 4`` bytes (float32, ``tokens`` = the
+    sample set's real tokens), plus one batch's intermediates.
     """
     model.eval()
-    device, dtype = model_device(model), statistics_dtype(model_dtype(model))
     tuned = student.clone()
     report = TuneReport()
-    num_protected = model.num_protected
-    teacher_states, student_states = [], []
+    stat = statistics_dtype(model_dtype(model))  # a bfloat16 model's products are taken in float32
+    teacher_states: list[PackedState] = []
     for batch in batches:
-        hidden, valid = model.embeddings(batch_for(model, batch))
-        positions = torch.arange(hidden.shape[1], device=device).expand(hidden.shape[0], -1)
-        teacher_states.append(TokenState(hidden, valid.bool(), positions))
-        student_states.append(TokenState(hidden, valid.bool(), positions))
+        hidden, valid = model.embeddings(batch_for(model, batch))  # on the model's device, in its dtype
+        teacher_states.append(PackedState.from_padded(hidden, valid.bool()))
+    student_states = list(teacher_states)
     layers = model.encoder.layers
     for i, block in enumerate(tqdm(layers, desc="mask tuning", disable=not progress, leave=False)):
-        attn, fc2 = block.attn, block.ffn.fc2
-        cls_only = cls_only_last and i == len(layers) - 1
+        last = i == len(layers) - 1
         kept_heads = tuned.heads[i].nonzero().flatten()
         kept_neurons = tuned.neurons[i].nonzero().flatten()
-        attn_targets, ffn_targets, next_teacher = [], [], []
-        for state in teacher_states:
-            out, cap = _run_block(block, state, i, teacher.heads[i], teacher.neurons[i], num_protected)
-            attn_targets.append(_rows(cap.block_input + torch.nn.functional.linear(cap.context, attn.proj.weight), state.valid, False))
-            ffn_targets.append(_rows(cap.ffn_residual + torch.nn.functional.linear(cap.ffn_hidden, fc2.weight), state.valid, cls_only))
-            next_teacher.append(out)
-        teacher_states = next_teacher
+        teacher_part, teacher_head_values, teacher_neuron_values = _kept_part(block, teacher.heads[i], teacher.neurons[i])
+        part, head_values, neuron_values = _kept_part(block, tuned.heads[i], tuned.neurons[i])
 
-        if i > 0 and len(kept_heads) > 0:
-            k = len(kept_heads)
-            ata = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
-            atb = torch.zeros(k + 1, dtype=torch.float64, device=device)
-            w = attn.proj.weight.view(attn.proj.out_features, attn.num_heads, attn.head_dim)[:, kept_heads].to(dtype)
-            for state, target in zip(student_states, attn_targets):
-                _, cap = _run_block(block, state, i, tuned.heads[i], tuned.neurons[i], num_protected)
-                ctx = _rows(cap.context, state.valid, False).view(-1, attn.num_heads, attn.head_dim)[:, kept_heads].to(dtype)
-                per_head = torch.einsum("thk,dhk->thd", ctx, w)  # [tokens, heads, D]
-                rhs = (target - _rows(cap.block_input, state.valid, False)).to(dtype)
-                ata[:k, :k] += torch.einsum("thd,tgd->hg", per_head, per_head).double()
-                ata[:k, k] += per_head.sum(dim=(0, 2)).double()
+        # attention half: x + Σ_h s_h · proj_h(context_h) ≈ the teacher's x + proj(context), without the bias
+        k, head_dim = len(kept_heads), part.attn.head_dim
+        tune_heads = i > 0 and k > 0
+        w = part.attn.proj.weight.view(part.attn.proj.out_features, k, head_dim).permute(1, 2, 0)  # [heads, head_dim, D]
+        ata = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=w.device)
+        atb = torch.zeros(k + 1, dtype=torch.float64, device=w.device)
+        teacher_mid, contexts = [], []
+        for t_state, s_state in zip(teacher_states, student_states):
+            t_ctx, _ = teacher_part.attn.context(teacher_part.attention_input(t_state.hidden), t_state, teacher_head_values)
+            t_attn = F.linear(t_ctx, teacher_part.attn.proj.weight)
+            teacher_mid.append(t_state.with_hidden(teacher_part.after_attention(t_state.hidden, t_attn + teacher_part.attn.proj.bias)))
+            ctx, _ = part.attn.context(part.attention_input(s_state.hidden), s_state, head_values)
+            contexts.append(ctx)
+            if tune_heads:
+                per_head = torch.bmm(ctx.view(-1, k, head_dim).transpose(0, 1), w).view(k, -1).to(stat)  # [heads, tokens · D]
+                rhs = (t_state.hidden + t_attn - s_state.hidden).view(-1).to(stat)
+                ata[:k, :k] += (per_head @ per_head.t()).double()  # float32 (or wider) products per batch, summed in float64
+                ata[:k, k] += per_head.sum(1).double()
                 ata[k, k] += rhs.numel()
-                atb[:k] += torch.einsum("thd,td->h", per_head, rhs).double()
+                atb[:k] += (per_head @ rhs).double()
                 atb[k] += rhs.double().sum()
+        teacher_states = teacher_mid
+        if tune_heads:
             ata[k, :k] = ata[:k, k]
             scales, ok = solve_scales(ata, atb, damping)
             scales = scales[:-1]
-            if not ok or np.abs(scales).max() > max_scale:
-                report.stopped = f"layer {i} attention: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
+            report.stopped = _stop_reason(i, "attention", ok, scales, max_scale)
+            if report.stopped:
                 break
             tuned.heads[i, kept_heads] *= torch.as_tensor(scales, dtype=tuned.heads.dtype, device=tuned.heads.device)
+            head_scale = torch.as_tensor(scales, dtype=w.dtype, device=w.device).repeat_interleave(head_dim)
+            for ctx in contexts:
+                ctx.mul_(head_scale)
+        student_states = [s.with_hidden(part.after_attention(s.hidden, part.attn.proj(c))) for s, c in zip(student_states, contexts)]
+        del contexts
 
+        # FFN half: h + Σ_n s_n · fc2_n(act_n) ≈ the teacher's h + fc2(act), without the bias
+        cls_only = cls_only_last and last  # for classification the last layer only has to rebuild the class token
+        w2 = part.ffn.fc2.weight  # [D, K]
+        ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64, device=w2.device)
+        atb = torch.zeros(len(kept_neurons), dtype=torch.float64, device=w2.device)
+        teacher_out, activations = [], []
+        for t_state, s_state in zip(teacher_states, student_states):
+            t_h, s_h = t_state.hidden, s_state.hidden
+            if cls_only:
+                t_h, s_h = t_h[_first_rows(t_state)], s_h[_first_rows(s_state)]
+            t_ffn = F.linear(teacher_part.ffn.activations(teacher_part.ffn_input(t_h), teacher_neuron_values), teacher_part.ffn.fc2.weight)
+            if not last:
+                teacher_out.append(t_state.with_hidden(teacher_part.after_ffn(t_h, t_ffn + teacher_part.ffn.fc2.bias)))
+            acts = part.ffn.activations(part.ffn_input(s_h), neuron_values)
+            activations.append(acts)
+            if len(kept_neurons) > 0:
+                rhs, a = (t_h + t_ffn - s_h).to(stat), acts.to(stat)
+                ata += (a.t() @ a).double()  # float32 (or wider) products per batch, summed in float64
+                atb += ((rhs @ w2.to(stat)) * a).sum(0).double()
+        teacher_states = teacher_out
         if len(kept_neurons) > 0:
-            w2 = fc2.weight[:, kept_neurons].to(dtype)  # [D, K]
-            ata = torch.zeros(len(kept_neurons), len(kept_neurons), dtype=torch.float64, device=device)
-            atb = torch.zeros(len(kept_neurons), dtype=torch.float64, device=device)
-            ffn_inputs = []
-            for state, target in zip(student_states, ffn_targets):
-                _, cap = _run_block(block, state, i, tuned.heads[i], tuned.neurons[i], num_protected)
-                ffn_inputs.append((cap.ffn_residual, cap.ffn_hidden))
-                acts = _rows(cap.ffn_hidden, state.valid, cls_only)[:, kept_neurons].to(dtype)
-                rhs = (target - _rows(cap.ffn_residual, state.valid, cls_only)).to(dtype)
-                ata += (acts.t() @ acts).double()  # float32 (or float64) products per batch, summed in float64
-                atb += ((rhs @ w2) * acts).sum(0).double()
-            ata *= (w2.t() @ w2).double()
+            ata *= (w2.to(stat).t() @ w2.to(stat)).double()
             scales, ok = solve_scales(ata, atb, damping)
-            if not ok or np.abs(scales).max() > max_scale:
-                report.stopped = f"layer {i} FFN: {'LSMR did not converge' if not ok else 'scale beyond ±%g' % max_scale}"
+            report.stopped = _stop_reason(i, "FFN", ok, scales, max_scale)
+            if report.stopped:
                 break
             tuned.neurons[i, kept_neurons] *= torch.as_tensor(scales, dtype=tuned.neurons.dtype, device=tuned.neurons.device)
+            neuron_scale = torch.as_tensor(scales, dtype=w2.dtype, device=w2.device)
+            for acts in activations:
+                acts.mul_(neuron_scale)
+        if not last:
             student_states = [
-                TokenState(_ffn_output(block, residual, hidden, tuned.neurons[i]), state.valid, state.positions)
-                for state, (residual, hidden) in zip(student_states, ffn_inputs)
-            ]
-        else:
-            student_states = [
-                block(state, i, tuned.heads[i], tuned.neurons[i], None, num_protected, True) for state in student_states
+                s.with_hidden(part.after_ffn(s.hidden, part.ffn.fc2(acts))) for s, acts in zip(student_states, activations)
             ]
         report.tuned_layers = i + 1
     if report.stopped:
