@@ -1,7 +1,9 @@
-"""A package outside trimlab adds a method through the entry-point group ``trimlab.methods``; a broken one is skipped."""
+"""A package outside trimlab adds a method (entry-point group ``trimlab.methods``) or a token selector
+(``trimlab.selectors``); a broken one is skipped."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -11,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 import trimlab
+from trimlab.config import ConfigError
 from trimlab.methods import method_kinds, plugin_methods
+from trimlab.models.build import build_model
 from trimlab.results.record import RECORD_FILE, read_record
+from trimlab.saved_model import MODEL_DIR, STRUCTURE_FILE, read_model, save_model, selector_forms
 
 FIXTURE = Path(__file__).parent / "fixtures" / "plugin_pkg"
 
@@ -36,8 +42,10 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
     plugin_methods.cache_clear()
+    selector_forms.cache_clear()
     yield folder
     plugin_methods.cache_clear()
+    selector_forms.cache_clear()
     for name in [m for m in sys.modules if m.startswith("trimlab_")]:
         del sys.modules[name]
 
@@ -93,3 +101,32 @@ def test_a_plugin_cannot_take_a_builtin_name(site: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="trimlab.plugins"):
         assert "shadow_schema" not in method_kinds()
     assert "method=dense is already an option of trimlab" in caplog.text
+
+
+def test_a_plugin_selector_is_saved_under_its_key_and_rebuilt(site: Path, compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("model=vit_digits", "dataset=digits", "method=dense", "budget=none")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.dataset.num_labels).model.eval()
+    images = {"pixel_values": torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))}
+    shutil.copytree(FIXTURE / "trimlab_magnitude", site / "trimlab_magnitude")
+    from trimlab_magnitude.selector import EveryOtherToken
+
+    model.encoder.token_selector = EveryOtherToken(2)
+    with pytest.raises(TypeError, match="EveryOtherToken has no stored form; register .* group trimlab.selectors"):
+        save_model(model, tmp_path / "unregistered", cfg.model, cfg.dataset.num_labels)
+    install(site, "trimlab_magnitude", "[trimlab.selectors]\nevery_other = trimlab_magnitude.selector:FORM\n")
+    selector_forms.cache_clear()  # the registry is read once per process: as if trimlab started after the install
+    saved = save_model(model, tmp_path / MODEL_DIR, cfg.model, cfg.dataset.num_labels)
+    structure = json.loads((saved.path / STRUCTURE_FILE).read_text())
+    assert structure["token_selector"] == {"kind": "every_other", "at": 2}
+    rebuilt = read_model(saved.path)
+    assert type(rebuilt.encoder.token_selector) is EveryOtherToken and rebuilt.encoder.token_selector.at == 2
+    expected, out = model(images), rebuilt(images)
+    assert torch.equal(out.logits, expected.logits)
+    assert out.encoder.kept_tokens[-1].float().mean() < expected.encoder.kept_tokens[0].float().mean()  # it removed tokens
+    selector_forms.cache_clear()
+    for name in [m for m in sys.modules if m.startswith("trimlab_")]:
+        del sys.modules[name]
+    (site / "trimlab_magnitude-0.1.0.dist-info").rename(tmp_path / "uninstalled")
+    with pytest.raises(ConfigError, match="token_selector.kind='every_other' is not one of thresholds, topk, sait .*installed"):
+        read_model(saved.path)
