@@ -22,7 +22,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
-from trimlab.methods import build_method, kind_of, method_label
+from trimlab.methods import build_method, builtin_method_options, kind_of, method_label, plugin_methods
 from trimlab.methods.post_training import PostTrainingMethod, StepInputs
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.convert import to_trimlab
@@ -147,9 +146,8 @@ def compress(
 
 # ---------------------------------------------------------------- the method's config
 def method_options() -> list[str]:
-    """Every ``method=`` option trimlab ships (``conf/method/*.yaml``)."""
-    folder = resources.files("trimlab.conf") / "method"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """Every ``method=`` option: trimlab's (``conf/method/*.yaml``) and those of plugins."""
+    return sorted([*builtin_method_options(), *plugin_methods()[1]])
 
 
 def method_config(name: str) -> DictConfig:

@@ -456,8 +456,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent): the run-level ones, then each method's."""
-    from trimlab.methods import method_kinds
+    """Put every schema in Hydra's ConfigStore (idempotent): the run-level ones, then each method's, then the
+    ``method=`` options of plugins (their YAML nodes: Hydra composes them as it does ``conf/method/*.yaml``)."""
+    from trimlab.methods import method_kinds, plugin_methods
 
     cs = ConfigStore.instance()
     cs.store(name="trimlab_schema", node=TrimlabConfig)
@@ -466,6 +467,8 @@ def register_configs() -> None:
             cs.store(group=group, name=name, node=node)
     for kind in method_kinds().values():
         cs.store(group="method", name=kind.schema_name, node=kind.schema)
+    for name, node in plugin_methods()[1].items():
+        cs.store(group="method", name=name, node=node)
 
 
 TEXT_FAMILIES = ("bert", "roberta", "distilbert", "electra", "mpnet")

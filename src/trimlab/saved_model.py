@@ -16,10 +16,13 @@ leaves half a model behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from trimlab.methods.sait.selector import SaiTSelector
 from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import Encoder
+from trimlab.plugins import PluginError, load_plugins
 from trimlab.results.record import RECORD_FILE
 from trimlab.results.run_folder import completed_folder
 
@@ -126,19 +130,82 @@ def read_model(folder: Path) -> nn.Module:
     return model.eval()
 
 
-SELECTOR_KINDS = ("thresholds", "topk", "sait")
-"""The token selectors a structure file may name (``token_selector.kind``)."""
+@dataclass(frozen=True)
+class SelectorForm:
+    """How one token selector class is kept in ``structure.json``, under a registry key (``token_selector.kind``).
+
+    trimlab's own selectors have theirs here; a plugin registers one under the entry-point
+    group ``trimlab.selectors`` (the entry point's name is the key, its object a ``SelectorForm``).
+    """
+
+    selector: type
+    """The class stored this way (its exact type: a subclass registers its own form)."""
+    to_structure: Callable[[Any], dict[str, Any]]
+    """The selector's settings as JSON values (its parameters and buffers are in the state dict)."""
+    from_structure: Callable[[dict[str, Any]], Any]
+    """The selector those settings describe (they come from a file: check what they must be)."""
+
+
+def _thresholds_structure(selector: LearnedThresholds) -> dict[str, Any]:
+    return {"num_layers": len(selector.offsets), "temperature": selector.temperature, "score_length": selector.score_length, "hard": selector.hard}
+
+
+def _thresholds(spec: dict[str, Any]) -> LearnedThresholds:
+    selector = LearnedThresholds(spec["num_layers"], temperature=spec["temperature"], score_length=spec["score_length"])
+    selector.hard = spec["hard"]
+    return selector
+
+
+def _sait_structure(selector: SaiTSelector) -> dict[str, Any]:
+    keys = ("prune_layers", "mode", "package", "num_protected", "density")
+    return {key: getattr(selector, key) for key in keys}
+
+
+def _sait(spec: dict[str, Any]) -> SaiTSelector:
+    selector = SaiTSelector(spec["prune_layers"], spec["mode"], spec["package"], spec["num_protected"])
+    selector.density = spec["density"]
+    return selector
+
+
+BUILTIN_SELECTORS = {
+    "thresholds": SelectorForm(LearnedThresholds, _thresholds_structure, _thresholds),
+    "topk": SelectorForm(TopKTokens, lambda s: {"keep_rates": list(s.keep_rates)}, lambda spec: TopKTokens(spec["keep_rates"])),
+    "sait": SelectorForm(SaiTSelector, _sait_structure, _sait),
+}
+"""trimlab's own token selectors' forms, by key."""
+
+
+@functools.cache
+def selector_forms() -> dict[str, SelectorForm]:
+    """Every token selector a structure file may name, by key: trimlab's own, then those of plugins (loaded once;
+    a plugin whose key or class is taken is skipped, see :mod:`trimlab.plugins`)."""
+    forms = dict(BUILTIN_SELECTORS)
+
+    def register(ep: EntryPoint, loaded: object) -> None:
+        if not isinstance(loaded, SelectorForm):
+            raise PluginError(f"{ep.value} is a {type(loaded).__name__}, not a trimlab.saved_model.SelectorForm")
+        if ep.name in forms or any(form.selector is loaded.selector for form in forms.values()):
+            raise PluginError(f"its key {ep.name} or its class {loaded.selector.__name__} is registered already")
+        forms[ep.name] = loaded
+
+    load_plugins("trimlab.selectors", register)
+    return forms
+
+
 QUANT_SCHEMES = ("uniform", "pwlq")
 """The weight quantizers a structure file may name (``quantized.<layer>.scheme``)."""
 
 
 def check_part_names(structure: dict[str, Any]) -> None:
-    """Every part a structure file names is one of trimlab's own (its model config is checked by its schema):
-    the file is data, so nothing it says picks code outside these lists."""
+    """Every part a structure file names is a registered one (its model config is checked by its schema): the file
+    is data, so it names parts by registry key, and nothing it says picks code outside the registries."""
     selector = structure.get("token_selector")
-    if selector is not None and (not isinstance(selector, dict) or selector.get("kind") not in SELECTOR_KINDS):
+    if selector is not None and (not isinstance(selector, dict) or selector.get("kind") not in selector_forms()):
         kind = selector.get("kind") if isinstance(selector, dict) else selector
-        raise ConfigError(f"token_selector.kind={kind!r} is not one of {', '.join(SELECTOR_KINDS)}")
+        raise ConfigError(
+            f"token_selector.kind={kind!r} is not one of {', '.join(selector_forms())} "
+            "(a plugin's selector needs its package installed)"
+        )
     quantized = structure.get("quantized", {})
     if not isinstance(quantized, dict):
         raise ConfigError("`quantized` is not a mapping of layer names")
@@ -196,41 +263,20 @@ def _encoder_structure(encoder: Encoder, tensors: dict[str, Tensor]) -> dict[str
 def _selector_structure(selector: Any) -> dict[str, Any] | None:
     if selector is None:
         return None
-    if isinstance(selector, LearnedThresholds):  # its thresholds are in the state dict
-        return {
-            "kind": "thresholds",
-            "num_layers": len(selector.offsets),
-            "temperature": selector.temperature,
-            "score_length": selector.score_length,
-            "hard": selector.hard,
-        }
-    if isinstance(selector, TopKTokens):
-        return {"kind": "topk", "keep_rates": list(selector.keep_rates)}
-    if isinstance(selector, SaiTSelector):
-        return {
-            "kind": "sait",
-            "prune_layers": selector.prune_layers,
-            "mode": selector.mode,
-            "package": selector.package,
-            "num_protected": selector.num_protected,
-            "density": selector.density,
-        }
-    raise TypeError(f"the token selector {type(selector).__name__} has no stored form; add it to trimlab.saved_model")
+    for kind, form in selector_forms().items():
+        if type(selector) is form.selector:
+            return {"kind": kind, **form.to_structure(selector)}
+    raise TypeError(
+        f"the token selector {type(selector).__name__} has no stored form; register a trimlab.saved_model.SelectorForm "
+        "for it under the entry-point group trimlab.selectors"
+    )
 
 
 def _build_selector(spec: dict[str, Any] | None) -> Any:
     if spec is None:
         return None
-    if spec["kind"] == "thresholds":
-        selector = LearnedThresholds(spec["num_layers"], temperature=spec["temperature"], score_length=spec["score_length"])
-        selector.hard = spec["hard"]
-        return selector
-    if spec["kind"] == "topk":
-        return TopKTokens(spec["keep_rates"])
-    assert spec["kind"] == "sait", spec["kind"]  # check_part_names let no other kind through
-    selector = SaiTSelector(spec["prune_layers"], spec["mode"], spec["package"], spec["num_protected"])
-    selector.density = spec["density"]
-    return selector
+    form = selector_forms()[spec["kind"]]  # check_part_names let no other kind through
+    return form.from_structure({key: value for key, value in spec.items() if key != "kind"})
 
 
 def _rebuild_encoder(encoder: Encoder, structure: dict[str, Any], tensors: dict[str, Tensor]) -> None:

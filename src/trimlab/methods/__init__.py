@@ -9,17 +9,22 @@ new one is its folder and one YAML file. Importing this package (and every
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab.config import Budget, ConfigError
+from trimlab.plugins import PluginError, load_plugins
 
 if TYPE_CHECKING:
     from torch import nn
@@ -92,7 +97,12 @@ class MethodKind:
 
 
 def method_kinds() -> dict[str, MethodKind]:
-    """Every method's :class:`MethodKind`, by schema name, read from the ``schema.py`` of each folder here."""
+    """Every method's :class:`MethodKind`, by schema name: trimlab's own, then those of plugins."""
+    return {**builtin_method_kinds(), **plugin_methods()[0]}
+
+
+def builtin_method_kinds() -> dict[str, MethodKind]:
+    """trimlab's own methods, read from the ``schema.py`` of each folder here."""
     kinds = {}
     for info in pkgutil.iter_modules(__path__):
         module = f"{__name__}.{info.name}.schema"
@@ -100,6 +110,39 @@ def method_kinds() -> dict[str, MethodKind]:
             kind = importlib.import_module(module).KIND
             kinds[kind.schema_name] = kind
     return kinds
+
+
+def builtin_method_options() -> list[str]:
+    """The ``method=`` options trimlab ships (``conf/method/*.yaml``)."""
+    folder = resources.files("trimlab.conf") / "method"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+@functools.cache
+def plugin_methods() -> tuple[dict[str, MethodKind], dict[str, DictConfig]]:
+    """The methods of plugins (entry-point group ``trimlab.methods``): their kinds by schema name, and their
+    options (the ``*.yaml`` beside the module that declares ``KIND``) by option name. Loaded once per process;
+    a plugin whose names clash with trimlab's or an earlier plugin's is skipped (see :mod:`trimlab.plugins`)."""
+    builtin_kinds, builtin_options = builtin_method_kinds(), set(builtin_method_options())
+    kinds: dict[str, MethodKind] = {}
+    options: dict[str, DictConfig] = {}
+
+    def register(ep: EntryPoint, loaded: object) -> None:
+        kind = getattr(loaded, "KIND", loaded)
+        if not isinstance(kind, MethodKind):
+            raise PluginError(f"{ep.value} declares no KIND (a trimlab.methods.MethodKind)")
+        if kind.schema_name in builtin_kinds or kind.schema_name in kinds:
+            raise PluginError(f"its schema name {kind.schema_name} is taken by trimlab or an earlier plugin; rename it")
+        folder = Path(sys.modules[ep.module].__file__ or ".").parent
+        found = {path.stem: OmegaConf.load(path) for path in sorted(folder.glob("*.yaml"))}
+        taken = sorted(found.keys() & (builtin_options | options.keys()))
+        if taken:
+            raise PluginError(f"method={', '.join(taken)} is already an option of trimlab or an earlier plugin; rename its YAML")
+        kinds[kind.schema_name] = kind
+        options.update(found)
+
+    load_plugins("trimlab.methods", register)
+    return kinds, options
 
 
 def kind_of(method_cfg: DictConfig) -> MethodKind:
