@@ -147,6 +147,34 @@ def test_fisher_prunes_a_timm_vit_and_a_trimlab_model_is_not_changed() -> None:
     torch.testing.assert_close(logits(vit, batches[0]), dense)
 
 
+def test_batches_as_users_have_them_compress_as_trimlab_batches_do() -> None:
+    """HF dict batches with extra keys and ``label``, and (token ids, labels) pairs, read as the same examples."""
+    hf, batches = small_bert(), text_batches(2)
+    _, expected = compress(hf, "fisher_prune", 0.6, batches, options={"tune": False})
+    as_hf = [
+        {"idx": torch.arange(8), "sentence": ["a text"] * 8, "label": b["labels"], "token_type_ids": torch.zeros_like(b["input_ids"]),
+         "input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        for b in batches
+    ]
+    pairs = [(b["input_ids"], b["labels"]) for b in batches]  # pad id 0 (BertConfig's): the mask is inferred from it
+    mapping_pairs = [({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, b["labels"]) for b in batches]
+    for data in (as_hf, pairs, mapping_pairs):
+        _, report = compress(hf, "fisher_prune", 0.6, data, options={"tune": False})
+        assert report.stats["heads_per_layer"] == expected.stats["heads_per_layer"]
+        assert report.stats["neurons_per_layer"] == expected.stats["neurons_per_layer"]
+        assert report.dense_flops == pytest.approx(expected.dense_flops)
+
+
+def test_token_id_pairs_take_an_all_ones_mask_when_the_model_has_no_pad_id() -> None:
+    hf = small_bert()
+    hf.config.pad_token_id = None
+    ids = text_batches(1)[0]["input_ids"]
+    full = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(8, dtype=torch.long)}
+    _, expected = compress(hf, "fisher_prune", 0.6, [full], options={"tune": False})
+    _, report = compress(hf, "fisher_prune", 0.6, [(ids, full["labels"])], options={"tune": False})
+    assert report.dense_flops == pytest.approx(expected.dense_flops) and report.stats == expected.stats
+
+
 def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(compose_cfg) -> None:
     assert method_config("fisher_prune_pwlq").steps.quantize.bits == 8
     assert compose_cfg("method=uniform_ptq").method.scheme == "uniform"
@@ -169,6 +197,10 @@ def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(c
         ({"method": "fisher_prune_pwlq", "budget": 0.6, "options": {"tune": False}}, "options: tune is not a step .* prune, quantize"),
         ({"method": "fisher_prune", "budget": 0.6, "data": None}, "data: give a DataLoader"),
         ({"method": "fisher_prune", "budget": 0.6, "data": image_batches(1)}, "reads input_ids, but the batches have pixel_values"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [(torch.zeros(2, 4).long(),)]}, r"data: batch 0 is a tuple of 1 items; a pair batch is \(inputs, labels\)"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [(torch.zeros(2, 4), torch.zeros(2))]}, r"data: batch 0: its inputs have shape \[2, 4\] \(torch.float32\); a pair's inputs are token ids"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [{"ids": torch.zeros(2, 4)}]}, r"data: batch 0, a dict \(keys: ids\), has neither input_ids nor pixel_values"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [{**text_batches(1)[0], "label": torch.zeros(8)}]}, "data: batch 0 has both label and labels"),
     ],
 )
 def test_a_bad_argument_is_one_clear_error(kwargs: dict, match: str) -> None:

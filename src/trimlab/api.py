@@ -93,10 +93,13 @@ def compress(
     them in order (``["fisher_prune", "pwlq"]``). ``budget``: a number is a target of
     the method's first budget kind (a FLOPs ratio for Fisher, bits for a quantizer);
     ``Budget("latency", 0.7)`` names another. ``bits``: the weight bits of the
-    quantizing steps. ``data``: a DataLoader or list of batches like trimlab's
-    datamodules yield (``input_ids``/``attention_mask``/``labels`` or
-    ``pixel_values``/``labels``; ``(images, labels)`` pairs too): the sample set, each
-    batch as it is (one Fisher gradient, one calibration batch). ``options``: keys of
+    quantizing steps. ``data``: a DataLoader or list of batches: mappings such as a
+    tokenizer's or a ``datasets`` collator's (``input_ids``/``attention_mask``/``token_type_ids``
+    or ``pixel_values``, and ``labels`` or ``label``; other keys are dropped), or
+    ``(inputs, labels)`` pairs whose inputs are such a mapping, a tensor of token ids
+    (attention mask: 0 where an id is the model's ``config.pad_token_id``, all ones if it
+    has none) or a tensor of images: the sample set, each batch as it is (one Fisher
+    gradient, one calibration batch). ``options``: keys of
     the method's config (``{"tune": False}``), per step name for a pipeline
     (``{"quantize": {"act_bits": 8}}``). ``output_dir``: where the method's files
     go (and the latency table is cached); none are kept without it.
@@ -109,7 +112,7 @@ def compress(
     name, steps, accepted = _method_steps(method, options or {})
     budget = _resolve_budget(name, steps, accepted, budget, bits)
     step_bits = _step_bits(name, steps, budget, bits)
-    batches = _batches(data)
+    batches = _batches(data, _pad_token_id(model))
     compressed = to_trimlab(model)  # on the model's device, in its dtype: so are the batches, and every step computes there
     batches = [batch_for(compressed, batch) for batch in batches]
     _check_batches(compressed, batches)
@@ -297,21 +300,63 @@ def _step_bits(name: str, steps: Mapping[str, DictConfig], budget: Budget, bits:
 
 
 # ---------------------------------------------------------------- data and checks
-def _batches(data: Any) -> list[dict[str, Tensor]]:
-    """The batches as trimlab's datamodules yield them, read once (every step sees the same examples)."""
-    hint = "give a DataLoader or a list of batches: dicts with input_ids/attention_mask/labels or pixel_values/labels"
+def _batches(data: Any, pad_token_id: int | None) -> list[dict[str, Tensor]]:
+    """The batches as trimlab's datamodules yield them, read once (every step sees the same examples).
+
+    A mapping keeps the keys the model or its loss reads (``label`` is read as ``labels``; others, such as
+    ``idx`` or ``sentence``, are dropped). A pair ``(inputs, labels)``: inputs a mapping, a ``[batch, tokens]``
+    tensor of token ids (its attention mask is 0 where an id is ``pad_token_id``, all ones without one) or a
+    ``[batch, channels, height, width]`` tensor of images.
+    """
+    hint = (
+        "give a DataLoader or a list of batches: dicts with input_ids[/attention_mask]/labels or pixel_values/labels "
+        "(extra keys are dropped), or (inputs, labels) pairs"
+    )
     if data is None or isinstance(data, (Tensor, str)):
         raise ConfigError(f"data: {hint}")
     batches = []
-    for batch in [data] if isinstance(data, Mapping) else data:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor) and batch[0].ndim == 4:
-            batch = {"pixel_values": batch[0], "labels": batch[1]}
+    for i, batch in enumerate([data] if isinstance(data, Mapping) else data):
+        if isinstance(batch, (tuple, list)):
+            batch = _pair_batch(batch, pad_token_id, f"data: batch {i}")
         if not isinstance(batch, Mapping) or not {"input_ids", "pixel_values"} & set(batch):
-            raise ConfigError(f"data: a batch of type {type(batch).__name__} has neither input_ids nor pixel_values; {hint}")
+            keys = f" (keys: {', '.join(map(str, batch))})" if isinstance(batch, Mapping) else ""
+            raise ConfigError(f"data: batch {i}, a {type(batch).__name__}{keys}, has neither input_ids nor pixel_values; {hint}")
+        if "label" in batch and "labels" in batch:
+            raise ConfigError(f"data: batch {i} has both label and labels; keep one")
+        batch = {("labels" if k == "label" else k): v for k, v in batch.items()}
         batches.append({k: batch[k] for k in BATCH_KEYS if k in batch})
     if not batches:
         raise ConfigError(f"data is empty; {hint}")
     return batches
+
+
+def _pair_batch(pair: Sequence[Any], pad_token_id: int | None, where: str) -> Any:
+    """``(inputs, labels)`` as a batch mapping (a pair whose inputs are neither a mapping nor a tensor is returned as is)."""
+    if len(pair) != 2:
+        raise ConfigError(f"{where} is a {type(pair).__name__} of {len(pair)} items; a pair batch is (inputs, labels)")
+    inputs, labels = pair
+    if isinstance(inputs, Mapping):
+        return {**inputs, "labels": labels}
+    if not isinstance(inputs, Tensor):
+        return pair
+    if inputs.ndim == 4:
+        return {"pixel_values": inputs, "labels": labels}
+    if inputs.ndim == 2 and not inputs.dtype.is_floating_point:
+        mask = torch.ones_like(inputs) if pad_token_id is None else (inputs != pad_token_id).long()
+        return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
+    raise ConfigError(
+        f"{where}: its inputs have shape {list(inputs.shape)} ({inputs.dtype}); "
+        "a pair's inputs are token ids [batch, tokens] (integers) or images [batch, channels, height, width]"
+    )
+
+
+def _pad_token_id(model: nn.Module) -> int | None:
+    """The padding id the user's model declares (``config.pad_token_id``; a trimlab text model's own), or None."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return getattr(config, "pad_token_id", None)
+    embeddings = getattr(model, "embeddings", None)
+    return embeddings.pad_token_id if isinstance(embeddings, TextEmbeddings) else None
 
 
 def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> None:
