@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
@@ -294,3 +296,96 @@ def test_compress_prunes_as_a_cli_run_does(compose_cfg) -> None:
     for key in ("heads_per_layer", "neurons_per_layer", "searched_heads_per_layer", "searched_neurons_per_layer"):
         assert report.stats[key] == record.compressed[key], key
     assert report.flops_ratio == pytest.approx(record.ratios["flops"], abs=0.02)
+
+
+# ---------------------------------------------------------------- save_model / load_model of compress()'s results
+def assert_reloads_identically(model: nn.Module, batches: list[dict[str, torch.Tensor]], folder) -> nn.Module:
+    import trimlab
+
+    trimlab.save_model(model, folder)
+    rebuilt = trimlab.load_model(folder)
+    for batch in batches:
+        assert torch.equal(logits(rebuilt, batch), logits(model, batch))
+    return rebuilt
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [("fisher_prune", {"budget": 0.5}), ("pwlq", {"bits": 4}), ("fisher_prune_pwlq", {"budget": 0.5, "bits": 4})])
+def test_a_compressed_bert_saves_and_loads_to_identical_outputs(method: str, kwargs: dict, tmp_path) -> None:
+    batches = text_batches(2)
+    small, _ = compress(small_bert(), method, data=batches, options={"tune": False} if method == "fisher_prune" else None, **kwargs)
+    rebuilt = assert_reloads_identically(small, batches, tmp_path / "small")
+    assert rebuilt.encoder.heads_per_layer == small.encoder.heads_per_layer and not rebuilt.training
+    if method != "fisher_prune":
+        assert json.loads((tmp_path / "small" / "structure.json").read_text())["quantized"]  # stored as codes
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=LENGTH, num_labels=3)
+        ),
+        lambda: MPNetForSequenceClassification(
+            MPNetConfig(
+                vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=LENGTH + 2, num_labels=3,
+            )
+        ),
+    ],
+    ids=["distilbert", "mpnet"],
+)
+def test_other_families_save_and_load_to_identical_outputs(make, tmp_path) -> None:
+    batches = text_batches(1, first_id=2)
+    small, _ = compress(make().eval(), "fisher_prune", 0.6, batches, options={"tune": False})
+    assert_reloads_identically(small, batches, tmp_path / "small")
+
+
+def test_a_compressed_timm_vit_and_cnn_save_and_load_to_identical_outputs(tmp_path) -> None:
+    batches = image_batches(1)
+    vit, _ = compress(tiny_vit(), "fisher_prune", 0.6, batches, options={"tune": False})
+    assert_reloads_identically(vit, batches, tmp_path / "vit")
+    torch.manual_seed(0)
+    cnn, _ = compress(timm.create_model("resnet10t", pretrained=False, num_classes=3).eval(), "pwlq", bits=4, data=batches)
+    assert_reloads_identically(cnn, batches, tmp_path / "cnn")  # folded BatchNorm, bias correction
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: a.update(kindz="text"), "names a part trimlab does not build.*kindz"),
+        (lambda a: a.update(kind="pickle"), r"architecture.kind='pickle' is not one of text, vit"),
+        (lambda a: a["encoder"].update(activation="os.system"), r"architecture.encoder.activation='os.system' is not one of"),
+        (lambda a: a.update(num_labels="three"), "names a part trimlab does not build.*num_labels"),
+    ],
+    ids=["unknown-key", "kind", "activation", "type"],
+)
+def test_a_tampered_architecture_is_refused_before_anything_is_built(change, match: str, tmp_path) -> None:
+    import trimlab
+
+    small, _ = compress(small_bert(), "fisher_prune", 0.6, text_batches(1), options={"tune": False})
+    trimlab.save_model(small, tmp_path)
+    structure = json.loads((tmp_path / "structure.json").read_text())
+    change(structure["architecture"])
+    (tmp_path / "structure.json").write_text(json.dumps(structure))
+    with pytest.raises(ConfigError, match=match):
+        trimlab.load_model(tmp_path)
+
+
+def test_save_model_refuses_a_model_trimlab_did_not_build(tmp_path) -> None:
+    import trimlab
+
+    with pytest.raises(ValueError, match="a BertForSequenceClassification is not a trimlab model; convert it"):
+        trimlab.save_model(small_bert(), tmp_path / "m")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_saved_compress_result_exports_like_a_run(fmt: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trimlab
+    from trimlab.export import main as export_main
+
+    small, _ = compress(small_bert(), "fisher_prune_pwlq", 0.5, text_batches(1), bits=8, options={"prune": {"tune": False}})
+    trimlab.save_model(small, tmp_path / "small")
+    assert export_main([str(tmp_path / "small"), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / f"small.{'onnx' if fmt == 'onnx' else 'pt'}").is_file() and "input_ids" in out
+    assert float(out.split("example batch: ")[1].split()[0]) <= 1e-4
