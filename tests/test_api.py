@@ -187,7 +187,14 @@ def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(c
     ("kwargs", "match"),
     [
         ({"method": "fisher_prunez", "budget": 0.6}, r"method='fisher_prunez' is not a trimlab method; compress\(\) takes fisher_prune, pwlq"),
-        ({"method": "ltp", "budget": 0.6}, "ltp is not a post-training method"),
+        ({"method": "sait", "budget": 0.6}, "sait is not a post-training method"),
+        ({"method": "ltp", "budget": 0.9}, "data: method=ltp trains; give train_data="),
+        ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1)}, "eval_data: method=ltp trains and is evaluated"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1), "eval_data": [{"input_ids": torch.ones(2, 4).long()}]},
+         "eval_data: batch 0 has no labels"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "epochs": 0}, "epochs=0 must be a positive number"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "epochs": 1, "options": {"soft_epochs": 2}}, "epochs=1 and options soft_epochs both set them"),
+        ({"method": "fisher_prune", "budget": 0.6, "epochs": 1}, "epochs: method=fisher_prune compresses without training"),
         ({"method": "fisher_prune", "budget": Budget("bits", 4)}, "cannot take a 'bits' budget; it accepts flops, latency"),
         ({"method": "pwlq", "budget": Budget("flops", 0.5)}, "cannot take a 'flops' budget; it accepts bits"),
         ({"method": "fisher_prune"}, "budget: method=fisher_prune needs one"),
@@ -389,3 +396,17 @@ def test_a_saved_compress_result_exports_like_a_run(fmt: str, tmp_path, capsys: 
     out = capsys.readouterr().out
     assert (tmp_path / f"small.{'onnx' if fmt == 'onnx' else 'pt'}").is_file() and "input_ids" in out
     assert float(out.split("example batch: ")[1].split()[0]) <= 1e-4
+
+
+def test_ltp_trains_through_compress_to_its_tokens_budget_and_saves(tmp_path) -> None:
+    """LTP's soft stage, calibration and hard stage on the user's batches; the result keeps its learned thresholds."""
+    torch.manual_seed(0)
+    train, held_out = text_batches(3), text_batches(1)
+    small, report = compress(small_bert(), "ltp", 0.85, train_data=train, eval_data=held_out, epochs=1, options={"calibration_examples": 16})
+    assert report.budget == Budget("tokens", 0.85) and report.method == "ltp" and {"soft", "calibrate", "hard"} <= set(report.stages)
+    assert report.stats["calibration_flops_ratio"] == pytest.approx(0.85, abs=0.02)  # on train_data's first 16 examples
+    assert report.flops_ratio < 1.0 and report.params == report.dense_params + 2  # tokens dropped; + a threshold per layer
+    selector = small.encoder.token_selector
+    assert selector is not None and selector.hard and report.stats["thresholds"] == selector.thresholds().detach().tolist()
+    rebuilt = assert_reloads_identically(small, held_out, tmp_path / "ltp")
+    assert rebuilt.encoder.token_selector.hard
