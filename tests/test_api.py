@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
@@ -147,6 +149,34 @@ def test_fisher_prunes_a_timm_vit_and_a_trimlab_model_is_not_changed() -> None:
     torch.testing.assert_close(logits(vit, batches[0]), dense)
 
 
+def test_batches_as_users_have_them_compress_as_trimlab_batches_do() -> None:
+    """HF dict batches with extra keys and ``label``, and (token ids, labels) pairs, read as the same examples."""
+    hf, batches = small_bert(), text_batches(2)
+    _, expected = compress(hf, "fisher_prune", 0.6, batches, options={"tune": False})
+    as_hf = [
+        {"idx": torch.arange(8), "sentence": ["a text"] * 8, "label": b["labels"], "token_type_ids": torch.zeros_like(b["input_ids"]),
+         "input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        for b in batches
+    ]
+    pairs = [(b["input_ids"], b["labels"]) for b in batches]  # pad id 0 (BertConfig's): the mask is inferred from it
+    mapping_pairs = [({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, b["labels"]) for b in batches]
+    for data in (as_hf, pairs, mapping_pairs):
+        _, report = compress(hf, "fisher_prune", 0.6, data, options={"tune": False})
+        assert report.stats["heads_per_layer"] == expected.stats["heads_per_layer"]
+        assert report.stats["neurons_per_layer"] == expected.stats["neurons_per_layer"]
+        assert report.dense_flops == pytest.approx(expected.dense_flops)
+
+
+def test_token_id_pairs_take_an_all_ones_mask_when_the_model_has_no_pad_id() -> None:
+    hf = small_bert()
+    hf.config.pad_token_id = None
+    ids = text_batches(1)[0]["input_ids"]
+    full = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(8, dtype=torch.long)}
+    _, expected = compress(hf, "fisher_prune", 0.6, [full], options={"tune": False})
+    _, report = compress(hf, "fisher_prune", 0.6, [(ids, full["labels"])], options={"tune": False})
+    assert report.dense_flops == pytest.approx(expected.dense_flops) and report.stats == expected.stats
+
+
 def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(compose_cfg) -> None:
     assert method_config("fisher_prune_pwlq").steps.quantize.bits == 8
     assert compose_cfg("method=uniform_ptq").method.scheme == "uniform"
@@ -157,7 +187,14 @@ def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(c
     ("kwargs", "match"),
     [
         ({"method": "fisher_prunez", "budget": 0.6}, r"method='fisher_prunez' is not a trimlab method; compress\(\) takes fisher_prune, pwlq"),
-        ({"method": "ltp", "budget": 0.6}, "ltp is not a post-training method"),
+        ({"method": "sait", "budget": 0.6}, "sait is not a post-training method"),
+        ({"method": "ltp", "budget": 0.9}, "data: method=ltp trains; give train_data="),
+        ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1)}, "eval_data: method=ltp trains and is evaluated"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1), "eval_data": [{"input_ids": torch.ones(2, 4).long()}]},
+         "eval_data: batch 0 has no labels"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "epochs": 0}, "epochs=0 must be a positive number"),
+        ({"method": "ltp", "budget": 0.9, "data": None, "epochs": 1, "options": {"soft_epochs": 2}}, "epochs=1 and options soft_epochs both set them"),
+        ({"method": "fisher_prune", "budget": 0.6, "epochs": 1}, "epochs: method=fisher_prune compresses without training"),
         ({"method": "fisher_prune", "budget": Budget("bits", 4)}, "cannot take a 'bits' budget; it accepts flops, latency"),
         ({"method": "pwlq", "budget": Budget("flops", 0.5)}, "cannot take a 'flops' budget; it accepts bits"),
         ({"method": "fisher_prune"}, "budget: method=fisher_prune needs one"),
@@ -169,6 +206,10 @@ def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(c
         ({"method": "fisher_prune_pwlq", "budget": 0.6, "options": {"tune": False}}, "options: tune is not a step .* prune, quantize"),
         ({"method": "fisher_prune", "budget": 0.6, "data": None}, "data: give a DataLoader"),
         ({"method": "fisher_prune", "budget": 0.6, "data": image_batches(1)}, "reads input_ids, but the batches have pixel_values"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [(torch.zeros(2, 4).long(),)]}, r"data: batch 0 is a tuple of 1 items; a pair batch is \(inputs, labels\)"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [(torch.zeros(2, 4), torch.zeros(2))]}, r"data: batch 0: its inputs have shape \[2, 4\] \(torch.float32\); a pair's inputs are token ids"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [{"ids": torch.zeros(2, 4)}]}, r"data: batch 0, a dict \(keys: ids\), has neither input_ids nor pixel_values"),
+        ({"method": "fisher_prune", "budget": 0.6, "data": [{**text_batches(1)[0], "label": torch.zeros(8)}]}, "data: batch 0 has both label and labels"),
     ],
 )
 def test_a_bad_argument_is_one_clear_error(kwargs: dict, match: str) -> None:
@@ -262,3 +303,110 @@ def test_compress_prunes_as_a_cli_run_does(compose_cfg) -> None:
     for key in ("heads_per_layer", "neurons_per_layer", "searched_heads_per_layer", "searched_neurons_per_layer"):
         assert report.stats[key] == record.compressed[key], key
     assert report.flops_ratio == pytest.approx(record.ratios["flops"], abs=0.02)
+
+
+# ---------------------------------------------------------------- save_model / load_model of compress()'s results
+def assert_reloads_identically(model: nn.Module, batches: list[dict[str, torch.Tensor]], folder) -> nn.Module:
+    import trimlab
+
+    trimlab.save_model(model, folder)
+    rebuilt = trimlab.load_model(folder)
+    for batch in batches:
+        assert torch.equal(logits(rebuilt, batch), logits(model, batch))
+    return rebuilt
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [("fisher_prune", {"budget": 0.5}), ("pwlq", {"bits": 4}), ("fisher_prune_pwlq", {"budget": 0.5, "bits": 4})])
+def test_a_compressed_bert_saves_and_loads_to_identical_outputs(method: str, kwargs: dict, tmp_path) -> None:
+    batches = text_batches(2)
+    small, _ = compress(small_bert(), method, data=batches, options={"tune": False} if method == "fisher_prune" else None, **kwargs)
+    rebuilt = assert_reloads_identically(small, batches, tmp_path / "small")
+    assert rebuilt.encoder.heads_per_layer == small.encoder.heads_per_layer and not rebuilt.training
+    if method != "fisher_prune":
+        assert json.loads((tmp_path / "small" / "structure.json").read_text())["quantized"]  # stored as codes
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=LENGTH, num_labels=3)
+        ),
+        lambda: MPNetForSequenceClassification(
+            MPNetConfig(
+                vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=LENGTH + 2, num_labels=3,
+            )
+        ),
+    ],
+    ids=["distilbert", "mpnet"],
+)
+def test_other_families_save_and_load_to_identical_outputs(make, tmp_path) -> None:
+    batches = text_batches(1, first_id=2)
+    small, _ = compress(make().eval(), "fisher_prune", 0.6, batches, options={"tune": False})
+    assert_reloads_identically(small, batches, tmp_path / "small")
+
+
+def test_a_compressed_timm_vit_and_cnn_save_and_load_to_identical_outputs(tmp_path) -> None:
+    batches = image_batches(1)
+    vit, _ = compress(tiny_vit(), "fisher_prune", 0.6, batches, options={"tune": False})
+    assert_reloads_identically(vit, batches, tmp_path / "vit")
+    torch.manual_seed(0)
+    cnn, _ = compress(timm.create_model("resnet10t", pretrained=False, num_classes=3).eval(), "pwlq", bits=4, data=batches)
+    assert_reloads_identically(cnn, batches, tmp_path / "cnn")  # folded BatchNorm, bias correction
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: a.update(kindz="text"), "names a part trimlab does not build.*kindz"),
+        (lambda a: a.update(kind="pickle"), r"architecture.kind='pickle' is not one of text, vit"),
+        (lambda a: a["encoder"].update(activation="os.system"), r"architecture.encoder.activation='os.system' is not one of"),
+        (lambda a: a.update(num_labels="three"), "names a part trimlab does not build.*num_labels"),
+    ],
+    ids=["unknown-key", "kind", "activation", "type"],
+)
+def test_a_tampered_architecture_is_refused_before_anything_is_built(change, match: str, tmp_path) -> None:
+    import trimlab
+
+    small, _ = compress(small_bert(), "fisher_prune", 0.6, text_batches(1), options={"tune": False})
+    trimlab.save_model(small, tmp_path)
+    structure = json.loads((tmp_path / "structure.json").read_text())
+    change(structure["architecture"])
+    (tmp_path / "structure.json").write_text(json.dumps(structure))
+    with pytest.raises(ConfigError, match=match):
+        trimlab.load_model(tmp_path)
+
+
+def test_save_model_refuses_a_model_trimlab_did_not_build(tmp_path) -> None:
+    import trimlab
+
+    with pytest.raises(ValueError, match="a BertForSequenceClassification is not a trimlab model; convert it"):
+        trimlab.save_model(small_bert(), tmp_path / "m")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_saved_compress_result_exports_like_a_run(fmt: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trimlab
+    from trimlab.export import main as export_main
+
+    small, _ = compress(small_bert(), "fisher_prune_pwlq", 0.5, text_batches(1), bits=8, options={"prune": {"tune": False}})
+    trimlab.save_model(small, tmp_path / "small")
+    assert export_main([str(tmp_path / "small"), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / f"small.{'onnx' if fmt == 'onnx' else 'pt'}").is_file() and "input_ids" in out
+    assert float(out.split("example batch: ")[1].split()[0]) <= 1e-4
+
+
+def test_ltp_trains_through_compress_to_its_tokens_budget_and_saves(tmp_path) -> None:
+    """LTP's soft stage, calibration and hard stage on the user's batches; the result keeps its learned thresholds."""
+    torch.manual_seed(0)
+    train, held_out = text_batches(3), text_batches(1)
+    small, report = compress(small_bert(), "ltp", 0.85, train_data=train, eval_data=held_out, epochs=1, options={"calibration_examples": 16})
+    assert report.budget == Budget("tokens", 0.85) and report.method == "ltp" and {"soft", "calibrate", "hard"} <= set(report.stages)
+    assert report.stats["calibration_flops_ratio"] == pytest.approx(0.85, abs=0.02)  # on train_data's first 16 examples
+    assert report.flops_ratio < 1.0 and report.params == report.dense_params + 2  # tokens dropped; + a threshold per layer
+    selector = small.encoder.token_selector
+    assert selector is not None and selector.hard and report.stats["thresholds"] == selector.thresholds().detach().tolist()
+    rebuilt = assert_reloads_identically(small, held_out, tmp_path / "ltp")
+    assert rebuilt.encoder.token_selector.hard

@@ -2,7 +2,8 @@
 
 The Python API: :func:`trimlab.compress` compresses a model of your own
 (``small, report = trimlab.compress(model, "fisher_prune", budget=0.6, data=loader)``);
-:func:`trimlab.load_model` rebuilds the model a ``trimlab`` run kept
+:func:`trimlab.save_model` keeps its result (``trimlab.save_model(small, "small/")``), and
+:func:`trimlab.load_model` rebuilds it, or the model a ``trimlab`` run kept
 (``trimlab.load_model("outputs/runs/<run id>")``).
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Budget", "CompressionReport", "compress", "load_model"]
+__all__ = ["Budget", "CompressionReport", "compress", "load_model", "save_model"]
 
-_HOMES = {"Budget": "trimlab.api", "CompressionReport": "trimlab.api", "compress": "trimlab.api", "load_model": "trimlab.saved_model"}
+_HOMES = {
+    "Budget": "trimlab.api", "CompressionReport": "trimlab.api", "compress": "trimlab.api", "load_model": "trimlab.saved_model",
+    "save_model": "trimlab.saved_model",
+}
 
 
 def __getattr__(name: str) -> Any:

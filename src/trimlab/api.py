@@ -10,6 +10,13 @@ model directly, on the given batches, under the budget as a value: no Lightning
 trainer, no run folder. FLOPs are counted on those batches before and after, as a
 run counts them on its test set.
 
+LTP, a training method, runs its own ``check`` and ``apply`` as a run does, on
+``train_data``/``eval_data`` behind a datamodule's interface and a plain Lightning
+trainer. It still reads a few keys of a run config (the model's and dataset's
+names in its messages, the trainer's settings); a small stand-in config gives
+them (:class:`~trimlab.config.TrainerConfig`'s defaults). SaiT and MaiT read more
+of it (the seed, the model config, ``finetune``), so they run through the CLI.
+
 >>> from trimlab.api import compress
 >>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
 >>> report.flops_ratio, report.params
@@ -29,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
@@ -38,10 +46,12 @@ from trimlab.methods.post_training import PostTrainingMethod, StepInputs
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.convert import to_trimlab
 from trimlab.models.embeddings import TextEmbeddings
-from trimlab.models.placement import batch_for
+from trimlab.models.placement import batch_for, model_device
 
 __all__ = ["Budget", "CompressionReport", "compress"]
 
+TRAINED = ("ltp",)
+"""The training methods compress() runs (SaiT and MaiT still read the run config: the CLI runs them)."""
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "labels")
 """What a batch may carry into the model and its loss (others are dropped)."""
 
@@ -82,6 +92,9 @@ def compress(
     bits: int | None = None,
     options: Mapping[str, Any] | None = None,
     output_dir: str | Path | None = None,
+    train_data: Iterable[Any] | None = None,
+    eval_data: Iterable[Any] | None = None,
+    epochs: float | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` post-training and return trimlab's compressed model with a :class:`CompressionReport`.
 
@@ -92,23 +105,39 @@ def compress(
     them in order (``["fisher_prune", "pwlq"]``). ``budget``: a number is a target of
     the method's first budget kind (a FLOPs ratio for Fisher, bits for a quantizer);
     ``Budget("latency", 0.7)`` names another. ``bits``: the weight bits of the
-    quantizing steps. ``data``: a DataLoader or list of batches like trimlab's
-    datamodules yield (``input_ids``/``attention_mask``/``labels`` or
-    ``pixel_values``/``labels``; ``(images, labels)`` pairs too): the sample set, each
-    batch as it is (one Fisher gradient, one calibration batch). ``options``: keys of
+    quantizing steps. ``data``: a DataLoader or list of batches: mappings such as a
+    tokenizer's or a ``datasets`` collator's (``input_ids``/``attention_mask``/``token_type_ids``
+    or ``pixel_values``, and ``labels`` or ``label``; other keys are dropped), or
+    ``(inputs, labels)`` pairs whose inputs are such a mapping, a tensor of token ids
+    (attention mask: 0 where an id is the model's ``config.pad_token_id``, all ones if it
+    has none) or a tensor of images: the sample set, each batch as it is (one Fisher
+    gradient, one calibration batch). ``options``: keys of
     the method's config (``{"tune": False}``), per step name for a pipeline
     (``{"quantize": {"act_bits": 8}}``). ``output_dir``: where the method's files
     go (and the latency table is cached); none are kept without it.
+
+    ``method="ltp"`` trains instead (LTP's soft stage, budget calibration, hard
+    stage) on ``train_data`` (labelled batches, as ``data``; calibration takes
+    its first ``calibration_examples``), validating on ``eval_data``, on which
+    FLOPs are counted; ``epochs`` sets each stage's epochs (``soft_epochs`` and
+    ``hard_epochs``; ``options`` sets them apart). ``budget`` is its tokens
+    budget (a FLOPs ratio). Training runs in a plain Lightning trainer on the
+    model's device, without logger or checkpoints.
 
     The returned model takes the same batches and returns ``.logits``. A bad
     argument raises :class:`~trimlab.config.ConfigError` (a ValueError) naming it
     and what would work, before any expensive work.
     """
     _check_bits(bits)
+    if isinstance(method, str) and method in TRAINED:
+        return _train(model, method, budget, data, options or {}, output_dir, train_data, eval_data, epochs, bits)
+    for arg, value in (("train_data", train_data), ("eval_data", eval_data), ("epochs", epochs)):
+        if value is not None:
+            raise ConfigError(f"{arg}: method={method} compresses without training; give data=, or a training method ({', '.join(TRAINED)})")
     name, steps, accepted = _method_steps(method, options or {})
     budget = _resolve_budget(name, steps, accepted, budget, bits)
     step_bits = _step_bits(name, steps, budget, bits)
-    batches = _batches(data)
+    batches = _batches(data, _pad_token_id(model))
     compressed = to_trimlab(model)  # on the model's device, in its dtype: so are the batches, and every step computes there
     batches = [batch_for(compressed, batch) for batch in batches]
     _check_batches(compressed, batches)
@@ -140,6 +169,118 @@ def compress(
                 report.artifacts.update({prefix + k: str(step_inputs.folder / v) for k, v in callback.artifacts.items()})
     compressed.eval()
     report.flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
+    report.params = count_params(compressed)
+    return compressed, report
+
+
+# ---------------------------------------------------------------- training methods
+@dataclass
+class _UserBatches:
+    """The user's batches behind the datamodule interface a training method reads (each split read once, in order)."""
+
+    train: list[dict[str, Tensor]]
+    eval: list[dict[str, Tensor]]
+    num_labels: int
+    seq_len: float
+    """Tokens per training example (text: the mean unpadded length)."""
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.num_labels > 1 else "pearson"
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=None)  # each item is a batch already
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval, batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def sample_dataloader(self, num_samples: int | None = None, batch_size: int | None = None) -> list[dict[str, Tensor]]:
+        """The first training batches holding ``num_samples`` examples (all of them without a number)."""
+        taken, count = [], 0
+        for batch in self.train:
+            if num_samples is not None and count >= num_samples:
+                break
+            taken.append(batch)
+            count += len(next(iter(batch.values())))
+        return taken
+
+    def avg_train_length(self) -> float:
+        return self.seq_len
+
+
+def _train(
+    model: nn.Module,
+    name: str,
+    budget: Any,
+    data: Any,
+    options: Mapping[str, Any],
+    output_dir: str | Path | None,
+    train_data: Any,
+    eval_data: Any,
+    epochs: float | None,
+    bits: int | None,
+) -> tuple[nn.Module, CompressionReport]:
+    """:func:`compress` for a training method: the method's own ``check`` and ``apply``, on the user's batches."""
+    import lightning.pytorch as pl
+
+    from trimlab.config import TrainerConfig
+    from trimlab.methods import MethodContext
+
+    if data is not None:
+        raise ConfigError(f"data: method={name} trains; give train_data= (labelled batches) and eval_data= instead")
+    if bits is not None:
+        raise ConfigError(f"bits={bits}: method={name} does not quantize; quantize its result with compress(small, 'pwlq', bits=...)")
+    cfg = method_config(name)
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0:
+            raise ConfigError(f"epochs={epochs!r} must be a positive number of epochs (fractions allowed)")
+        stages = [k for k in cfg if str(k).endswith("epochs")]
+        if set(stages) & set(options):
+            raise ConfigError(f"epochs={epochs} and options {', '.join(sorted(set(stages) & set(options)))} both set them; give one")
+        options = {**options, **{k: float(epochs) for k in stages}}
+    cfg = _with_options(cfg, options, "options")
+    budget = _resolve_budget(name, {name: cfg}, list(cfg.budgets), budget, None)
+    for arg, value in (("train_data", train_data), ("eval_data", eval_data)):
+        if value is None:
+            raise ConfigError(f"{arg}: method={name} trains and is evaluated on labelled batches; give {arg}=")
+    trained = to_trimlab(model)
+    pad = _pad_token_id(model)
+    splits = {}
+    for arg, value in (("train_data", train_data), ("eval_data", eval_data)):
+        batches = [batch_for(trained, b) for b in _batches(value, pad, arg)]
+        _check_batches(trained, batches, arg)
+        unlabelled = next((i for i, b in enumerate(batches) if "labels" not in b), None)
+        if unlabelled is not None:
+            raise ConfigError(f"{arg}: batch {unlabelled} has no labels (or label); method={name} trains on labels")
+        splits[arg] = batches
+    if not isinstance(trained, TransformerClassifier):
+        raise ConfigError(f"model: method={name} prunes the tokens of a Transformer; a {type(model).__name__} is not one")
+    num_labels = trained.head.classifier.out_features
+    user = _UserBatches(splits["train_data"], splits["eval_data"], num_labels, _sequence_length(trained, splits["train_data"]))
+    # the run-config reads left in the method: names in its messages and the trainer's settings (TrainerConfig's defaults)
+    shim = OmegaConf.create({"model": {"name": type(model).__name__}, "dataset": {"name": "train_data"}})
+    shim.trainer = OmegaConf.structured(TrainerConfig)
+    method = build_method(cfg)
+    method.check(shim, budget, trained, user)
+    accelerator = "gpu" if model_device(trained).type == "cuda" else "cpu"
+
+    def make_trainer(**overrides: Any) -> pl.Trainer:
+        settings = dict(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work))  # fmt: skip
+        return pl.Trainer(**{**settings, **overrides})
+
+    dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
+    dense_params = count_params(trained)
+    with _work_dir(output_dir) as work:
+        result = method.apply(trained, MethodContext(shim, budget, user, work, make_trainer))
+    compressed = result.model.eval()
+    report = CompressionReport(method_label(cfg), budget, dense_flops, dense_flops, dense_params, dense_params, result.stats, result.stages)
+    if output_dir is not None:
+        report.artifacts = {k: str(Path(output_dir) / v) for k, v in result.artifacts.items()}
+    report.flops = mean_flops_per_example(compressed, user.eval, max_batches=len(user.eval))
     report.params = count_params(compressed)
     return compressed, report
 
@@ -187,14 +328,19 @@ def _method_steps(method: str | Sequence[str], options: Mapping[str, Any]) -> tu
         raise ConfigError(f"options: {unknown} is not a step of method={name}; key the options by step: {', '.join(steps)}")
     for step, cfg in steps.items():
         given, where = (options, "options") if len(steps) == 1 else (options.get(step, {}), f"options.{step}")
-        try:
-            merged = OmegaConf.merge(cfg, given)
-        except OmegaConfBaseException as exc:
-            keys = ", ".join(k for k in cfg if k not in ("name", "budgets"))
-            raise ConfigError(f"{where}: {str(exc).splitlines()[0]}; the keys of {cfg.name} are: {keys}") from exc
-        check_keys(merged, f"{where}.")
-        steps[step] = merged
+        steps[step] = _with_options(cfg, given, where)
     return name, steps, accepted
+
+
+def _with_options(cfg: DictConfig, given: Mapping[str, Any], where: str) -> DictConfig:
+    """The method's config with the user's keys set, checked on its schema."""
+    try:
+        merged = OmegaConf.merge(cfg, given)
+    except OmegaConfBaseException as exc:
+        keys = ", ".join(k for k in cfg if k not in ("name", "budgets"))
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}; the keys of {cfg.name} are: {keys}") from exc
+    check_keys(merged, f"{where}.")
+    return merged
 
 
 def _is_post_training(cfg: DictConfig) -> bool:
@@ -295,24 +441,66 @@ def _step_bits(name: str, steps: Mapping[str, DictConfig], budget: Budget, bits:
 
 
 # ---------------------------------------------------------------- data and checks
-def _batches(data: Any) -> list[dict[str, Tensor]]:
-    """The batches as trimlab's datamodules yield them, read once (every step sees the same examples)."""
-    hint = "give a DataLoader or a list of batches: dicts with input_ids/attention_mask/labels or pixel_values/labels"
+def _batches(data: Any, pad_token_id: int | None, arg: str = "data") -> list[dict[str, Tensor]]:
+    """The batches as trimlab's datamodules yield them, read once (every step sees the same examples).
+
+    A mapping keeps the keys the model or its loss reads (``label`` is read as ``labels``; others, such as
+    ``idx`` or ``sentence``, are dropped). A pair ``(inputs, labels)``: inputs a mapping, a ``[batch, tokens]``
+    tensor of token ids (its attention mask is 0 where an id is ``pad_token_id``, all ones without one) or a
+    ``[batch, channels, height, width]`` tensor of images.
+    """
+    hint = (
+        "give a DataLoader or a list of batches: dicts with input_ids[/attention_mask]/labels or pixel_values/labels "
+        "(extra keys are dropped), or (inputs, labels) pairs"
+    )
     if data is None or isinstance(data, (Tensor, str)):
-        raise ConfigError(f"data: {hint}")
+        raise ConfigError(f"{arg}: {hint}")
     batches = []
-    for batch in [data] if isinstance(data, Mapping) else data:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor) and batch[0].ndim == 4:
-            batch = {"pixel_values": batch[0], "labels": batch[1]}
+    for i, batch in enumerate([data] if isinstance(data, Mapping) else data):
+        if isinstance(batch, (tuple, list)):
+            batch = _pair_batch(batch, pad_token_id, f"{arg}: batch {i}")
         if not isinstance(batch, Mapping) or not {"input_ids", "pixel_values"} & set(batch):
-            raise ConfigError(f"data: a batch of type {type(batch).__name__} has neither input_ids nor pixel_values; {hint}")
+            keys = f" (keys: {', '.join(map(str, batch))})" if isinstance(batch, Mapping) else ""
+            raise ConfigError(f"{arg}: batch {i}, a {type(batch).__name__}{keys}, has neither input_ids nor pixel_values; {hint}")
+        if "label" in batch and "labels" in batch:
+            raise ConfigError(f"{arg}: batch {i} has both label and labels; keep one")
+        batch = {("labels" if k == "label" else k): v for k, v in batch.items()}
         batches.append({k: batch[k] for k in BATCH_KEYS if k in batch})
     if not batches:
-        raise ConfigError(f"data is empty; {hint}")
+        raise ConfigError(f"{arg} is empty; {hint}")
     return batches
 
 
-def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> None:
+def _pair_batch(pair: Sequence[Any], pad_token_id: int | None, where: str) -> Any:
+    """``(inputs, labels)`` as a batch mapping (a pair whose inputs are neither a mapping nor a tensor is returned as is)."""
+    if len(pair) != 2:
+        raise ConfigError(f"{where} is a {type(pair).__name__} of {len(pair)} items; a pair batch is (inputs, labels)")
+    inputs, labels = pair
+    if isinstance(inputs, Mapping):
+        return {**inputs, "labels": labels}
+    if not isinstance(inputs, Tensor):
+        return pair
+    if inputs.ndim == 4:
+        return {"pixel_values": inputs, "labels": labels}
+    if inputs.ndim == 2 and not inputs.dtype.is_floating_point:
+        mask = torch.ones_like(inputs) if pad_token_id is None else (inputs != pad_token_id).long()
+        return {"input_ids": inputs, "attention_mask": mask, "labels": labels}
+    raise ConfigError(
+        f"{where}: its inputs have shape {list(inputs.shape)} ({inputs.dtype}); "
+        "a pair's inputs are token ids [batch, tokens] (integers) or images [batch, channels, height, width]"
+    )
+
+
+def _pad_token_id(model: nn.Module) -> int | None:
+    """The padding id the user's model declares (``config.pad_token_id``; a trimlab text model's own), or None."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return getattr(config, "pad_token_id", None)
+    embeddings = getattr(model, "embeddings", None)
+    return embeddings.pad_token_id if isinstance(embeddings, TextEmbeddings) else None
+
+
+def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], arg: str = "data") -> None:
     """Each batch holds what the model reads, as tensors of the right kind and shape, and labels it can score:
     say which batch and key is wrong before a traceback deep in a forward or a loss."""
     text = isinstance(model, TransformerClassifier) and isinstance(model.embeddings, TextEmbeddings)
@@ -322,8 +510,8 @@ def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) ->
     for i, batch in enumerate(batches):
         if key not in batch:
             kind = "text" if text else "vision"
-            raise ConfigError(f"data: the model is a {kind} model and reads {key}, but the batches have {', '.join(batch)}")
-        where = f"data: batch {i}:"
+            raise ConfigError(f"{arg}: the model is a {kind} model and reads {key}, but the batches have {', '.join(batch)}")
+        where = f"{arg}: batch {i}:"
         for name, value in batch.items():
             if not isinstance(value, Tensor):
                 raise ConfigError(f"{where} {name} is a {type(value).__name__}, not a tensor")
@@ -339,7 +527,7 @@ def _check_batches(model: nn.Module, batches: Sequence[Mapping[str, Tensor]]) ->
         _check_labels(batch.get("labels"), len(batch[key]), num_labels, where)
         shapes = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in batch.items() if k != "labels")
         if shapes not in read:  # one example of each new shape through the model: what the checks above cannot know
-            _check_forward(model, batch, i)
+            _check_forward(model, batch, i, arg)
             read.add(shapes)
 
 
@@ -382,7 +570,7 @@ def _check_labels(labels: Tensor | None, examples: int, num_labels: int | None, 
         raise ConfigError(f"{where} labels hold {low}..{high}; the model has {num_labels} classes (labels 0..{num_labels - 1})")
 
 
-def _check_forward(model: nn.Module, batch: Mapping[str, Tensor], index: int) -> None:
+def _check_forward(model: nn.Module, batch: Mapping[str, Tensor], index: int, arg: str) -> None:
     """Run the batch's first example through the model; an error is the data not fitting the model (size, channels)."""
     example = {k: v[:1] for k, v in batch.items() if k != "labels"}
     was_training = model.training
@@ -392,7 +580,7 @@ def _check_forward(model: nn.Module, batch: Mapping[str, Tensor], index: int) ->
             model(example)
     except (RuntimeError, IndexError, ValueError, TypeError) as err:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items() if k != "labels")
-        raise ConfigError(f"data: the model cannot read batch {index} ({shapes}): {(str(err).splitlines() or [type(err).__name__])[0]}") from err
+        raise ConfigError(f"{arg}: the model cannot read batch {index} ({shapes}): {(str(err).splitlines() or [type(err).__name__])[0]}") from err
     finally:
         model.train(was_training)
 
@@ -401,6 +589,11 @@ def _sequence_length(model: TransformerClassifier, batches: Sequence[Mapping[str
     """Tokens per example Fisher prices heads and neurons at: the mean unpadded text length, or patches + class token."""
     if "input_ids" not in batches[0]:
         return sequence_length(model, None)
+    return _sequence_length_of(batches)
+
+
+def _sequence_length_of(batches: Sequence[Mapping[str, Tensor]]) -> float:
+    """The mean unpadded length of text batches."""
     tokens = examples = 0
     for b in batches:
         tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from trimlab.config import ConfigError, model_kind
@@ -216,19 +216,36 @@ def _dynamic_axes(inputs: Mapping[str, Tensor]) -> dict[str, dict[int, str]]:
     return {key: {0: "batch"} if key == IMAGE_KEY else {0: "batch", 1: "sequence"} for key in inputs}
 
 
-def synthetic_batch(model: nn.Module, model_cfg: DictConfig, size: int = 2, length: int = 16) -> dict[str, Tensor]:
-    """A fixed random batch of the inputs ``model`` takes, shaped by its model config.
+def input_shape(structure: Mapping[str, Any]) -> tuple[tuple[int, int] | None, int | None]:
+    """What a saved model reads, from its ``structure.json``: images' ``(channels, side)``, else text's longest length."""
+    if "architecture" in structure:  # saved by trimlab.save_model
+        from trimlab.models.architecture import read_architecture
 
-    Text: token ids inside the vocabulary, the second example padded in its
-    second half, token types where the model has them. Images: normal noise
-    at the configured size and channels.
+        arch = read_architecture(structure["architecture"])
+        if arch.kind != "text":
+            return (arch.in_chans, arch.image_size), None
+        return None, arch.max_positions - (arch.pad_token_id + 1 if arch.padding_positions else 0)
+    model_cfg = OmegaConf.create(structure["model"])
+    if model_kind(model_cfg) != "text":
+        return (model_cfg.in_chans, model_cfg.image_size), None
+    return None, model_cfg.max_length
+
+
+def synthetic_batch(
+    model: nn.Module, image: tuple[int, int] | None, max_length: int | None, size: int = 2, length: int = 16
+) -> dict[str, Tensor]:
+    """A fixed random batch of the inputs ``model`` takes: ``image`` (channels, side) for an image model, else text.
+
+    Text: token ids inside the vocabulary, at most ``max_length`` of them, the second
+    example padded in its second half, token types where the model has them.
+    Images: normal noise at the given size and channels.
     """
     gen = torch.Generator().manual_seed(0)
-    if model_kind(model_cfg) != "text":
-        side = model_cfg.image_size
-        return {IMAGE_KEY: torch.randn(size, model_cfg.in_chans, side, side, generator=gen)}
+    if image is not None:
+        chans, side = image
+        return {IMAGE_KEY: torch.randn(size, chans, side, side, generator=gen)}
     embeddings = model.embeddings
-    length = min(length, model_cfg.max_length)
+    length = min(length, max_length or length)
     ids = torch.randint(embeddings.pad_token_id + 1, embeddings.word.num_embeddings, (size, length), generator=gen)
     mask = torch.ones(size, length, dtype=torch.long)
     mask[1:, (length + 1) // 2 :] = 0
@@ -237,6 +254,13 @@ def synthetic_batch(model: nn.Module, model_cfg: DictConfig, size: int = 2, leng
         batch["token_type_ids"] = torch.zeros_like(ids)
     batch["attention_mask"] = mask
     return batch
+
+
+def default_output(model_dir: Path, fmt: str) -> Path:
+    """A run's export goes into its run folder (``model.onnx``); a ``save_model`` folder's beside it (``<folder>.onnx``)."""
+    if (model_dir.parent / RECORD_FILE).is_file():
+        return model_dir.parent / f"model{SUFFIXES[fmt]}"
+    return model_dir.parent / f"{model_dir.resolve().name}{SUFFIXES[fmt]}"
 
 
 def check_output(output: Path, fmt: str, model_dir: Path) -> None:
@@ -266,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``trimlab-export``: exits 2 on a usage or input error, 1 when the exporter fails, 130 on Ctrl+C."""
     parser = argparse.ArgumentParser(
         prog="trimlab-export",
-        description="Export the model a trimlab run kept as ONNX or TorchScript, then print how far the file's\n"
+        description="Export the model a trimlab run kept (or trimlab.save_model saved) as ONNX or TorchScript, then print how far the file's\n"
         "logits are from the PyTorch model's on a fixed example batch.",
         epilog="what the file holds:\n"
         "  inputs   input_ids, [token_type_ids,] attention_mask (text) or pixel_values (images),\n"
@@ -282,10 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run", help="a run folder, or a run id under --runs")
+    parser.add_argument("run", help="a run folder, a run id under --runs, or a folder trimlab.save_model wrote")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx) or torchscript (.pt)")
     parser.add_argument("--runs", type=Path, help="folder of run folders, to find a run id (default: outputs/runs)")
-    parser.add_argument("--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt)")
+    parser.add_argument(
+        "--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt; <folder>.onnx beside a save_model folder)"
+    )
     args = parser.parse_args(argv)
     try:
         from trimlab.saved_model import STRUCTURE_FILE, model_folder, read_model
@@ -294,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output is not None:
             check_output(args.output, args.format, folder)
         model = read_model(folder)
-        batch = synthetic_batch(model, OmegaConf.create(json.loads((folder / STRUCTURE_FILE).read_text())["model"]))
-        path = export_model(model, batch, args.output or folder.parent / f"model{SUFFIXES[args.format]}", args.format)
+        batch = synthetic_batch(model, *input_shape(json.loads((folder / STRUCTURE_FILE).read_text())))
+        path = export_model(model, batch, args.output or default_output(folder, args.format), args.format)
         difference = max_logit_difference(path, model, batch)
     except (ImportError, ValueError) as err:  # ConfigError is a ValueError
         print(f"trimlab-export: error: {err}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """The kept model: a run's compressed model as ``weights.safetensors`` + ``structure.json``, and how to rebuild it.
 
 The structure file holds what the weights alone cannot say: the model config
-(so :func:`~trimlab.models.build.build_model` builds the skeleton), the heads
+(so :func:`~trimlab.models.build.build_model` builds the skeleton) or, for a
+model saved without one (``trimlab.save_model(model, folder)``), its
+architecture read off the model (:mod:`trimlab.models.architecture`), the heads
 and FFN neurons each layer kept, the token selector and its settings, which
 layers carry a per-head attention bias, and for quantized layers their scheme,
 bits and input (activation) quantizers. Quantized weights are stored as
@@ -39,6 +41,7 @@ from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens
 from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
 from trimlab.methods.pwlq.quantizer import QuantizedWeight
 from trimlab.methods.sait.selector import SaiTSelector
+from trimlab.models.architecture import build_architecture, describe, read_architecture
 from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.encoder import Encoder
@@ -69,12 +72,26 @@ class SavedModel:
         return self.size_bytes / 2**20
 
 
-def save_model(model: nn.Module, folder: Path, model_cfg: DictConfig | dict[str, Any], num_labels: int) -> SavedModel:
-    """Save ``model`` into ``folder`` (replaced whole) so that :func:`read_model` rebuilds it from ``model_cfg``."""
+def save_model(
+    model: nn.Module, folder: str | Path, model_cfg: DictConfig | dict[str, Any] | None = None, num_labels: int | None = None
+) -> SavedModel:
+    """Save ``model`` into ``folder`` (replaced whole) so that :func:`load_model` rebuilds it.
+
+    A run passes its ``model_cfg`` and ``num_labels`` (the model is rebuilt from
+    that config). Without them ``model`` is any model ``trimlab.compress`` returns
+    (or another trimlab model): its architecture is read off the model itself
+    (:mod:`trimlab.models.architecture`), so the folder rebuilds it with no
+    config and no external weights.
+    """
     folder = Path(folder)
+    if (model_cfg is None) != (num_labels is None):
+        raise ValueError("save_model: give model_cfg and num_labels together (a run's), or neither")
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    structure: dict[str, Any] = {"format": FORMAT, "model": cfg, "num_labels": num_labels}
+    if model_cfg is None:
+        structure: dict[str, Any] = {"format": FORMAT, "architecture": describe(model)}
+    else:
+        cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+        structure = {"format": FORMAT, "model": cfg, "num_labels": num_labels}
     encoder = getattr(model, "encoder", None)
     if isinstance(encoder, Encoder):
         structure.update(_encoder_structure(encoder, tensors))
@@ -87,10 +104,11 @@ def save_model(model: nn.Module, folder: Path, model_cfg: DictConfig | dict[str,
 
 
 def load_model(run: str | Path, runs: str | Path | None = None) -> nn.Module:
-    """The compressed model of a run, rebuilt on the CPU in eval mode.
+    """The compressed model of a run, or one :func:`save_model` saved, rebuilt on the CPU in eval mode.
 
     ``run`` is a run folder (holding ``record.json`` and ``model/``), a model
-    folder itself, or a run id looked up under ``runs`` (default ``outputs/runs``).
+    folder itself (a run's ``model/`` or ``save_model``'s folder), or a run id
+    looked up under ``runs`` (default ``outputs/runs``).
     A run folder whose record does not say ``completed`` is refused.
     """
     return read_model(model_folder(run, runs))
@@ -104,7 +122,10 @@ def read_model(folder: Path) -> nn.Module:
         structure = json.loads(reading.read_text())
         if structure.get("format") != FORMAT:
             raise ValueError(f"format {structure.get('format')!r}, this trimlab reads {FORMAT}")
-        model_cfg, num_labels = model_config_from_data(structure.get("model")), int(structure["num_labels"])
+        if "architecture" in structure:  # saved by save_model(model, folder): no model config
+            model_cfg, architecture = None, read_architecture(structure["architecture"])
+        else:
+            model_cfg, num_labels = model_config_from_data(structure.get("model")), int(structure["num_labels"])
         check_part_names(structure)
         reading = folder / WEIGHTS_FILE
         tensors = load_file(str(reading), device="cpu")
@@ -116,7 +137,7 @@ def read_model(folder: Path) -> nn.Module:
             "rerun its run with force=true to save the model again"
         ) from err
     try:  # structure.json is data: any value in it may be of the wrong type or size
-        model = build_model(model_cfg, num_labels=num_labels).model
+        model = build_architecture(architecture) if model_cfg is None else build_model(model_cfg, num_labels=num_labels).model
         if isinstance(model, TransformerClassifier) and "heads" in structure:
             _rebuild_encoder(model.encoder, structure, tensors)
         _dequantize(model, structure, tensors)
@@ -124,8 +145,8 @@ def read_model(folder: Path) -> nn.Module:
         model.load_state_dict(tensors, strict=True)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError, OmegaConfBaseException) as err:
         raise ConfigError(
-            f"{folder} does not fit model={model_cfg.get('name')} ({(str(err).splitlines() or [type(err).__name__])[0][:300]}); "
-            "the file is corrupt or was saved by another trimlab version: rerun its run with force=true"
+            f"{folder} does not fit {_model_name(model_cfg, structure)} ({(str(err).splitlines() or [type(err).__name__])[0][:300]}); "
+            "the file is corrupt or was saved by another trimlab version: rerun its run with force=true (or save it again)"
         ) from err
     return model.eval()
 
@@ -190,6 +211,13 @@ def selector_forms() -> dict[str, SelectorForm]:
 
     load_plugins("trimlab.selectors", register)
     return forms
+
+
+def _model_name(model_cfg: DictConfig | None, structure: dict[str, Any]) -> str:
+    """What the folder says it holds, for error messages."""
+    if model_cfg is not None:
+        return f"model={model_cfg.get('name')}"
+    return f"its architecture ({structure['architecture'].get('kind')})"
 
 
 QUANT_SCHEMES = ("uniform", "pwlq")
