@@ -351,10 +351,10 @@ def test_run_missing_on_a_launcher_starts_one_multirun_per_grid_and_lists_what_d
     calls = []
     monkeypatch.setattr("trimlab.results.table.subprocess.run", lambda argv, check=False: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
     argv = [str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "output" / "runs"), "--out", str(tmp_path / "table"), "--run-missing",
-            "--launcher", "submitit_slurm", "--launcher-arg", "partition=gpu", "--launcher-arg", "+additional_parameters={}"]
+            "--launcher", "submitit_slurm", "--launcher-arg", "partition=gpu", "--launcher-arg", "+not_in_its_schema=1"]
     assert table_main(argv) == 1  # the fake launcher wrote no records
     launched = [a[a.index("-m", 3):] for a in calls]  # after `python -m trimlab.cli`
-    head = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "+hydra.launcher.additional_parameters={}"]
+    head = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "+hydra.launcher.not_in_its_schema=1"]
     assert all(a[:4] == head and a[-1] == f"paths.output_dir={(tmp_path / 'output').resolve()}" for a in launched)
     sweeps = sorted(" ".join(a[4:-1]) for a in launched)
     assert sweeps == [  # missing: vit dense at seeds 0, 1 (a grid); pwlq_8 of cnn at 0, 1 and of vit at 1 (3 of a 2 × 2 grid)
