@@ -341,3 +341,48 @@ def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         table_main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes" in out and "2 " in out and "130" in out
+
+
+def test_run_missing_on_a_launcher_starts_one_multirun_per_grid_and_lists_what_did_not_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    runs_from_fixtures(tmp_path / "output" / "runs")
+    calls = []
+    monkeypatch.setattr("trimlab.results.table.subprocess.run", lambda argv, check=False: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
+    argv = [str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "output" / "runs"), "--out", str(tmp_path / "table"), "--run-missing",
+            "--launcher", "submitit_slurm", "--launcher-arg", "partition=gpu", "--launcher-arg", "+not_in_its_schema=1"]
+    assert table_main(argv) == 1  # the fake launcher wrote no records
+    launched = [a[a.index("-m", 3):] for a in calls]  # after `python -m trimlab.cli`
+    head = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "+hydra.launcher.not_in_its_schema=1"]
+    assert all(a[:4] == head and a[-1] == f"paths.output_dir={(tmp_path / 'output').resolve()}" for a in launched)
+    sweeps = sorted(" ".join(a[4:-1]) for a in launched)
+    assert sweeps == [  # missing: vit dense at seeds 0, 1 (a grid); pwlq_8 of cnn at 0, 1 and of vit at 1 (3 of a 2 × 2 grid)
+        "dataset=digits budget=none model=cnn_digits method=pwlq budget=bits_8 seed=0,1",
+        "dataset=digits budget=none model=vit_digits method=dense seed=0,1",
+        "dataset=digits budget=none model=vit_digits method=pwlq budget=bits_8 seed=1",
+    ]
+    err = capsys.readouterr().err
+    assert "5 of 5 run(s) failed" in err and "launcher's logs" in err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--run-missing", "--launcher", "nope"], "--launcher nope: no such Hydra launcher is installed; the installed ones are basic, submitit_local"),
+        (["--run-missing", "--launcher", "submitit_local", "--launcher-arg", "nope=1"], "--launcher-arg: Could not override 'hydra.launcher.nope'"),
+        (["--run-missing", "--launcher", "submitit_local", "--launcher-arg", "timeout_min"], "--launcher-arg timeout_min: write KEY=VALUE"),
+        (["--launcher", "submitit_local"], "pass it with --run-missing"),
+        (["--run-missing", "--launcher-arg", "timeout_min=5"], "pass it with --run-missing"),
+    ],
+    ids=["unknown", "unknown-key", "no-value", "no-run-missing", "no-launcher"],
+)
+def test_a_bad_launcher_is_one_line_and_exit_2_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, extra: list[str], match: str
+) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.setattr("trimlab.results.table.subprocess.run", lambda *a, **k: pytest.fail("a run started"))
+    argv = [str(FIXTURES / "spec.yaml"), "--runs", str(tmp_path / "output" / "runs"), "--out", str(tmp_path / "table"), *extra]
+    assert table_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-table: error:") and match in err and len(err.strip().splitlines()) == 1

@@ -4,7 +4,8 @@
 any spec file) finds each cell's runs by the run id
 ``trimlab`` would give them (one per seed), averages the seeds, prints the
 table in the paper's layout (ours, the paper's number, the difference), lists
-each missing run with the command that makes it (``--run-missing`` runs them),
+each missing run with the command that makes it (``--run-missing`` runs them, here
+or on a Hydra launcher with ``--launcher``),
 and writes Markdown, LaTeX, CSV and the Pareto plot. Without a spec it lists
 every completed run.
 
@@ -31,6 +32,7 @@ from trimlab.config import ConfigError, composition_error
 from trimlab.results.aggregate import CellResult, aggregate
 from trimlab.results.collect import Scan, collect_wandb, scan
 from trimlab.results.intervals import includes_zero, paired_bootstrap, verdict
+from trimlab.results.multirun import grid_sweeps
 from trimlab.results.predictions import Predictions, load_predictions
 from trimlab.results.record import RECORD_FILE, RunRecord
 from trimlab.results.run_folder import completed_folder
@@ -42,7 +44,7 @@ UNDECIDED = "≈"
 EXIT_CODES = (
     "exit codes:\n"
     "  0    the table was printed and written\n"
-    "  1    --run-missing: a run failed (each is listed; its record.json says why)\n"
+    "  1    --run-missing: a run failed (each is listed; its record.json says why), or on --launcher did not complete\n"
     "  2    a usage or input error: a bad argument, a spec or record that cannot be read (one line says which)\n"
     "  130  interrupted (Ctrl+C; 128 + the signal's number, e.g. 143 for SIGTERM, when a run was stopped)"
 )
@@ -227,6 +229,53 @@ def run_missing(results: list[CellResult], output_dir: Path) -> list[tuple[CellR
     return failed
 
 
+def run_missing_on_launcher(results: list[CellResult], output_dir: Path, launcher: str, launcher_overrides: Sequence[str]) -> None:
+    """Hand every missing (cell, seed) to the Hydra launcher ``launcher``: one ``trimlab -m`` per grid of runs
+    (:func:`grid_sweeps`), one multirun after another, each waiting for its jobs.
+
+    The jobs report through their records, so which runs completed is read from those afterwards. A multirun
+    stopped by a signal stops the rest: :class:`RunStopped` carries its exit code.
+    """
+    sweeps = grid_sweeps([run_overrides(r.cell, seed) for r in results for seed in r.missing_seeds])
+    for i, sweep in enumerate(sweeps, 1):
+        # absolute: a job may start in another folder or on another machine
+        argv = ["-m", f"hydra/launcher={launcher}", *launcher_overrides, *sweep, f"paths.output_dir={output_dir.resolve()}"]
+        print(f"[multirun {i}/{len(sweeps)}] trimlab {' '.join(_quote(a) for a in argv)}", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, "-m", "trimlab.cli", *argv], check=False)
+        if done.returncode < 0 or done.returncode > 128:
+            raise RunStopped(128 - done.returncode if done.returncode < 0 else done.returncode)
+
+
+def launcher_overrides(launcher: str, settings: Sequence[str]) -> list[str]:
+    """``hydra.launcher.KEY=VALUE`` for each ``KEY=VALUE`` of ``--launcher-arg`` (``+KEY=VALUE`` adds a key the
+    launcher's schema lacks), checked by composing them with ``hydra/launcher=<launcher>`` before any run starts."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from trimlab.cli import register_resolvers
+
+    overrides = []
+    for setting in settings:
+        if "=" not in setting:
+            raise ConfigError(f"--launcher-arg {setting}: write KEY=VALUE, a key of hydra.launcher (e.g. --launcher-arg timeout_min=60)")
+        plus = setting[: len(setting) - len(setting.lstrip("+"))]
+        overrides.append(f"{plus}hydra.launcher.{setting[len(plus):]}")
+    register_resolvers()
+    with initialize_config_module("trimlab.conf", version_base="1.3"):
+        installed = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+        if launcher not in installed:
+            raise ConfigError(
+                f"--launcher {launcher}: no such Hydra launcher is installed; the installed ones are {', '.join(installed)} "
+                "(Submitit: pip install hydra-submitit-launcher; Ray: pip install hydra-ray-launcher)"
+            )
+        try:
+            compose("config", overrides=[f"hydra/launcher={launcher}", *overrides], return_hydra_config=True)
+        except HydraException as err:
+            raise ConfigError(f"--launcher-arg: {composition_error(err)}") from err
+    return overrides
+
+
 class RunStopped(Exception):
     """A run of ``--run-missing`` was stopped by a signal; the table stops with the same exit code."""
 
@@ -245,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  trimlab-table pwlq2020                          # the paper's table from the offline runs (embedded_runs)\n"
         "  trimlab-table pwlq2020 --block runs --wandb me/trimlab   # full scale, from W&B\n"
         "  trimlab-table mait2022 --run-missing            # run what is missing, then print the table\n"
+        "  trimlab-table mait2022 --run-missing --launcher submitit_slurm --launcher-arg partition=gpu --launcher-arg timeout_min=60\n"
         "  trimlab-table pwlq2020 --block runs --with dataset.path=/data/imagenet\n"
         "  trimlab-table my_specs/paper.yaml               # a spec file of your own, by its path\n\n"
         f"{EXIT_CODES}",
@@ -260,6 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to average (default: the spec's `seeds`, else 0)")
     parser.add_argument("--out", type=Path, help="where table.md/.tex/.csv and pareto.png/.svg go (default: outputs/tables/<spec>-<block>)")
     parser.add_argument("--run-missing", action="store_true", help="run the missing runs first (needs --runs <output_dir>/runs)")
+    parser.add_argument(
+        "--launcher", metavar="NAME",
+        help="with --run-missing: hand the runs to this Hydra launcher (submitit_local, submitit_slurm, ray, ...: "
+        "one `trimlab -m` per grid of runs) instead of running them here one after another",
+    )
+    parser.add_argument(
+        "--launcher-arg", dest="launcher_args", metavar="KEY=VALUE", action="append", default=[],
+        help="a setting of the launcher, hydra.launcher.KEY=VALUE (repeat it), e.g. timeout_min=60, partition=gpu; "
+        "+KEY=VALUE adds a key its schema lacks",
+    )
     parser.add_argument(
         "--with", dest="with_overrides", metavar="KEY=VALUE", action="append", default=[],
         help="an override added to every run of the spec, e.g. where your data lie: --with dataset.path=/data/imagenet "
@@ -299,13 +359,21 @@ def _paper_table(args: argparse.Namespace) -> int:
     spec.cells = [dataclasses.replace(c, overrides=(*c.overrides, *args.with_overrides)) for c in spec.cells]
     if args.run_missing and (args.wandb or args.runs.name != "runs"):
         raise ConfigError("--run-missing writes runs where trimlab does: pass --runs <output_dir>/runs (and no --wandb)")
+    if (args.launcher or args.launcher_args) and not (args.run_missing and args.launcher):
+        raise ConfigError("--launcher NAME hands the missing runs to a Hydra launcher: pass it with --run-missing (--launcher-arg needs both)")
+    on_launcher = launcher_overrides(args.launcher, args.launcher_args) if args.launcher else None
     run_ids = trimlab_run_ids(spec)
     results = aggregate(spec, run_ids, *_records(args))
     failed = []
     if args.run_missing and any(r.missing_seeds for r in results):
         todo = sum(len(r.missing_seeds) for r in results)
-        failed = run_missing(results, args.runs.parent)
+        if on_launcher is None:
+            failed = run_missing(results, args.runs.parent)
+        else:
+            run_missing_on_launcher(results, args.runs.parent, args.launcher, on_launcher)
         results = aggregate(spec, run_ids, *_records(args))
+        if on_launcher is not None:  # the jobs ran elsewhere: a run their records do not show completed failed
+            failed = [(r, seed) for r in results for seed in r.missing_seeds]
     text = spec_markdown(spec, results)
     print(text)
     out = args.out or Path("outputs/tables") / f"{spec.path.stem}-{spec.block}"
@@ -321,7 +389,10 @@ def _paper_table(args: argparse.Namespace) -> int:
     pareto_plot(results, out / "pareto", f"{spec.title} ({spec.block})", f"{spec.metric} (×{spec.scale:g})")
     print(f"\nwritten: {out}/table.md, table.tex, table.csv, pareto.png, pareto.svg", file=sys.stderr)
     if failed:
-        print(f"trimlab-table: {len(failed)} of {todo} run(s) failed; their records say why (status failed):", file=sys.stderr)
+        why = "their records say why (status failed)" if on_launcher is None else (
+            f"their records say why; a run with none did not start: see the launcher's logs (Submitit's in {args.runs}/.attempts/.submitit)"
+        )
+        print(f"trimlab-table: {len(failed)} of {todo} run(s) failed; {why}:", file=sys.stderr)
         print("\n".join(f"- {' / '.join(r.cell.row)} · {r.cell.column} · seed {seed}: `{command(r, seed)}`" for r, seed in failed), file=sys.stderr)
         return 1
     return 0
