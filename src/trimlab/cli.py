@@ -166,8 +166,8 @@ def main() -> None:
         )
         sys.exit(2)
     register_resolvers()
-    user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # composition errors reach us, to be said in one line
+    user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"  # Hydra's switch for full stack traces
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # composition errors reach us, to be said in one line
     try:
         _app()
     except (HydraException, OmegaConfBaseException, ConfigError) as err:
