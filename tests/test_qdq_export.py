@@ -81,7 +81,7 @@ def test_onnx_runtime_predicts_as_the_simulated_model(qdq_file: Path) -> None:
     exported = torch.cat([exported_logits(qdq_file, b) for b in TEST_INPUTS])
     simulated = torch.cat([model_logits(model, b) for b in TEST_INPUTS])
     assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.995
-    assert (exported - simulated).abs().max() <= 0.05 * simulated.abs().max()  # a boundary input may land one step away
+    assert (exported - simulated).abs().max() <= 0.025 * simulated.abs().max()  # 1.3% here: a boundary input may land one step away; saturating int16 sums gave 20%
 
 
 @pytest.mark.parametrize(
