@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from benchmarks.common import add_overrides_argument, compose_config, dense_model
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
 from trimlab.export import export_model, model_logits
 from trimlab.saved_model import model_folder, read_model
 
