@@ -42,7 +42,9 @@ CODES_SUFFIX = ".codes"
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The Linear layers of ``model`` that carry quantized weights, by module name."""
     return {
-        name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and getattr(m, "quantized_weight", None) is not None
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and getattr(m, "quantized_weight", None) is not None
     }
 
 
@@ -52,16 +54,29 @@ def qdq_refusal(model: nn.Module) -> str | None:
         q: QuantizedWeight = layer.quantized_weight
         act: InputQuantizer | None = getattr(layer, "input_quantizer", None)
         if q.scheme != "uniform":
-            return f"layer {name} holds {q.scheme} codes: a QDQ graph takes uniform int8 weights (PWLQ's two-region codes need two integer branches, not written yet)"
+            return (
+                f"layer {name} holds {q.scheme} codes: a QDQ graph takes uniform int8 weights "
+                "(PWLQ's two-region codes need two integer branches, not written yet)"
+            )
         if q.bits > 8:
-            return f"layer {name} has {q.bits}-bit weights: int8 holds at most 8 (quantize with bits ≤ 8, and method.first_last_bits ≤ 8)"
+            return (
+                f"layer {name} has {q.bits}-bit weights: int8 holds at most 8 "
+                "(quantize with bits ≤ 8, and method.first_last_bits ≤ 8)"
+            )
         if "zero" in q.params:
-            return f"layer {name} has asymmetric weights: the QDQ export writes symmetric int8 weights (method.symmetric=true)"
+            return (
+                f"layer {name} has asymmetric weights: the QDQ export writes symmetric int8 weights (method.symmetric=true)"
+            )
         if "shift" in q.params:
-            return f"layer {name} is bias-corrected: its weights are no longer integer multiples of one step (method.bias_correction=false)"
+            return (
+                f"layer {name} is bias-corrected: its weights are no longer integer multiples of one step "
+                "(method.bias_correction=false)"
+            )
         if act is None or act.bits != 8:
             bits = "full-precision" if act is None else f"{act.bits}-bit"
-            return f"layer {name} has {bits} inputs: integer MatMuls need inputs quantized to 8 bits (method.act_bits=8)"
+            return (
+                f"layer {name} has {bits} inputs: integer MatMuls need inputs quantized to 8 bits (method.act_bits=8)"
+            )
     return None
 
 
