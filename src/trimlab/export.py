@@ -16,11 +16,14 @@ differ between inputs:
   pruning's speedup. Removing them needs data-dependent shapes, which the
   tracing exporters freeze at the example's kept counts.
 
-Dense, structurally pruned and quantized models export as they compute: a
-pruned model with its smaller Linear weights, a quantized one with its
-dequantized float weights and its activation fake quantization as plain float
-operations (Div, Round, Clip, Mul), not as QuantizeLinear/DequantizeLinear
-pairs. ONNX uses torch's TorchScript-based exporter: the torch.export-based
+Dense and structurally pruned models export as they compute (a pruned model
+with its smaller Linear weights). A quantized model's ONNX export (``onnx``)
+is a QDQ graph (:mod:`trimlab.qdq`): its quantized Linear layers take
+QuantizeLinear/DequantizeLinear pairs with trimlab's calibrated input scales
+and its int8 weight codes, which ONNX Runtime runs as integer MatMuls; a model
+with no exact int8 form (PWLQ, weights over 8 bits, inputs not 8-bit) is refused,
+and ``onnx_float`` writes the simulation instead: dequantized float weights and
+activation fake quantization as plain float operations. ONNX uses torch's TorchScript-based exporter: the torch.export-based
 one cannot capture the encoder's padding check (``bool(valid.all())``).
 """
 
@@ -41,10 +44,11 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from trimlab.config import ConfigError, model_kind
+from trimlab.qdq import qdq_model, qdq_refusal, quantized_linears, store_integer_weights
 from trimlab.results.record import RECORD_FILE
 
-FORMATS = ("onnx", "torchscript")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = ("onnx", "onnx_float", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "onnx_float": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
 EXPORT_EXTRA = "pip install 'trimlab[export]'"
 IMAGE_KEY = "pixel_values"
@@ -75,21 +79,30 @@ class LogitsGraph(nn.Module):
 
 
 def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str) -> Path:
-    """Write ``model`` (a trimlab classifier) as ``fmt`` (``onnx`` or ``torchscript``) to ``path``.
+    """Write ``model`` (a trimlab classifier) as ``fmt`` (``onnx``, ``onnx_float`` or ``torchscript``) to ``path``.
 
-    The file takes the example batch's tensors (labels left out) in its key
+    ``onnx`` writes a quantized model's Linear layers as QDQ (:mod:`trimlab.qdq`)
+    and raises ValueError, with the reason, for one that has no exact int8 form;
+    ``onnx_float`` writes every model as its float computation. The file takes the example batch's tensors (labels left out) in its key
     order, with a dynamic batch size and, for text, a dynamic sequence length,
     and returns the logits. Check the result with :func:`max_logit_difference`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = Path(path)
+    codes: dict[str, Tensor] = {}
+    if fmt == "onnx" and quantized_linears(model):
+        refusal = qdq_refusal(model)
+        if refusal is not None:
+            raise ValueError(f"no QDQ export: {refusal}; --format onnx_float writes the simulated float graph")
+        model, layer_codes = qdq_model(model)
+        codes = {f"model.{name}.weight_t": value for name, value in layer_codes.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     inputs = _with_padding(model, {k: v for k, v in example_batch.items() if k != "labels"})
     with _traceable(model, list(inputs)) as graph, _quiet_tracing(), torch.no_grad():
         _check_selection_is_traced(graph, inputs)
         args = tuple(inputs.values())
-        if fmt == "onnx":
+        if fmt != "torchscript":
             _optional("onnx", "writing ONNX")  # torch's exporter imports it deep inside, with a less helpful message
             torch.onnx.export(
                 graph,
@@ -103,14 +116,14 @@ def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Pa
             )
         else:
             torch.jit.save(torch.jit.trace(graph, args, check_trace=False), str(path))
+    if codes:
+        store_integer_weights(path, codes)
     return path
 
 
-def max_logit_difference(path: Path, model: nn.Module, batch: Mapping[str, Tensor]) -> float:
-    """Largest absolute difference between the exported file's logits and ``model``'s on ``batch``.
+def exported_logits(path: Path, batch: Mapping[str, Tensor]) -> Tensor:
+    """The exported file's logits on ``batch`` (labels left out).
 
-    The model runs as it does in trimlab (eval mode, tokens really dropped),
-    so this also checks that the export's masking of dropped tokens is exact.
     A ``.onnx`` file runs in onnxruntime (``trimlab[export]``), any other in
     ``torch.jit.load``, which takes the tensors in the export's key order.
     """
@@ -120,18 +133,39 @@ def max_logit_difference(path: Path, model: nn.Module, batch: Mapping[str, Tenso
         onnxruntime = _optional("onnxruntime", "running an ONNX file")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-        exported = torch.from_numpy(session.run(["logits"], feed)[0])
-    else:
-        with _quiet_tracing(), torch.no_grad():
-            exported = torch.jit.load(str(path))(*inputs.values())
+        return torch.from_numpy(session.run(["logits"], feed)[0])
+    with _quiet_tracing(), torch.no_grad():
+        return torch.jit.load(str(path))(*inputs.values())
+
+
+def model_logits(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    """``model``'s logits as it runs in trimlab (eval mode, tokens really dropped); its mode is restored."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            reference = model(inputs).logits
+            return model({k: v for k, v in batch.items() if k != "labels"}).logits
     finally:
         model.train(was_training)
-    return float((exported - reference).abs().max())
+
+
+def max_logit_difference(path: Path, model: nn.Module, batch: Mapping[str, Tensor]) -> float:
+    """Largest absolute difference between the exported file's logits and ``model``'s on ``batch``.
+
+    The model runs as it does in trimlab, so this also checks that the
+    export's masking of dropped tokens is exact.
+    """
+    return float((exported_logits(path, batch) - model_logits(model, batch)).abs().max())
+
+
+def prediction_agreement(path: Path, model: nn.Module, batch: Mapping[str, Tensor]) -> float:
+    """Share of ``batch``'s examples on which the exported file and ``model`` predict the same class.
+
+    A QDQ export rounds where the simulation rounds, but in another order of
+    float operations: an input on a rounding boundary may land one step away,
+    so its logits differ slightly; the predictions are what must agree.
+    """
+    return float((exported_logits(path, batch).argmax(-1) == model_logits(model, batch).argmax(-1)).float().mean())
 
 
 @contextlib.contextmanager
@@ -269,8 +303,8 @@ def check_output(output: Path, fmt: str, model_dir: Path) -> None:
     A new file anywhere, or the run's previous export (``model.onnx``/``model.pt``), may be written;
     the run folder's other files, its subfolders (the saved model among them) and any folder may not.
     """
-    if (output.suffix == SUFFIXES["onnx"]) != (fmt == "onnx"):
-        says = "a .onnx file" if fmt == "onnx" else "a TorchScript file (.pt), not .onnx"
+    if (output.suffix == SUFFIXES["onnx"]) != fmt.startswith("onnx"):
+        says = "a .onnx file" if fmt.startswith("onnx") else "a TorchScript file (.pt), not .onnx"
         raise ConfigError(f"--output {output}: --format {fmt} writes {says}; name it so, or pass the other --format")
     target, model_dir = output.resolve(), model_dir.resolve()
     run_dir = model_dir.parent
@@ -296,7 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  inputs   input_ids, [token_type_ids,] attention_mask (text) or pixel_values (images),\n"
         "           batch size dynamic, and sequence length for text; output: logits\n"
         "  dense and structurally pruned models: as they compute (pruned: the smaller weights)\n"
-        "  quantized models: dequantized float weights, activation fake quantization as float ops\n"
+        "  quantized models, onnx: a QDQ graph (QuantizeLinear/DequantizeLinear with the run's calibrated\n"
+        "           per-tensor input scales and its int8 weight codes, per output channel) that ONNX Runtime\n"
+        "           runs as integer MatMuls; uniform symmetric weights of at most 8 bits and 8-bit inputs only\n"
+        "           (PWLQ and the rest are refused); Conv2d layers stay simulated in float\n"
+        "  quantized models, onnx_float: dequantized float weights, activation fake quantization as float ops\n"
         "  token-pruned models (LTP, SaiT): dropped tokens are masked instead of removed: the same\n"
         "           logits, but every token is computed, so without the token-pruning speedup\n"
         f"  ONNX needs {EXPORT_EXTRA}; TorchScript needs nothing more\n\n"
@@ -307,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run", help="a run folder, a run id under --runs, or a folder trimlab.save_model wrote")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx) or torchscript (.pt)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx; QDQ for quantized models), onnx_float (.onnx) or torchscript (.pt)")
     parser.add_argument("--runs", type=Path, help="folder of run folders, to find a run id (default: outputs/runs)")
     parser.add_argument(
         "--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt; <folder>.onnx beside a save_model folder)"
@@ -323,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch = synthetic_batch(model, *input_shape(json.loads((folder / STRUCTURE_FILE).read_text())))
         path = export_model(model, batch, args.output or default_output(folder, args.format), args.format)
         difference = max_logit_difference(path, model, batch)
+        agreement = prediction_agreement(path, model, batch)
     except (ImportError, ValueError) as err:  # ConfigError is a ValueError
         print(f"trimlab-export: error: {err}", file=sys.stderr)
         return 2
@@ -336,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trimlab-export: the export failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); inputs: {', '.join(batch)} → logits")
-    print(f"max |logits difference| to the PyTorch model on an example batch: {difference:.2e}")
+    print(f"max |logits difference| to the PyTorch model on an example batch: {difference:.2e} (the same prediction on {agreement:.0%} of it)")
     return 0
 
 

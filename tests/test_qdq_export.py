@@ -1,0 +1,101 @@
+"""QDQ ONNX export of a uniform W8A8 model: trimlab's scales and codes in the graph, integer MatMuls in ONNX Runtime."""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.test_export import LAYERS, text_batch, text_model
+from trimlab.export import export_model, exported_logits, model_logits
+from trimlab.methods.pwlq.callback import PostTrainingQuantization
+from trimlab.methods.pwlq.schema import QuantizeConfig
+from trimlab.models.classifier import TransformerClassifier
+from trimlab.qdq import CODES_SUFFIX, input_grid, quantized_linears, weight_codes
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+TEST_INPUTS = [text_batch(50, 12, seed=100 + s) for s in range(4)]
+"""200 examples of other sizes than the export's example."""
+
+
+def quantized(bits: int = 8, act_bits: int = 8, **options: object) -> TransformerClassifier:
+    model = text_model()
+    cfg = OmegaConf.structured(QuantizeConfig(act_bits=act_bits, **options))
+    with tempfile.TemporaryDirectory() as report_dir:
+        PostTrainingQuantization(cfg, bits, [text_batch(4, 12, seed=s) for s in range(3)], Path(report_dir)).compress(model)
+    return model
+
+
+@cache
+def uniform_w8a8() -> TransformerClassifier:
+    return quantized(scheme="uniform")
+
+
+@pytest.fixture(scope="module")
+def qdq_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_model(uniform_w8a8(), text_batch(2, 8, seed=1), tmp_path_factory.mktemp("qdq") / "model.onnx", "onnx")
+
+
+def test_every_quantized_linear_reads_trimlabs_codes_through_a_dequantize(qdq_file: Path) -> None:
+    graph = onnx.load(str(qdq_file)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    layers = quantized_linears(uniform_w8a8())
+    assert len(layers) == 4 * LAYERS + 2  # qkv, out, ffn in/out per layer; the pooler and the classifier
+    for name, layer in layers.items():
+        weight = f"model.{name}.weight_t{CODES_SUFFIX}"
+        assert weight in dequantized
+        assert initializers[weight].dtype == np.uint8
+        np.testing.assert_array_equal(initializers[weight], weight_codes(layer.quantized_weight).T.numpy())
+    assert not any(name.endswith(".weight_t") for name in initializers)  # no float copy of a quantized weight
+
+
+def test_inputs_are_quantized_with_the_calibrated_scales(qdq_file: Path) -> None:
+    graph = onnx.load(str(qdq_file)).graph
+    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    constants |= {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    scales = sorted(float(constants[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear")
+    expected = sorted(input_grid(layer.input_quantizer)[0] for layer in quantized_linears(uniform_w8a8()).values())
+    np.testing.assert_allclose(scales, expected, rtol=1e-6)
+
+
+def test_onnx_runtime_fuses_each_quantized_linear_into_an_integer_matmul(qdq_file: Path, tmp_path: Path) -> None:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(qdq_file), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(quantized_linears(uniform_w8a8()))
+    assert "DequantizeLinear" not in ops
+
+
+def test_onnx_runtime_predicts_as_the_simulated_model(qdq_file: Path) -> None:
+    model = uniform_w8a8()
+    exported = torch.cat([exported_logits(qdq_file, b) for b in TEST_INPUTS])
+    simulated = torch.cat([model_logits(model, b) for b in TEST_INPUTS])
+    assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.995
+    assert (exported - simulated).abs().max() <= 0.025 * simulated.abs().max()  # 1.3% here: a boundary input may land one step away; saturating int16 sums gave 20%
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: quantized(scheme="pwlq"), "pwlq codes: a QDQ graph takes uniform int8 weights"),
+        (lambda: quantized(bits=16, scheme="uniform"), "16-bit weights"),
+        (lambda: quantized(scheme="uniform", act_bits=0), "full-precision inputs"),
+        (lambda: quantized(scheme="uniform", symmetric=False), "asymmetric weights"),
+    ],
+    ids=["pwlq", "bits16", "float-inputs", "asymmetric"],
+)
+def test_models_without_an_exact_int8_form_are_refused_with_the_float_graph_named(build, match: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=match) as refusal:
+        export_model(build(), text_batch(2, 8, seed=1), tmp_path / "model.onnx", "onnx")
+    assert "--format onnx_float" in str(refusal.value) and len(str(refusal.value).splitlines()) == 1
+    assert not (tmp_path / "model.onnx").exists()
