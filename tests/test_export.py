@@ -320,3 +320,9 @@ def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes" in out and "130" in out
+
+
+def test_cli_gather_tokens_on_a_model_without_a_selector_is_one_line_and_exit_2(saved_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(saved_run), "--format", "torchscript", "--gather-tokens"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error:") and "needs a token-pruned model" in err and len(err.strip().splitlines()) == 1
