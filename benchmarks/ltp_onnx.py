@@ -5,7 +5,7 @@ ORT thread, the three graphs timed interleaved over the same articles. LTP's
 thresholds are set, not trained (``final_threshold`` chosen on a few training
 articles to reach the FLOPs target): this measures what the export does with
 the tokens LTP drops, not LTP's accuracy. Prints one JSON line: FLOPs ratio
-(PyTorch, test articles), median per-article ms of each graph, speedups over
+(PyTorch, test articles), mean per-article ms of each graph, speedups over
 the dense graph, the limit fraction (speedup × FLOPs ratio) and the gathered
 graph's prediction agreement with the PyTorch model.
 """
