@@ -326,3 +326,20 @@ def test_cli_gather_tokens_on_a_model_without_a_selector_is_one_line_and_exit_2(
     assert main([str(saved_run), "--format", "torchscript", "--gather-tokens"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trimlab-export: error:") and "needs a token-pruned model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_gathers_the_tokens_of_a_saved_sait_run(compose_cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trimlab.models.build import build_model
+    from trimlab.saved_model import save_model
+
+    cfg = compose_cfg("model=vit_digits", "dataset=digits")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 10).model.eval()
+    selector = SaiTSelector([1], "adaptive", package=True)
+    selector.density = 0.5
+    model.encoder.token_selector = selector
+    run_dir = tmp_path / "runs" / "abc123"
+    save_model(model, run_dir / "model", cfg.model, 10)
+    write_record(run_dir, RunRecord("abc123", "completed", "vit_digits", "digits", "sait", {}, 0, OmegaConf.to_container(cfg, resolve=True)))
+    assert main([str(run_dir), "--format", "onnx", "--gather-tokens"]) == 0
+    assert float(capsys.readouterr().out.split("example batch: ")[1].split()[0]) <= 1e-4
