@@ -155,6 +155,49 @@ def test_token_pruned_models_export_with_dropped_tokens_masked(case: str, fmt: s
         assert max_logit_difference(path, model, batch) <= 1e-4
 
 
+def ltp_inputs(count: int) -> list[dict[str, Tensor]]:
+    """Single unpadded examples of 4 to 23 tokens, on which the LTP model keeps different numbers of tokens."""
+    return [text_batch(1, 4 + i % 20, seed=100 + i, padded=False) for i in range(count)]
+
+
+def test_a_gathering_onnx_export_keeps_the_tokens_pytorch_keeps(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = ltp_model()
+    path = export_model(model, TEXT_EXAMPLE, tmp_path / "model.onnx", "onnx", gather_tokens=True)
+    assert {"NonZero", "Gather"} <= {node.op_type for node in onnx.load(str(path)).graph.node}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    kept_counts, agree, inputs = set(), 0, ltp_inputs(300)
+    for batch in inputs:
+        logits, kept = session.run(["logits", "kept_tokens"], {k: v.numpy() for k, v in batch.items()})
+        with torch.no_grad():
+            out = model(batch)
+        assert kept.tolist() == torch.stack(out.encoder.kept_tokens, dim=1).tolist()
+        assert (torch.from_numpy(logits) - out.logits).abs().max() <= 1e-4
+        agree += int(logits.argmax(-1)[0] == int(out.logits.argmax(-1)[0]))
+        kept_counts.add(tuple(kept[0].tolist()))
+    assert len(kept_counts) > 10  # lengths and kept counts other than the example's
+    assert agree / len(inputs) >= 0.995
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("case", ["ltp", "sait_package", "sait_fixed"])
+def test_gathering_exports_match_pytorch_one_example_at_a_time(case: str, fmt: str, tmp_path: Path) -> None:
+    if case == "ltp":
+        model, example, others = ltp_model(), TEXT_EXAMPLE, ltp_inputs(6)
+    else:
+        model = sait_model(0.5) if case == "sait_package" else sait_model(0.5, mode="fixed", package=False)
+        example, others = images(2, seed=1), [images(1, seed=s) for s in range(2, 6)]
+    path = export_model(model, example, tmp_path / f"model{SUFFIX[fmt]}", fmt, gather_tokens=True)
+    for batch in others:
+        assert max_logit_difference(path, model, batch) <= 1e-4
+
+
+def test_gathering_tokens_of_a_model_without_a_selector_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a token-pruned model"):
+        export_model(text_model(), TEXT_EXAMPLE, tmp_path / "model.pt", "torchscript", gather_tokens=True)
+
+
 def test_a_selector_that_drops_nothing_on_the_example_is_refused(tmp_path: Path) -> None:
     model = sait_model(1.0, mode="fixed", package=False)  # keeps every patch: the trace would never drop one
     with pytest.raises(ValueError, match="drops no token of the example batch at layer 1"):
@@ -183,7 +226,7 @@ def test_cli_help_explains_formats_and_token_pruning(capsys: pytest.CaptureFixtu
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "onnx" in out and "torchscript" in out and "masked" in out
+    assert "onnx" in out and "torchscript" in out and "masked" in out and "--gather-tokens" in out
 
 
 def test_cli_exports_a_saved_run_and_reports_parity(compose_cfg, tmp_path: Path) -> None:
@@ -279,3 +322,26 @@ def test_help_says_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes" in out and "130" in out
+
+
+def test_cli_gather_tokens_on_a_model_without_a_selector_is_one_line_and_exit_2(saved_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(saved_run), "--format", "torchscript", "--gather-tokens"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error:") and "needs a token-pruned model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_gathers_the_tokens_of_a_saved_sait_run(compose_cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trimlab.models.build import build_model
+    from trimlab.saved_model import save_model
+
+    cfg = compose_cfg("model=vit_digits", "dataset=digits")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 10).model.eval()
+    selector = SaiTSelector([1], "adaptive", package=True)
+    selector.density = 0.5
+    model.encoder.token_selector = selector
+    run_dir = tmp_path / "runs" / "abc123"
+    save_model(model, run_dir / "model", cfg.model, 10)
+    write_record(run_dir, RunRecord("abc123", "completed", "vit_digits", "digits", "sait", {}, 0, OmegaConf.to_container(cfg, resolve=True)))
+    assert main([str(run_dir), "--format", "onnx", "--gather-tokens"]) == 0
+    assert float(capsys.readouterr().out.split("example batch: ")[1].split()[0]) <= 1e-4

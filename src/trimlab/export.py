@@ -13,8 +13,13 @@ differ between inputs:
   selector drops out of later attention instead of removing them
   (``drop_tokens=False``): same logits, shapes independent of the data, but
   the exported graph computes every token, so it has none of the token
-  pruning's speedup. Removing them needs data-dependent shapes, which the
-  tracing exporters freeze at the example's kept counts.
+  pruning's speedup;
+- or, with ``gather_tokens`` (``--gather-tokens``), the token-pruned model's
+  graph for one example at a time: after each selecting layer it gathers the
+  kept tokens (NonZero, Gather), so later layers run on fewer tokens, as many
+  as each input keeps; a second output ``kept_tokens`` ``[1, layers]`` says
+  how many. The batch size is fixed at 1: gathering a batch to its largest
+  kept count would read that count as a Python int, which tracing freezes.
 
 Dense and structurally pruned models export as they compute (a pruned model
 with its smaller Linear weights). A quantized model's ONNX export (``onnx``)
@@ -65,30 +70,38 @@ EXIT_CODES = (
 class LogitsGraph(nn.Module):
     """The model as a function of plain tensors (in ``names`` order) to logits, which exporters can trace."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str], mask_dropped_tokens: bool) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], mask_dropped_tokens: bool, gather_tokens: bool = False) -> None:
         super().__init__()
         self.model = model
         self.names = list(names)
         self.mask_dropped_tokens = mask_dropped_tokens
+        self.gather_tokens = gather_tokens
 
-    def forward(self, *tensors: Tensor) -> Tensor:
+    def forward(self, *tensors: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         batch = dict(zip(self.names, tensors, strict=True))
         if self.mask_dropped_tokens:
             return self.model(batch, drop_tokens=False).logits
-        return self.model(batch).logits
+        out = self.model(batch)
+        if self.gather_tokens:
+            return out.logits, torch.stack(out.encoder.kept_tokens, dim=1)
+        return out.logits
 
 
-def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str) -> Path:
+def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str, gather_tokens: bool = False) -> Path:
     """Write ``model`` (a trimlab classifier) as ``fmt`` (``onnx``, ``onnx_float`` or ``torchscript``) to ``path``.
 
     ``onnx`` writes a quantized model's Linear layers as QDQ (:mod:`trimlab.qdq`)
     and raises ValueError, with the reason, for one that has no exact int8 form;
     ``onnx_float`` writes every model as its float computation. The file takes the example batch's tensors (labels left out) in its key
     order, with a dynamic batch size and, for text, a dynamic sequence length,
-    and returns the logits. Check the result with :func:`max_logit_difference`.
+    and returns the logits. With ``gather_tokens`` (a token-pruned model only)
+    it takes one example (the example batch's first) and removes the dropped
+    tokens; it also returns ``kept_tokens``. Check the result with :func:`max_logit_difference`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if gather_tokens and getattr(getattr(model, "encoder", None), "token_selector", None) is None:
+        raise ValueError("gathering kept tokens needs a token-pruned model (LTP, SaiT); export this one without it")
     path = Path(path)
     codes: dict[str, Tensor] = {}
     if fmt == "onnx" and quantized_linears(model):
@@ -98,20 +111,22 @@ def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Pa
         model, layer_codes = qdq_model(model)
         codes = {f"model.{name}.weight_t": value for name, value in layer_codes.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    inputs = _with_padding(model, {k: v for k, v in example_batch.items() if k != "labels"})
-    with _traceable(model, list(inputs)) as graph, _quiet_tracing(), torch.no_grad():
+    inputs = {k: v[:1] if gather_tokens else v for k, v in example_batch.items() if k != "labels"}
+    inputs = _with_padding(model, inputs)
+    with _traceable(model, list(inputs), gather_tokens) as graph, _quiet_tracing(), torch.no_grad():
         _check_selection_is_traced(graph, inputs)
         args = tuple(inputs.values())
         if fmt != "torchscript":
             _optional("onnx", "writing ONNX")  # torch's exporter imports it deep inside, with a less helpful message
+            axes = _dynamic_axes(inputs, batch=not gather_tokens)
             torch.onnx.export(
                 graph,
                 args,
                 str(path),
                 dynamo=False,
                 input_names=list(inputs),
-                output_names=["logits"],
-                dynamic_axes={**_dynamic_axes(inputs), "logits": {0: "batch"}},
+                output_names=["logits", "kept_tokens"] if gather_tokens else ["logits"],
+                dynamic_axes=axes if gather_tokens else {**axes, "logits": {0: "batch"}},
                 opset_version=ONNX_OPSET,
             )
         else:
@@ -135,7 +150,8 @@ def exported_logits(path: Path, batch: Mapping[str, Tensor]) -> Tensor:
         feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
         return torch.from_numpy(session.run(["logits"], feed)[0])
     with _quiet_tracing(), torch.no_grad():
-        return torch.jit.load(str(path))(*inputs.values())
+        exported = torch.jit.load(str(path))(*inputs.values())
+    return exported[0] if isinstance(exported, tuple) else exported  # a gathering export's logits and kept tokens
 
 
 def model_logits(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
@@ -188,8 +204,11 @@ def _optional(module: str, purpose: str) -> Any:
 
 
 @contextlib.contextmanager
-def _traceable(model: nn.Module, names: Sequence[str]) -> Iterator[LogitsGraph]:
-    """``model`` in eval mode on the padded layout, wrapped as a :class:`LogitsGraph`; restored on exit."""
+def _traceable(model: nn.Module, names: Sequence[str], gather_tokens: bool = False) -> Iterator[LogitsGraph]:
+    """``model`` in eval mode on the padded layout, wrapped as a :class:`LogitsGraph`; restored on exit.
+
+    A token-pruned model masks its dropped tokens, unless it ``gather_tokens`` (one example: the padded layout removes them by index ops).
+    """
     encoder = getattr(model, "encoder", None)
     packed = getattr(encoder, "packed", None)
     was_training = model.training
@@ -197,7 +216,8 @@ def _traceable(model: nn.Module, names: Sequence[str]) -> Iterator[LogitsGraph]:
     if packed is not None:
         encoder.packed = False
     try:
-        yield LogitsGraph(model, names, mask_dropped_tokens=getattr(encoder, "token_selector", None) is not None)
+        selects = getattr(encoder, "token_selector", None) is not None
+        yield LogitsGraph(model, names, mask_dropped_tokens=selects and not gather_tokens, gather_tokens=gather_tokens)
     finally:
         model.train(was_training)
         if packed is not None:
@@ -245,9 +265,11 @@ def _check_selection_is_traced(graph: LogitsGraph, inputs: dict[str, Tensor]) ->
         )
 
 
-def _dynamic_axes(inputs: Mapping[str, Tensor]) -> dict[str, dict[int, str]]:
-    """Batch is dynamic for every input; sequence length too for token inputs (images keep their size)."""
-    return {key: {0: "batch"} if key == IMAGE_KEY else {0: "batch", 1: "sequence"} for key in inputs}
+def _dynamic_axes(inputs: Mapping[str, Tensor], batch: bool = True) -> dict[str, dict[int, str]]:
+    """Batch is dynamic for every input (unless not ``batch``); sequence length too for token inputs (images keep their size)."""
+    first = {0: "batch"} if batch else {}
+    axes = {key: first if key == IMAGE_KEY else {**first, 1: "sequence"} for key in inputs}
+    return {key: axis for key, axis in axes.items() if axis}
 
 
 def input_shape(structure: Mapping[str, Any]) -> tuple[tuple[int, int] | None, int | None]:
@@ -297,6 +319,16 @@ def default_output(model_dir: Path, fmt: str) -> Path:
     return model_dir.parent / f"{model_dir.resolve().name}{SUFFIXES[fmt]}"
 
 
+def _one_by_one(batch: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    """Each example of a batch alone, without its padding: the inputs a batch-size-1 file takes."""
+    mask = batch.get("attention_mask")
+    examples = []
+    for i in range(next(iter(batch.values())).shape[0]):
+        length = None if mask is None else int(mask[i].sum())
+        examples.append({k: v[i : i + 1, :length] if v.ndim == 2 else v[i : i + 1] for k, v in batch.items()})
+    return examples
+
+
 def check_output(output: Path, fmt: str, model_dir: Path) -> None:
     """Refuse an ``--output`` whose suffix says another format, or that would overwrite what the run saved.
 
@@ -336,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "           (PWLQ and the rest are refused); Conv2d layers stay simulated in float\n"
         "  quantized models, onnx_float: dequantized float weights, activation fake quantization as float ops\n"
         "  token-pruned models (LTP, SaiT): dropped tokens are masked instead of removed: the same\n"
-        "           logits, but every token is computed, so without the token-pruning speedup\n"
+        "           logits, but every token is computed, so without the token-pruning speedup;\n"
+        "           with --gather-tokens: a batch-size-1 graph that removes them (NonZero, Gather), so\n"
+        "           later layers run on fewer tokens; a second output kept_tokens [1, layers]\n"
         f"  ONNX needs {EXPORT_EXTRA}; TorchScript needs nothing more\n\n"
         "examples:\n"
         "  trimlab-export outputs/runs/3f2a9c1b0d --format onnx\n"
@@ -347,6 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder, a run id under --runs, or a folder trimlab.save_model wrote")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (.onnx; QDQ for quantized models), onnx_float (.onnx) or torchscript (.pt)")
     parser.add_argument("--runs", type=Path, help="folder of run folders, to find a run id (default: outputs/runs)")
+    parser.add_argument(
+        "--gather-tokens",
+        action="store_true",
+        help="token-pruned models: remove dropped tokens in the graph (batch size 1) instead of masking them",
+    )
     parser.add_argument(
         "--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt; <folder>.onnx beside a save_model folder)"
     )
@@ -359,9 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output(args.output, args.format, folder)
         model = read_model(folder)
         batch = synthetic_batch(model, *input_shape(json.loads((folder / STRUCTURE_FILE).read_text())))
-        path = export_model(model, batch, args.output or default_output(folder, args.format), args.format)
-        difference = max_logit_difference(path, model, batch)
-        agreement = prediction_agreement(path, model, batch)
+        path = export_model(model, batch, args.output or default_output(folder, args.format), args.format, args.gather_tokens)
+        examples = _one_by_one(batch) if args.gather_tokens else [batch]
+        difference = max(max_logit_difference(path, model, example) for example in examples)
+        agreement = min(prediction_agreement(path, model, example) for example in examples)
     except (ImportError, ValueError) as err:  # ConfigError is a ValueError
         print(f"trimlab-export: error: {err}", file=sys.stderr)
         return 2

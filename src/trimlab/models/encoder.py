@@ -135,8 +135,13 @@ class TokenState:
         return _key_mask(self.valid, self.hidden.dtype)
 
     def keep(self, keep: Tensor) -> TokenState:
-        """Remove the rows where ``keep`` is False, packing each sequence to the front."""
+        """Remove the rows where ``keep`` is False, packing each sequence to the front.
+
+        A single example is compacted (:meth:`compact`), so a traced graph of it removes as many rows as each input drops.
+        """
         keep = keep & self.valid
+        if keep.shape[0] == 1:
+            return TokenState(self.hidden, keep, self.positions).compact()
         counts = keep.sum(dim=1)
         new_len = int(counts.max())
         n = keep.shape[1]
@@ -157,10 +162,23 @@ class TokenState:
         summed, total = _left_out_sum(self.valid, keep, weights, self.hidden)
         fused = summed / total.clamp_min(1e-12)[:, None]
         kept = self.keep(keep) if drop else TokenState(self.hidden, self.valid & keep, self.positions)
-        return TokenState(
+        packaged = TokenState(
             torch.cat([kept.hidden, fused[:, None].to(kept.hidden.dtype)], dim=1),
             torch.cat([kept.valid, total[:, None] > 0], dim=1),
             torch.cat([kept.positions, torch.zeros_like(kept.positions[:, :1])], dim=1),
+        )
+        return packaged.compact() if drop and keep.shape[0] == 1 else packaged
+
+    def compact(self) -> TokenState:
+        """One example ``[1, N]`` without its invalid rows, every row left valid.
+
+        Index operations only (``nonzero``, ``index_select``: ONNX NonZero and
+        Gather), no Python int read from the data, so a traced graph keeps each
+        input's own count of rows and needs no key mask after it.
+        """
+        rows = self.valid[0].nonzero().squeeze(1)
+        return TokenState(
+            self.hidden.index_select(1, rows), self.valid.index_select(1, rows), self.positions.index_select(1, rows)
         )
 
 
