@@ -394,7 +394,7 @@ def test_a_saved_compress_result_exports_like_a_run(fmt: str, tmp_path, capsys: 
     trimlab.save_model(small, tmp_path / "small")
     assert export_main([str(tmp_path / "small"), "--format", fmt]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / f"small.{'onnx' if fmt == 'onnx' else 'pt'}").is_file() and "input_ids" in out
+    assert (tmp_path / f"small.{'pt' if fmt == 'torchscript' else 'onnx'}").is_file() and "input_ids" in out
     assert float(out.split("example batch: ")[1].split()[0]) <= 1e-4
 
 
