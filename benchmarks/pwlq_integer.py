@@ -1,4 +1,4 @@
-"""PWLQ W8A8 on integer hardware (two int8 GEMMs per Linear) against the simulated PWLQ model, FP32 and uniform W8 dynamic int8.
+"""PWLQ W8A8 on integer hardware (two int8 GEMMs per Linear) against simulated PWLQ, FP32 and uniform W8 dynamic int8.
 
 One process, one thread, the four models timed interleaved (median per model
 and batch size); accuracy and prediction agreement on the first test examples.
@@ -33,7 +33,8 @@ def main() -> None:
     add_overrides_argument(parser, "Hydra overrides, e.g. finetune.epochs=0.1")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = compose_config(args.output_dir, "model=minilm_l6", "dataset=tweets", "method=pwlq", "method.act_bits=8", *args.overrides)
+    overrides = ["model=minilm_l6", "dataset=tweets", "method=pwlq", "method.act_bits=8", *args.overrides]
+    cfg = compose_config(args.output_dir, *overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "pwlq_integer"
     dense, dm, _ = dense_model(cfg, run_dir)
     samples = list(dm.sample_dataloader(batch_size=cfg.method.calib_batch_size))
@@ -49,7 +50,7 @@ def main() -> None:
     models["uniform_w8_dynamic_int8"] = int8_kernel_model(models.pop("uniform_w8_simulated"))
     test, count = [], 0
     for batch in dm.test_dataloader():
-        test.append({k: v for k, v in batch.items()})
+        test.append(batch)
         count += len(batch["labels"])
         if count >= args.examples:
             break
@@ -58,7 +59,8 @@ def main() -> None:
     labels = torch.cat([b["labels"] for b in test])
     for name, predicted in predictions.items():
         result[f"accuracy_{name}"] = round(float((predicted == labels).float().mean()), 4)
-    result["agreement_two_branch_vs_simulated"] = round(float((predictions["pwlq_w8_two_branch"] == predictions["pwlq_w8_simulated"]).float().mean()), 4)
+    same = predictions["pwlq_w8_two_branch"] == predictions["pwlq_w8_simulated"]
+    result["agreement_two_branch_vs_simulated"] = round(float(same.float().mean()), 4)
     for batch_size in (1, 32):
         batch = {k: v[:batch_size] for k, v in test[0].items() if k != "labels"}
         for name, ms in interleaved_latency(models, batch, args.repeats).items():
@@ -73,7 +75,9 @@ def predict(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> t
 
 
 @torch.no_grad()
-def interleaved_latency(models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], repeats: int) -> dict[str, float]:
+def interleaved_latency(
+    models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], repeats: int
+) -> dict[str, float]:
     """Median ms per model, the models taking turns so that machine load hits them alike."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
@@ -89,13 +93,18 @@ def interleaved_latency(models: dict[str, torch.nn.Module], batch: dict[str, tor
 def linear_weight_mb(models: dict[str, torch.nn.Module]) -> dict[str, float]:
     """Bytes of the Linear weights each model computes with: fp32 floats, two int8 matrices, or one int8 matrix."""
     fp32 = sum(m.weight.numel() * 4 for m in models["fp32"].modules() if isinstance(m, torch.nn.Linear))
-    two = sum(m.weight_int8.numel() + m.row_scales.numel() * 4 for m in models["pwlq_w8_two_branch"].modules() if isinstance(m, TwoBranchLinear))
+    two = sum(
+        m.weight_int8.numel() + m.row_scales.numel() * 4
+        for m in models["pwlq_w8_two_branch"].modules()
+        if isinstance(m, TwoBranchLinear)
+    )
     dynamic = sum(
         m.weight().numel() + m.weight().q_per_channel_scales().numel() * 4
         for m in models["uniform_w8_dynamic_int8"].modules()
         if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
     )
-    return {"fp32": round(fp32 / 1e6, 2), "pwlq_w8_two_branch": round(two / 1e6, 2), "uniform_w8_dynamic_int8": round(dynamic / 1e6, 2)}
+    sizes = {"fp32": fp32, "pwlq_w8_two_branch": two, "uniform_w8_dynamic_int8": dynamic}
+    return {name: round(size / 1e6, 2) for name, size in sizes.items()}
 
 
 if __name__ == "__main__":

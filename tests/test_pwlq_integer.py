@@ -31,7 +31,7 @@ def quantized_linear(bits: int, corrected: bool, rows: int = 40, k: int = 96) ->
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_the_two_branches_rebuild_the_pwlq_values(bits: int) -> None:
-    """centre · s_c + tail · s_t is each weight's PWLQ value (a tail's breakpoint p = L · s_c rides in the centre)."""
+    """centre · s_c + tail · s_t is each weight's PWLQ value (a tail's breakpoint p = L · s_c is in the centre)."""
     linear = quantized_linear(bits, corrected=False)
     centre, tail, centre_scale, tail_scale = branch_matrices(linear.quantized_weight)
     levels = 2 ** (bits - 1) - 1
@@ -46,7 +46,9 @@ def test_the_two_branches_rebuild_the_pwlq_values(bits: int) -> None:
 @pytest.mark.parametrize("corrected", [False, True])
 @pytest.mark.parametrize("low, high", [(-3.0, 2.0), (0.0, 4.0)])  # the signed and the unsigned input grid
 @pytest.mark.parametrize("bits", [8, 4])
-def test_two_branch_linear_equals_the_simulated_layer(bits: int, low: float, high: float, corrected: bool, kernel: str) -> None:
+def test_two_branch_linear_equals_the_simulated_layer(
+    bits: int, low: float, high: float, corrected: bool, kernel: str
+) -> None:
     """Integer accumulation is exact, so the only differences are float rounding.
 
     Against the simulated layer computed in float64 (same input codes, same

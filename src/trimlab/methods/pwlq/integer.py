@@ -73,20 +73,25 @@ def branch_matrices(quantized: QuantizedWeight) -> tuple[Tensor, Tensor, Tensor,
 class TwoBranchLinear(nn.Module):
     """A PWLQ Linear executed as two integer GEMMs (centre and tail) on its calibrated int8 inputs."""
 
-    def __init__(self, linear: nn.Linear, quantized: QuantizedWeight, quantizer: InputQuantizer, kernel: str | None = None) -> None:
+    def __init__(
+        self, linear: nn.Linear, quantized: QuantizedWeight, quantizer: InputQuantizer, kernel: str | None = None
+    ) -> None:
         super().__init__()
         kernel = kernel or default_kernel()
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
         if quantized.scheme != "pwlq" or quantized.bits > 8:
-            raise ValueError(f"two integer branches need PWLQ weights of at most 8 bits, not {quantized.scheme} {quantized.bits}-bit")
+            raise ValueError(
+                f"two integer branches need PWLQ weights of at most 8 bits, not {quantized.scheme} {quantized.bits}-bit"
+            )
         if quantizer.bits > 8:
             raise ValueError(f"int8 inputs need activations of at most 8 bits, not {quantizer.bits} (method.act_bits)")
         self.kernel, self.out_features = kernel, linear.out_features
         self.low, self.high, self.act_bits = quantizer.low, quantizer.high, quantizer.bits
         unsigned = quantizer.low >= 0  # the InputQuantizer's grids: [0, high] or symmetric [−bound, bound]
         levels = 2**quantizer.bits
-        self.step = max(quantizer.high, 1e-12) / (levels - 1) if unsigned else 2 * max(-quantizer.low, quantizer.high) / (levels - 1)
+        span = max(quantizer.high, 1e-12) if unsigned else 2 * max(-quantizer.low, quantizer.high)
+        self.step = span / (levels - 1)
         self.zero = 0 if unsigned else levels // 2  # raw uint8 = code + zero, in [0, 2^bits − 1]
         centre, tails, centre_scale, tail_scale = branch_matrices(quantized)
         levels_w = 2 ** (quantized.bits - 1) - 1
@@ -96,7 +101,8 @@ class TwoBranchLinear(nn.Module):
         self.register_buffer("row_scales", torch.cat([centre_scale, tail_scale]))
         shift = quantized.params.get("shift")
         row_scale = quantized.params.get("scale", torch.ones(1, 1))
-        self.register_buffer("shift", None if shift is None else (shift * row_scale).expand(self.out_features, 1).flatten().float())
+        shift = None if shift is None else (shift * row_scale).expand(self.out_features, 1).flatten().float()
+        self.register_buffer("shift", shift)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         if kernel == "onednn":
             packed = torch.cat([weight, weight], dim=1) if self.split else weight
@@ -106,7 +112,7 @@ class TwoBranchLinear(nn.Module):
             self.register_buffer("row_sums", weight.int().sum(1))
 
     def input_codes(self, x: Tensor) -> Tensor:
-        """The InputQuantizer's codes plus ``zero``: raw uint8 values as int32 (float32 rounding, as the simulation does)."""
+        """The InputQuantizer's codes plus ``zero``: raw uint8 values as int32 (rounded in float32, as simulated)."""
         levels = 2**self.act_bits
         x = x.float()
         if self.zero == 0:
@@ -155,7 +161,7 @@ def two_branch_model(model: nn.Module, kernel: str | None = None) -> nn.Module:
     integer = copy.deepcopy(model).eval()
     names = [
         name for name, m in integer.named_modules()
-        if isinstance(m, nn.Linear) and getattr(m, "quantized_weight", None) is not None and m.quantized_weight.scheme == "pwlq"
+        if isinstance(m, nn.Linear) and getattr(getattr(m, "quantized_weight", None), "scheme", None) == "pwlq"
     ]
     if not names:
         raise ValueError("no Linear layer holds PWLQ weights: quantize with scheme pwlq first")
@@ -163,7 +169,9 @@ def two_branch_model(model: nn.Module, kernel: str | None = None) -> nn.Module:
         layer = integer.get_submodule(name)
         quantizer = getattr(layer, "input_quantizer", None)
         if quantizer is None:
-            raise ValueError(f"layer {name} has no input quantizer: quantize with act_bits 2..8 (method.act_bits) for int8 inputs")
+            raise ValueError(
+                f"layer {name} has no input quantizer: quantize with act_bits 2..8 (method.act_bits) for int8 inputs"
+            )
         parent, _, child = name.rpartition(".")
         setattr(integer.get_submodule(parent), child, TwoBranchLinear(layer, layer.quantized_weight, quantizer, kernel))
     return integer
