@@ -20,8 +20,9 @@ of its accumulation. The two branches run as one int8 GEMM over the stacked
 matrices [C; T] (oneDNN's ``qlinear_pointwise``: uint8 × int8 → int32, scaled
 to float32 per output row), then the halves are summed. On CPUs without VNNI,
 oneDNN sums pairs of uint8 × int8 products in int16, which saturates for
-8-bit weights (|code| ≤ 127) with inputs above 129: there the input codes are
-split in two halves of at most 128 each (K doubled), which keeps every sum exact.
+8-bit weights (|code| ≤ 127) with inputs above 129; this PyTorch does not say
+whether the CPU has VNNI, so such layers always split the input codes in two
+halves of at most 128 each (K doubled), which keeps every sum exact.
 ``kernel="int_mm"`` uses ``torch._int_mm`` instead: exact everywhere, but a
 plain loop on CPU, many times slower than float32 (a reference, not a fast path).
 """
@@ -95,7 +96,7 @@ class TwoBranchLinear(nn.Module):
         self.zero = 0 if unsigned else levels // 2  # raw uint8 = code + zero, in [0, 2^bits − 1]
         centre, tails, centre_scale, tail_scale = branch_matrices(quantized)
         levels_w = 2 ** (quantized.bits - 1) - 1
-        self.split = kernel == "onednn" and 2 * levels_w * (levels - 1) > INT16_MAX and not _has_vnni()
+        self.split = kernel == "onednn" and 2 * levels_w * (levels - 1) > INT16_MAX
         weight = torch.cat([centre, tails])  # [2N, K]: both branches in one GEMM, their accumulators kept apart
         self.register_buffer("weight_int8", weight)
         self.register_buffer("row_scales", torch.cat([centre_scale, tail_scale]))
@@ -144,12 +145,6 @@ class TwoBranchLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
-
-
-def _has_vnni() -> bool:
-    """Whether oneDNN's int8 GEMM accumulates straight into int32 here (AVX512-VNNI, AVX-VNNI or AMX)."""
-    checks = ("_is_avx512_vnni_supported", "_is_avx_vnni_supported", "_is_amx_tile_supported")
-    return any(getattr(torch._C._cpu, name, lambda: False)() for name in checks)
 
 
 def two_branch_model(model: nn.Module, kernel: str | None = None) -> nn.Module:
