@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
+from test_device_dtype import text_batches, tiny_bert  # the CPU stand-ins' model and batches
 from trimlab.api import compress
 from trimlab.models.convert import to_trimlab
 from trimlab.results.record import RECORD_FILE, read_record
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-VOCAB, LENGTH, LABELS = 50, 12, 3
 CUDA = torch.device("cuda")
 
 COMPRESS = {
@@ -48,26 +47,6 @@ CLI_RUNS = {
 }
 """One smoke-size CLI run per method on the GPU (the smoke experiment's sizes, a small ViT on digits)."""
 POST_TRAINING = {"fisher_prune", "pwlq", "uniform_ptq", "fisher_prune_pwlq"}
-
-
-def tiny_bert(dtype: torch.dtype = torch.float32) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=LENGTH + 2, num_labels=LABELS,
-    )
-    return BertForSequenceClassification(config).to(dtype).eval()
-
-
-def text_batches(n: int = 3) -> list[dict[str, torch.Tensor]]:
-    """CPU batches, as a user's DataLoader gives them: compress() moves them to the model."""
-    gen = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(n):
-        ids = torch.randint(1, VOCAB, (4, LENGTH), generator=gen)
-        mask = (torch.arange(LENGTH)[None] < torch.randint(4, LENGTH + 1, (4, 1), generator=gen)).long()
-        batches.append({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.randint(0, LABELS, (4,), generator=gen)})
-    return batches
 
 
 @pytest.mark.parametrize("method", list(COMPRESS))

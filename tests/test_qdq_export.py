@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.test_export import LAYERS, text_batch, text_model
+from test_export import LAYERS, text_batch, text_model
 from trimlab.export import export_model, exported_logits, model_logits
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
 from trimlab.methods.pwlq.schema import QuantizeConfig
