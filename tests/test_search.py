@@ -27,7 +27,7 @@ def test_optuna_maximises_the_task_metric_over_a_knob(tmp_path: Path, tiny_run: 
     runs = tmp_path / "outputs" / "runs"
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     assert len(records) == 2 and all(r["status"] == "completed" for r in records)
-    best = yaml.safe_load((runs / "optimization_results.yaml").read_text())
+    best = yaml.safe_load((runs / ".attempts" / "optimization_results.yaml").read_text())  # Hydra's sweep folder
     assert best["best_value"] == pytest.approx(max(r["compressed"]["metric"] for r in records))
     assert best["best_params"]["method.top_k"] in {r["config"]["method"]["top_k"] for r in records}
 
