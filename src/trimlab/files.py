@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -93,7 +94,7 @@ def remove_stale_temporaries(path: Path, older_than_s: float = STALE_AFTER_S) ->
     ``older_than_s``), so a SIGKILL mid-save costs disk space until the next write, not for ever."""
     removed = []
     cutoff = time.time() - older_than_s
-    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*"):
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         if leftover.suffix not in (".tmp", ".old"):
             continue
         try:
@@ -107,11 +108,6 @@ def remove_stale_temporaries(path: Path, older_than_s: float = STALE_AFTER_S) ->
             continue  # another process got there first, or it is not ours to remove
         removed.append(leftover)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` as a glob pattern matching only itself."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def exchange(a: Path, b: Path) -> bool:
