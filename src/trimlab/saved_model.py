@@ -39,7 +39,7 @@ from trimlab.config import ConfigError, model_config_from_data
 from trimlab.files import atomic_folder
 from trimlab.methods.ltp.selectors import LearnedThresholds, TopKTokens
 from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
-from trimlab.methods.pwlq.quantizer import QuantizedWeight
+from trimlab.methods.pwlq.quantizer import SCHEMES, QuantizedWeight
 from trimlab.methods.sait.selector import SaiTSelector
 from trimlab.models.architecture import build_architecture, describe, read_architecture
 from trimlab.models.build import build_model
@@ -220,8 +220,6 @@ def _model_name(model_cfg: DictConfig | None, structure: dict[str, Any]) -> str:
     return f"its architecture ({structure['architecture'].get('kind')})"
 
 
-QUANT_SCHEMES = ("uniform", "pwlq")
-"""The weight quantizers a structure file may name (``quantized.<layer>.scheme``)."""
 
 
 def check_part_names(structure: dict[str, Any]) -> None:
@@ -239,8 +237,8 @@ def check_part_names(structure: dict[str, Any]) -> None:
         raise ConfigError("`quantized` is not a mapping of layer names")
     for layer, spec in quantized.items():
         scheme = spec.get("scheme") if isinstance(spec, dict) else spec
-        if scheme not in QUANT_SCHEMES:
-            raise ConfigError(f"quantized.{layer}.scheme={scheme!r} is not one of {', '.join(QUANT_SCHEMES)}")
+        if scheme not in SCHEMES:
+            raise ConfigError(f"quantized.{layer}.scheme={scheme!r} is not one of {', '.join(SCHEMES)}")
 
 
 def model_folder(run: str | Path, runs: str | Path | None = None) -> Path:

@@ -28,6 +28,10 @@ def _rows(w: Tensor, per_channel: bool) -> Tensor:
     return w.reshape(w.shape[0], -1) if per_channel and w.ndim > 1 else w.reshape(1, -1)
 
 
+SCHEMES = ("uniform", "pwlq")
+"""The schemes :class:`QuantizedWeight` decodes (what a saved model's ``quantized.<layer>.scheme`` may name)."""
+
+
 @dataclass
 class QuantizedWeight:
     """A weight as unsigned integer codes of ``code_bits`` bits plus per-row parameters: what a kept model stores.
