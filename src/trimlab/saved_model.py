@@ -220,8 +220,6 @@ def _model_name(model_cfg: DictConfig | None, structure: dict[str, Any]) -> str:
     return f"its architecture ({structure['architecture'].get('kind')})"
 
 
-
-
 def check_part_names(structure: dict[str, Any]) -> None:
     """Every part a structure file names is a registered one (its model config is checked by its schema): the file
     is data, so it names parts by registry key, and nothing it says picks code outside the registries."""
