@@ -412,6 +412,12 @@ class MeasureConfig:
     device: str = "cpu"
     """Where latency and throughput are timed: ``cpu`` (deployment on a CPU; the models leave the trainer's device
     for it) or ``cuda`` (the first GPU). The record says which (``latency_device``)."""
+    deployed: bool = True
+    """A quantized model is also run as deployed, on an integer engine (PWLQ: two integer GEMMs per Linear in
+    PyTorch; uniform int8: its QDQ ONNX graph in ONNX Runtime), over the same test set: the record gets
+    ``deployed_engine``, ``deployed_metric`` and ``deployed_disagreement`` (share of examples predicted another
+    class than the simulated model predicts), and the run fails over 1% disagreement. A model no engine takes
+    records ``deployed_engine: none`` and ``deployed_reason``. About one more test evaluation; false skips it."""
 
 
 @dataclass

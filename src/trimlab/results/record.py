@@ -33,7 +33,7 @@ IGNORED_TRAINER_KEYS = ("progress_bar", "log_every_n_steps")
 NEUTRAL_FOR_ID = {
     "trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1},
     "model": {"packed": True, "revision": ""},
-    "measure": {"device": "cpu"},
+    "measure": {"device": "cpu", "deployed": True},
 }
 """Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
 

@@ -1,0 +1,142 @@
+"""A quantized run's deployed model: its integer engine's metric and disagreement beside the simulated model's, and the 1% rule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import BertConfig
+
+from test_options import hf_folder
+from trimlab.measure.deployed import (
+    DISAGREEMENT_LIMIT,
+    NO_ENGINE,
+    DeployedDisagreement,
+    DeployedModel,
+    deployed_model,
+)
+from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
+from trimlab.methods.pwlq.quantizer import pwlq_codes, uniform_codes
+from trimlab.results.record import RECORD_FILE, run_id
+from trimlab.run import run
+
+TINY_BERT = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.fixture
+def tiny_bert(tmp_path: Path) -> Path:
+    """A tiny random BERT's folder (config and MiniLM's tokenizer)."""
+    return hf_folder(tmp_path / "models", TINY_BERT)
+
+
+def tiny_bert_run(folder: Path, *overrides: str) -> tuple[str, ...]:
+    """A seconds-long quantized run of a tiny BERT fine-tuned on 256 tweets (so its predictions differ between examples)."""
+    return (
+        "experiment=smoke", "model=bert_base", "model.weights=random", f"model.path={folder}",
+        "dataset=tweets", "budget=bits_8", "method.act_bits=8", "measure.latency_batch_sizes=[1]",
+        *overrides,
+    )
+
+
+@pytest.mark.parametrize(("method", "engine"), [("pwlq", "torch_two_branch_"), ("uniform_ptq", "onnxruntime_qdq")])
+def test_a_quantized_run_records_its_deployed_model_beside_the_simulated_one(
+    method: str, engine: str, compose_cfg: Callable[..., DictConfig], tiny_bert: Path
+) -> None:
+    if engine == "onnxruntime_qdq":
+        pytest.importorskip("onnxruntime")
+    record = run(compose_cfg(*tiny_bert_run(tiny_bert, f"method={method}")))
+    c = record.compressed
+    assert record.status == "completed" and c["deployed_engine"].startswith(engine) and c["metric"] > 0.6
+    assert 0.0 <= c["deployed_disagreement"] <= DISAGREEMENT_LIMIT
+    assert abs(c["deployed_metric"] - c["metric"]) <= c["deployed_disagreement"] + 1e-9  # each disagreement moves accuracy ≤ 1 example
+    assert record.stages["measure_deployed"] > 0
+
+
+def test_a_scheme_no_engine_takes_is_recorded_with_its_reason_and_the_run_goes_on(
+    compose_cfg: Callable[..., DictConfig], tiny_bert: Path
+) -> None:
+    record = run(compose_cfg(*tiny_bert_run(tiny_bert, "method=uniform_ptq", "method.symmetric=false")))
+    c = record.compressed
+    assert record.status == "completed"
+    assert c["deployed_engine"] == NO_ENGINE and "asymmetric" in c["deployed_reason"]
+    assert "deployed_metric" not in c and "deployed_disagreement" not in c
+
+
+def test_measure_deployed_false_skips_it_and_true_keeps_the_run_id(compose_cfg: Callable[..., DictConfig], tiny_bert: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(*tiny_bert_run(tiny_bert, "method=pwlq"))
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["measure"]["deployed"]  # a config from before measure.deployed existed
+    assert run_id(OmegaConf.create(before)) == run_id(cfg)
+    skipped = compose_cfg(*tiny_bert_run(tiny_bert, "method=pwlq", "measure.deployed=false"))
+    assert run_id(skipped) != run_id(cfg)
+    record = run(skipped)
+    assert record.status == "completed" and not any(k.startswith("deployed_") for k in record.compressed)
+
+
+def test_more_than_one_percent_disagreement_fails_the_run_and_the_record_says_so(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
+) -> None:
+    real = deployed_model
+
+    def flipping(model: nn.Module, example: dict[str, torch.Tensor], workdir: Path) -> DeployedModel:
+        deployed = real(model, example, workdir)
+        predict = deployed.predict
+
+        def flipped(batch: dict[str, torch.Tensor]) -> torch.Tensor:  # the first 2 of every 8 examples change class
+            logits = predict(batch).clone()
+            logits[::8], logits[1::8] = logits[::8].flip(-1), logits[1::8].flip(-1)
+            return logits
+
+        return DeployedModel(deployed.engine, flipped)
+
+    monkeypatch.setattr("trimlab.run.deployed_model", flipping)
+    cfg = compose_cfg(*tiny_bert_run(tiny_bert, "method=pwlq"))
+    with pytest.raises(DeployedDisagreement, match=r"engine torch_two_branch_\w+\).* on \d+\.\d\d% of 128 test examples, over the 1% limit"):
+        run(cfg)
+    record = json.loads((tmp_path / "runs" / run_id(cfg) / RECORD_FILE).read_text())
+    assert record["status"] == "failed" and record["stage"] == "measure_deployed"
+    assert "DeployedDisagreement" in record["error"] and "over the 1% limit" in record["error"]
+    assert record["compressed"]["deployed_disagreement"] > DISAGREEMENT_LIMIT
+
+
+def _quantized_mlp(scheme: str, bits: int = 8, act_bits: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    for layer in (model[0], model[2]):
+        w = layer.weight.detach()
+        layer.quantized_weight = pwlq_codes(w, bits, True, "gaussian") if scheme == "pwlq" else uniform_codes(w, bits)
+        layer.weight.data = layer.quantized_weight.dequantize()
+        install_input_quantizer(layer, InputQuantizer(-3.0, 3.0, act_bits))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("scheme", "bits", "act_bits", "reason"),
+    [("pwlq", 12, 8, "12-bit weights"), ("pwlq", 8, 16, "16-bit inputs"), ("uniform", 8, 4, "4-bit inputs")],
+)
+def test_what_no_integer_engine_takes_is_named(scheme: str, bits: int, act_bits: int, reason: str, tmp_path: Path) -> None:
+    deployed = deployed_model(_quantized_mlp(scheme, bits, act_bits), {}, tmp_path)
+    assert deployed is not None and deployed.engine == NO_ENGINE and reason in deployed.reason
+
+
+def test_a_quantized_conv_and_a_float64_model_have_no_deployed_form(tmp_path: Path) -> None:
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    conv[0].quantized_weight = uniform_codes(conv[0].weight.detach(), 8)
+    assert "quantized Conv2d" in deployed_model(conv, {}, tmp_path).reason
+    assert "float32" in deployed_model(_quantized_mlp("pwlq").double(), {}, tmp_path).reason
+    assert deployed_model(nn.Linear(2, 2), {}, tmp_path) is None  # nothing quantized: nothing to deploy
+
+
+def test_a_disagreement_at_the_limit_passes_and_one_over_fails() -> None:
+    from trimlab.measure.deployed import check_disagreement
+
+    check_disagreement({"deployed_engine": "e", "deployed_disagreement": DISAGREEMENT_LIMIT}, 100)
+    with pytest.raises(DeployedDisagreement, match="engine e"):
+        check_disagreement({"deployed_engine": "e", "deployed_disagreement": 0.02}, 100)
