@@ -1,7 +1,8 @@
 """The run pipeline, method-agnostic.
 
 compose → validate → build model, data, method → dense model (fine-tuned, cached
-by config hash) → measure → method → measure the result in the same process →
+by config hash) → measure → method → measure the result in the same process
+(a quantized one also as deployed, on an integer engine: :mod:`trimlab.measure.deployed`) →
 ``record.json``, both models' test predictions (``predictions.npz``) and the
 compressed model itself (``model/``, see :mod:`trimlab.saved_model`) (+ W&B),
 written into a staging folder that becomes the run folder when the run completes.
