@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
+from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys
+from trimlab.config_store import register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
 from trimlab.methods import build_method, builtin_method_options, kind_of, method_label, plugin_methods
