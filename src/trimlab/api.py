@@ -10,12 +10,10 @@ model directly, on the given batches, under the budget as a value: no Lightning
 trainer, no run folder. FLOPs are counted on those batches before and after, as a
 run counts them on its test set.
 
-LTP, a training method, runs its own ``check`` and ``apply`` as a run does, on
-``train_data``/``eval_data`` behind a datamodule's interface and a plain Lightning
-trainer. It still reads a few keys of a run config (the model's and dataset's
-names in its messages, the trainer's settings); a small stand-in config gives
-them (:class:`~trimlab.config.TrainerConfig`'s defaults). SaiT and MaiT read more
-of it (the seed, the model config, ``finetune``), so they run through the CLI.
+LTP, a training method, runs its own ``check`` and ``apply`` as a
+run does, on ``train_data``/``eval_data`` behind a datamodule's interface and a
+plain Lightning trainer, with a :class:`~trimlab.methods.context.RunContext` of
+default settings where a run would give its own.
 
 >>> from trimlab.api import compress
 >>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
@@ -52,7 +50,7 @@ from trimlab.models.placement import batch_for, model_device
 __all__ = ["Budget", "CompressionReport", "compress"]
 
 TRAINED = ("ltp",)
-"""The training methods compress() runs (SaiT and MaiT still read the run config: the CLI runs them)."""
+"""The training methods compress() runs."""
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "labels")
 """What a batch may carry into the model and its loss (others are dropped)."""
 
@@ -227,8 +225,8 @@ def _train(
     """:func:`compress` for a training method: the method's own ``check`` and ``apply``, on the user's batches."""
     import lightning.pytorch as pl
 
-    from trimlab.config import TrainerConfig
     from trimlab.methods import MethodContext
+    from trimlab.methods.context import RunContext
 
     if data is not None:
         raise ConfigError(f"data: method={name} trains; give train_data= (labelled batches) and eval_data= instead")
@@ -261,11 +259,7 @@ def _train(
         raise ConfigError(f"model: method={name} prunes the tokens of a Transformer; a {type(model).__name__} is not one")
     num_labels = trained.head.classifier.out_features
     user = _UserBatches(splits["train_data"], splits["eval_data"], num_labels, _sequence_length(trained, splits["train_data"]))
-    # the run-config reads left in the method: names in its messages and the trainer's settings (TrainerConfig's defaults)
-    shim = OmegaConf.create({"model": {"name": type(model).__name__}, "dataset": {"name": "train_data"}})
-    shim.trainer = OmegaConf.structured(TrainerConfig)
     method = build_method(cfg)
-    method.check(shim, budget, trained, user)
     accelerator = "gpu" if model_device(trained).type == "cuda" else "cpu"
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
@@ -273,10 +267,12 @@ def _train(
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work))  # fmt: skip
         return pl.Trainer(**{**settings, **overrides})
 
-    dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
-    dense_params = count_params(trained)
     with _work_dir(output_dir) as work:
-        result = method.apply(trained, MethodContext(shim, budget, user, work, make_trainer))
+        run = RunContext(work / "cache", model_name=type(model).__name__, dataset_name="train_data")
+        method.check(run, budget, trained, user)
+        dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
+        dense_params = count_params(trained)
+        result = method.apply(trained, MethodContext(run, budget, user, work, make_trainer))
     compressed = result.model.eval()
     report = CompressionReport(method_label(cfg), budget, dense_flops, dense_flops, dense_params, dense_params, result.stats, result.stages)
     if output_dir is not None:
