@@ -197,6 +197,20 @@ def run_context(cfg: DictConfig) -> RunContext:
     )
 
 
+def method_context(cfg: DictConfig, datamodule: Any, run_dir: Path, make_trainer: Callable[..., Any], resume: Path | None = None) -> MethodContext:
+    """What the run's method gets: the run's settings as values, its budget, data, folder and trainer, and the run's caches."""
+    return MethodContext(
+        run_context(cfg),
+        Budget.of(cfg.budget),
+        datamodule,
+        run_dir,
+        make_trainer,
+        resume,
+        trained_weights=functools.partial(trained_checkpoint_path, cfg),
+        scratch_weights=functools.partial(_scratch_weights, cfg, datamodule.num_labels),
+    )
+
+
 def _scratch_weights(cfg: DictConfig, num_labels: int) -> dict[str, Any]:
     """The weights the run's model starts from before any training (seeded by the run's seed)."""
     torch.manual_seed(cfg.seed)
@@ -249,17 +263,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
 
     enter("method")
     start = time.perf_counter()
-    ctx = MethodContext(
-        run_context(cfg),
-        Budget.of(cfg.budget),
-        datamodule,
-        run_dir,
-        make_trainer,
-        resume,
-        trained_weights=functools.partial(trained_checkpoint_path, cfg),
-        scratch_weights=functools.partial(_scratch_weights, cfg, datamodule.num_labels),
-    )
-    result = method.apply(model, ctx)
+    result = method.apply(model, method_context(cfg, datamodule, run_dir, make_trainer, resume))
     record.method_cost_s = time.perf_counter() - start
     record.stages.update(result.stages)
     record.artifacts.update(result.artifacts)
