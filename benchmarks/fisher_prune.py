@@ -44,7 +44,7 @@ def main() -> None:
     cfg = compose_config(args.output_dir, "method=fisher_prune", *args.overrides)
     run_dir = Path(args.output_dir) / "benchmarks" / "fisher_prune" / f"{cfg.model.name}-{cfg.dataset.name}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
-    dense_eval, labels, dense_preds = evaluate_predicting(cfg, dense, dm, make_trainer, reference=dense)
+    dense_eval, labels, dense_preds = evaluate_predicting(dense, dm, make_trainer, dense, cfg.measure.flops_batches)
     samples = list(dm.sample_dataloader(batch_size=cfg.method.batch_size))
     start = time.perf_counter()
     with torch.no_grad():
@@ -67,7 +67,7 @@ def main() -> None:
         callback.compress(pruned)
         prune_seconds = time.perf_counter() - start
         pruned.eval()
-        result, _, pruned_preds = evaluate_predicting(cfg, pruned, dm, make_trainer, reference=dense)
+        result, _, pruned_preds = evaluate_predicting(pruned, dm, make_trainer, dense, cfg.measure.flops_batches)
         _, delta_low, delta_high = paired_bootstrap(labels, dense_preds, pruned_preds, dm.metric)
         a, b = compare_latency(dense, pruned, test_batch, warmup=3, repeats=args.repeats, threads=cfg.measure.threads)
         line = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from trimlab.config import Budget, ConfigError
-from trimlab.methods import MethodContext
+from trimlab.run import method_context, run_context
 from trimlab.methods.ltp.method import LTPMethod
 from trimlab.engine import evaluate
 
@@ -47,7 +48,7 @@ def main() -> None:
 def benchmark(cfg, target: float, args) -> dict:
     run_dir = Path(args.output_dir) / "benchmarks" / "ltp" / f"{cfg.model.name}-{cfg.dataset.name}-{target:g}"
     dense, dm, make_trainer = dense_model(cfg, run_dir)
-    dense_eval = evaluate(cfg, dense, dm, make_trainer, reference=dense)
+    dense_eval = evaluate(dense, dm, make_trainer, dense, cfg.measure.flops_batches)
     budget = Budget("tokens", target)
     results, unreachable = {}, {}
     for selector in ("thresholds", "topk"):
@@ -57,14 +58,14 @@ def benchmark(cfg, target: float, args) -> dict:
         start = time.perf_counter()
         method = LTPMethod(method_cfg)
         try:
-            method.check(cfg, budget, model, dm)
+            method.check(run_context(cfg), budget, model, dm)
         except ConfigError as error:
             if selector == "thresholds":
                 raise
             unreachable[selector] = str(error)  # top-k's schedule keeps its first layers whole: report, don't train
             continue
-        method.apply(model, MethodContext(cfg, budget, dm, run_dir / selector, make_trainer))
-        results[selector] = (model.eval(), evaluate(cfg, model, dm, make_trainer, reference=dense), time.perf_counter() - start)
+        method.apply(model, dataclasses.replace(method_context(cfg, dm, run_dir / selector, make_trainer), budget=budget))
+        results[selector] = (model.eval(), evaluate(model, dm, make_trainer, dense, cfg.measure.flops_batches), time.perf_counter() - start)
     ltp, ltp_eval, ltp_seconds = results["thresholds"]
     examples = [{k: v[i : i + 1] for k, v in b.items()} for b in dm.test_dataloader() for i in range(len(b["labels"]))]
     examples = examples[: args.timed_examples]

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from trimlab.config import Budget
 from trimlab.data import build_datamodule
 from trimlab.measure.latency import compare_latency
-from trimlab.methods import MethodContext
+from trimlab.run import method_context
 from trimlab.methods.mait.masks import install_masks, locality_mask, masked_heads_of
 from trimlab.methods.mait.method import MaiTMethod
 from trimlab.models.build import build_model
@@ -97,12 +96,12 @@ def benchmark_seed(seed: int, args: argparse.Namespace) -> dict:
 def train_and_evaluate(cfg: DictConfig, run_dir: Path, batch_size: int, repeats: int) -> dict:
     """Train MaiT from scratch beside the seed's dense (unmasked) model; time both and predict the test set."""
     unmasked, dm, make_trainer = dense_model(cfg, run_dir)
-    result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
+    result = MaiTMethod(cfg.method).apply(copy.deepcopy(unmasked), method_context(cfg, dm, run_dir, make_trainer))
     mait = result.model.eval()
     batch = first_examples(dm.test_dataloader(), batch_size)
     plain_time, mait_time = compare_latency(unmasked, mait, batch, warmup=3, repeats=repeats)
-    unmasked_metrics, labels, unmasked_preds = evaluate_predicting(cfg, unmasked, dm, make_trainer, reference=unmasked)
-    mait_metrics, _, mait_preds = evaluate_predicting(cfg, mait, dm, make_trainer, reference=mait)
+    unmasked_metrics, labels, unmasked_preds = evaluate_predicting(unmasked, dm, make_trainer, unmasked, cfg.measure.flops_batches)
+    mait_metrics, _, mait_preds = evaluate_predicting(mait, dm, make_trainer, mait, cfg.measure.flops_batches)
     return {
         "unmasked": unmasked_metrics,
         "mait": mait_metrics,

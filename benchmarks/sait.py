@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from trimlab.config import Budget, ConfigError
-from trimlab.methods import MethodContext
+from trimlab.config import ConfigError
+from trimlab.run import method_context
 from trimlab.methods.sait.method import SaiTMethod, parse_density
 from trimlab.results.intervals import paired_bootstrap, seed_interval
 from trimlab.engine import evaluate_predicting
@@ -120,15 +120,15 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, densities: list[str]) -> 
     baseline = copy.deepcopy(dense)
     train_dense(cfg, baseline, dm, make_trainer)
     baseline_seconds = time.perf_counter() - start
-    baseline_metrics, labels, baseline_preds = evaluate_predicting(cfg, baseline.eval(), dm, make_trainer, reference=baseline)
+    baseline_metrics, labels, baseline_preds = evaluate_predicting(baseline.eval(), dm, make_trainer, baseline, cfg.measure.flops_batches)
 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
+    result = SaiTMethod(cfg.method).apply(copy.deepcopy(dense), method_context(cfg, dm, run_dir, make_trainer))
     sait, preds = result.model.eval(), []
     for density in densities:  # the same checkpoint at each density, example by example
         sait.encoder.token_selector.density = parse_density(density, "--densities")
-        preds.append(evaluate_predicting(cfg, sait, dm, make_trainer, reference=sait)[2])
+        preds.append(evaluate_predicting(sait, dm, make_trainer, sait, cfg.measure.flops_batches)[2])
     total_seconds = time.perf_counter() - start
     return {
         "curve": result.stats["densities"],

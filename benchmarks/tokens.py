@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from trimlab.config import Budget
-from trimlab.methods import MethodContext, build_method
+from trimlab.methods import build_method
+from trimlab.run import method_context, run_context
 from trimlab.results.intervals import metric_interval, paired_bootstrap
 from trimlab.results.record import run_id
 from trimlab.engine import evaluate_predicting, first_examples
@@ -91,8 +92,8 @@ def benchmark(name: str, args: argparse.Namespace) -> dict[str, Any]:
     quick = QUICK[name] if args.quick else []
     cfg = compose_config(args.output_dir, *setting["overrides"], *quick, *args.overrides)
     dense, dm, compressed, make_trainer, method_seconds = _compressed(cfg, Path(args.output_dir) / "benchmarks" / "tokens" / name)
-    dense_metrics, labels, dense_preds = evaluate_predicting(cfg, dense, dm, make_trainer, reference=dense)
-    metrics, _, preds = evaluate_predicting(cfg, compressed, dm, make_trainer, reference=dense)
+    dense_metrics, labels, dense_preds = evaluate_predicting(dense, dm, make_trainer, dense, cfg.measure.flops_batches)
+    metrics, _, preds = evaluate_predicting(compressed, dm, make_trainer, dense, cfg.measure.flops_batches)
     models = {"dense": dense, "pruned": compressed}
     if "alongside" in setting:
         label, overrides = setting["alongside"]
@@ -141,14 +142,14 @@ def _compressed(cfg: Any, run_dir: Path) -> tuple[nn.Module, Any, nn.Module, Cal
     dense, dm, make_trainer = dense_model(cfg, run_dir)
     start = time.perf_counter()
     method = build_method(cfg.method)
-    method.check(cfg, Budget.of(cfg.budget), dense, dm)
+    method.check(run_context(cfg), Budget.of(cfg.budget), dense, dm)
     if cfg.method.name == "dense":
         return dense, dm, dense, make_trainer, 0.0
     kept = run_dir / f"compressed-{run_id(cfg)}.pt"  # the whole module, so a rerun times it again without training
     if kept.exists():
         return dense, dm, torch.load(kept, weights_only=False).eval(), make_trainer, 0.0
     torch.manual_seed(cfg.seed)
-    result = method.apply(copy.deepcopy(dense), MethodContext(cfg, Budget.of(cfg.budget), dm, run_dir, make_trainer))
+    result = method.apply(copy.deepcopy(dense), method_context(cfg, dm, run_dir, make_trainer))
     seconds = time.perf_counter() - start
     kept.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result.model, kept)

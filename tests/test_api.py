@@ -187,7 +187,8 @@ def test_method_defaults_compose_inside_a_hydra_session_and_leave_it_as_it_was(c
     ("kwargs", "match"),
     [
         ({"method": "fisher_prunez", "budget": 0.6}, r"method='fisher_prunez' is not a trimlab method; compress\(\) takes fisher_prune, pwlq"),
-        ({"method": "sait", "budget": 0.6}, "sait is not a post-training method"),
+        ({"method": "sait", "budget": 0.6}, "data: method=sait trains; give train_data="),
+        ({"method": "mait", "budget": 0.6, "data": None}, "budget=0.6: method=mait takes no budget; leave it out"),
         ({"method": "ltp", "budget": 0.9}, "data: method=ltp trains; give train_data="),
         ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1)}, "eval_data: method=ltp trains and is evaluated"),
         ({"method": "ltp", "budget": 0.9, "data": None, "train_data": text_batches(1), "eval_data": [{"input_ids": torch.ones(2, 4).long()}]},
@@ -410,3 +411,35 @@ def test_ltp_trains_through_compress_to_its_tokens_budget_and_saves(tmp_path) ->
     assert selector is not None and selector.hard and report.stats["thresholds"] == selector.thresholds().detach().tolist()
     rebuilt = assert_reloads_identically(small, held_out, tmp_path / "ltp")
     assert rebuilt.encoder.token_selector.hard
+
+
+def test_sait_trains_through_compress_to_its_flops_budget_and_saves(tmp_path) -> None:
+    """SaiT's dense/sparse training on the user's images, then the density meeting the budget; the result keeps its selector."""
+    torch.manual_seed(0)
+    train, held_out = image_batches(2), image_batches(1)
+    options = {"calibration_examples": 8, "eval_densities": ["dense", "0.5"]}
+    small, report = compress(tiny_vit(), "sait", 0.7, train_data=train, eval_data=held_out, epochs=1, options=options)
+    assert report.budget == Budget("flops", 0.7) and report.method == "sait" and {"train", "calibrate", "density_curve"} <= set(report.stages)
+    assert [point["density"] for point in report.stats["densities"]] == ["dense", "0.5"]
+    selector = small.encoder.token_selector
+    assert 0.0 < selector.density < 1.0 and report.stats["density"] == selector.density and report.flops_ratio < 1.0
+    rebuilt = assert_reloads_identically(small, held_out, tmp_path / "sait")
+    assert rebuilt.encoder.token_selector.density == selector.density
+
+
+def test_mait_fine_tunes_a_vit_with_its_masks_through_compress_and_saves(tmp_path) -> None:
+    """A user's ViT is trained, so MaiT fine-tunes it with the masks (init=dense); the masks are kept on save."""
+    from trimlab.methods.mait.masks import masked_heads_of
+
+    torch.manual_seed(0)
+    train, held_out = image_batches(2), image_batches(1)
+    small, report = compress(tiny_vit(), "mait", train_data=train, eval_data=held_out, epochs=1)
+    assert report.budget == Budget("none") and report.method == "mait" and report.stats["init"] == "dense"
+    assert report.stats["masked_heads"] == masked_heads_of(small.encoder) and sum(report.stats["masked_heads"]) > 0
+    rebuilt = assert_reloads_identically(small, held_out, tmp_path / "mait")
+    assert masked_heads_of(rebuilt.encoder) == report.stats["masked_heads"]
+
+
+def test_mait_from_scratch_needs_the_starting_weights_a_user_model_lacks() -> None:
+    with pytest.raises(ConfigError, match="method.init=scratch retrains from random weights, but model=VisionTransformer loads given weights"):
+        compress(tiny_vit(), "mait", train_data=image_batches(1), eval_data=image_batches(1), options={"init": "scratch"})

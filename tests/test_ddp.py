@@ -56,7 +56,7 @@ def test_ddp_trains_in_two_processes_and_the_primary_alone_records_exact_metrics
     def make_trainer(**kw):
         return build_trainer(single, Tracker(None), tmp_path, **kw)
 
-    alone = evaluate(single, built.model.eval(), datamodule, make_trainer, reference=built.model)
+    alone = evaluate(built.model.eval(), datamodule, make_trainer, built.model, single.measure.flops_batches)
     assert alone["metric"] == pytest.approx(record["dense"]["metric"], abs=1e-6)
 
 

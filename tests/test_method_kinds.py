@@ -10,7 +10,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 import trimlab.methods
-from trimlab.config import Budget, ConfigError, register_configs
+from trimlab.config import Budget, ConfigError
+from trimlab.config_store import register_configs
 from trimlab.methods import build_method, kind_of, method_kinds
 from trimlab.methods.pipeline.method import PipelineMethod
 from trimlab.methods.pipeline.schema import PipelineConfig

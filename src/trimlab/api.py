@@ -10,12 +10,10 @@ model directly, on the given batches, under the budget as a value: no Lightning
 trainer, no run folder. FLOPs are counted on those batches before and after, as a
 run counts them on its test set.
 
-LTP, a training method, runs its own ``check`` and ``apply`` as a run does, on
-``train_data``/``eval_data`` behind a datamodule's interface and a plain Lightning
-trainer. It still reads a few keys of a run config (the model's and dataset's
-names in its messages, the trainer's settings); a small stand-in config gives
-them (:class:`~trimlab.config.TrainerConfig`'s defaults). SaiT and MaiT read more
-of it (the seed, the model config, ``finetune``), so they run through the CLI.
+The training methods (LTP, SaiT, MaiT) run their own ``check`` and ``apply`` as a
+run does, on ``train_data``/``eval_data`` behind a datamodule's interface and a
+plain Lightning trainer, with a :class:`~trimlab.methods.context.RunContext` of
+default settings where a run would give its own.
 
 >>> from trimlab.api import compress
 >>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
@@ -38,7 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys, register_configs
+from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys
+from trimlab.config_store import register_configs
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
 from trimlab.methods import build_method, builtin_method_options, kind_of, method_label, plugin_methods
@@ -50,8 +49,10 @@ from trimlab.models.placement import batch_for, model_device
 
 __all__ = ["Budget", "CompressionReport", "compress"]
 
-TRAINED = ("ltp",)
-"""The training methods compress() runs (SaiT and MaiT still read the run config: the CLI runs them)."""
+TRAINED = ("ltp", "ltp_topk", "sait", "mait")
+"""The training methods compress() runs."""
+TRAINED_DEFAULTS = {"mait": {"init": "dense"}}
+"""Options compress() sets apart from a run's defaults: a user's model is trained, so MaiT fine-tunes it with the masks."""
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "labels")
 """What a batch may carry into the model and its loss (others are dropped)."""
 
@@ -116,13 +117,19 @@ def compress(
     (``{"quantize": {"act_bits": 8}}``). ``output_dir``: where the method's files
     go (and the latency table is cached); none are kept without it.
 
-    ``method="ltp"`` trains instead (LTP's soft stage, budget calibration, hard
-    stage) on ``train_data`` (labelled batches, as ``data``; calibration takes
-    its first ``calibration_examples``), validating on ``eval_data``, on which
-    FLOPs are counted; ``epochs`` sets each stage's epochs (``soft_epochs`` and
-    ``hard_epochs``; ``options`` sets them apart). ``budget`` is its tokens
-    budget (a FLOPs ratio). Training runs in a plain Lightning trainer on the
-    model's device, without logger or checkpoints.
+    A training method trains instead, on ``train_data`` (labelled batches, as
+    ``data``; calibration takes its first ``calibration_examples``), validating on
+    ``eval_data``, on which FLOPs are counted; training runs in a plain Lightning
+    trainer on the model's device, without logger or checkpoints.
+    ``method="ltp"`` (or ``"ltp_topk"``): LTP's soft stage, budget calibration and hard
+    stage; ``epochs`` sets each stage's (``soft_epochs``, ``hard_epochs``; ``options``
+    sets them apart); ``budget`` is its tokens budget (a FLOPs ratio). ``method="sait"``
+    (a ViT): dense/sparse training for ``epochs``, then the density meeting
+    ``budget`` (a FLOPs ratio; or ``options={"density": 0.8}`` with
+    ``budget=Budget("none")``), the density curve in ``report.stats["densities"]``.
+    ``method="mait"`` (a ViT): fine-tunes the model with locality masks on its
+    heads for ``epochs`` (default 1) with trimlab's fine-tuning recipe
+    (:class:`~trimlab.config.FinetuneConfig`); it takes no budget.
 
     The returned model takes the same batches and returns ``.logits``. A bad
     argument raises :class:`~trimlab.config.ConfigError` (a ValueError) naming it
@@ -226,14 +233,16 @@ def _train(
     """:func:`compress` for a training method: the method's own ``check`` and ``apply``, on the user's batches."""
     import lightning.pytorch as pl
 
-    from trimlab.config import TrainerConfig
+    from trimlab.config import FinetuneConfig
     from trimlab.methods import MethodContext
+    from trimlab.methods.context import RunContext
 
     if data is not None:
         raise ConfigError(f"data: method={name} trains; give train_data= (labelled batches) and eval_data= instead")
     if bits is not None:
         raise ConfigError(f"bits={bits}: method={name} does not quantize; quantize its result with compress(small, 'pwlq', bits=...)")
     cfg = method_config(name)
+    recipe = FinetuneConfig()
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0:
             raise ConfigError(f"epochs={epochs!r} must be a positive number of epochs (fractions allowed)")
@@ -241,7 +250,9 @@ def _train(
         if set(stages) & set(options):
             raise ConfigError(f"epochs={epochs} and options {', '.join(sorted(set(stages) & set(options)))} both set them; give one")
         options = {**options, **{k: float(epochs) for k in stages}}
-    cfg = _with_options(cfg, options, "options")
+        if not stages:  # the method trains with the fine-tuning recipe (MaiT)
+            recipe = FinetuneConfig(epochs=float(epochs))
+    cfg = _with_options(cfg, {**TRAINED_DEFAULTS.get(name, {}), **options}, "options")
     budget = _resolve_budget(name, {name: cfg}, list(cfg.budgets), budget, None)
     for arg, value in (("train_data", train_data), ("eval_data", eval_data)):
         if value is None:
@@ -257,14 +268,10 @@ def _train(
             raise ConfigError(f"{arg}: batch {unlabelled} has no labels (or label); method={name} trains on labels")
         splits[arg] = batches
     if not isinstance(trained, TransformerClassifier):
-        raise ConfigError(f"model: method={name} prunes the tokens of a Transformer; a {type(model).__name__} is not one")
+        raise ConfigError(f"model: method={name} trains a Transformer (its tokens or attention); a {type(model).__name__} is not one")
     num_labels = trained.head.classifier.out_features
     user = _UserBatches(splits["train_data"], splits["eval_data"], num_labels, _sequence_length(trained, splits["train_data"]))
-    # the run-config reads left in the method: names in its messages and the trainer's settings (TrainerConfig's defaults)
-    shim = OmegaConf.create({"model": {"name": type(model).__name__}, "dataset": {"name": "train_data"}})
-    shim.trainer = OmegaConf.structured(TrainerConfig)
     method = build_method(cfg)
-    method.check(shim, budget, trained, user)
     accelerator = "gpu" if model_device(trained).type == "cuda" else "cpu"
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
@@ -272,10 +279,12 @@ def _train(
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work))  # fmt: skip
         return pl.Trainer(**{**settings, **overrides})
 
-    dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
-    dense_params = count_params(trained)
     with _work_dir(output_dir) as work:
-        result = method.apply(trained, MethodContext(shim, budget, user, work, make_trainer))
+        run = RunContext(work / "cache", model_name=type(model).__name__, dataset_name="train_data", recipe=recipe)
+        method.check(run, budget, trained, user)
+        dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
+        dense_params = count_params(trained)
+        result = method.apply(trained, MethodContext(run, budget, user, work, make_trainer))
     compressed = result.model.eval()
     report = CompressionReport(method_label(cfg), budget, dense_flops, dense_flops, dense_params, dense_params, result.stats, result.stages)
     if output_dir is not None:
@@ -407,6 +416,10 @@ def _check_bits(bits: Any) -> None:
 
 def _resolve_budget(name: str, steps: Mapping[str, DictConfig], accepted: list[str], budget: Any, bits: int | None) -> Budget:
     """The budget as a value: a number is a target of the method's first kind; a quantizer's is its ``bits``."""
+    if accepted == ["none"]:  # the method changes accuracy, not a cost (MaiT)
+        if budget is not None and budget != Budget("none"):
+            raise ConfigError(f"budget={budget!r}: method={name} takes no budget; leave it out")
+        return Budget("none")
     prunes = any(_prunes(c) for c in steps.values())
     examples = "budget=0.6 (60% of the FLOPs) or budget=Budget('latency', 0.7)" if prunes else "bits=4 (or budget=4)"
     if budget is None and not prunes:

@@ -20,7 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trimlab.config import ConfigError, composition_error, register_configs
+from trimlab.config import ConfigError, composition_error
+from trimlab.config_store import register_configs
 from trimlab.interrupt import RunInterrupted
 from trimlab.results.record import now, run_id
 

@@ -1,4 +1,4 @@
-"""Schemas for every config group, registered in Hydra's ConfigStore.
+"""Schemas for every config group (registered in Hydra's ConfigStore by :mod:`trimlab.config_store`).
 
 Each YAML option names its schema first in its defaults list (for example
 ``conf/model/minilm_l6.yaml`` starts with ``- text_model_schema``), so its node
@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -459,22 +458,6 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"logger_schema": LoggerConfig},
 }
 """The run-level schemas by group; the method group's come from the methods themselves."""
-
-
-def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent): the run-level ones, then each method's, then the
-    ``method=`` options of plugins (their YAML nodes: Hydra composes them as it does ``conf/method/*.yaml``)."""
-    from trimlab.methods import method_kinds, plugin_methods
-
-    cs = ConfigStore.instance()
-    cs.store(name="trimlab_schema", node=TrimlabConfig)
-    for group, schemas in SCHEMAS.items():
-        for name, node in schemas.items():
-            cs.store(group=group, name=name, node=node)
-    for kind in method_kinds().values():
-        cs.store(group="method", name=kind.schema_name, node=kind.schema)
-    for name, node in plugin_methods()[1].items():
-        cs.store(group="method", name=name, node=node)
 
 
 TEXT_FAMILIES = ("bert", "roberta", "distilbert", "electra", "mpnet")

@@ -124,20 +124,20 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
         p.requires_grad_(True)
 
 
-def evaluate(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module) -> dict[str, Any]:
-    """Task metric on the test split, FLOPs per example, parameters and size."""
-    return evaluate_predicting(cfg, model, datamodule, make_trainer, reference)[0]
+def evaluate(model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module, flops_batches: int) -> dict[str, Any]:
+    """Task metric on the test split, FLOPs per example (over ``flops_batches`` test batches), parameters and size."""
+    return evaluate_predicting(model, datamodule, make_trainer, reference, flops_batches)[0]
 
 
 def evaluate_predicting(
-    cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module
+    model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module, flops_batches: int
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """:func:`evaluate`'s metrics, and the targets and predictions of each test example (in dataset order) they come from."""
     module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
     # Under DDP every process tests every example: exact metrics, no padded shards.
     results = make_trainer(logger=False, use_distributed_sampler=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     metric = float(results[0][f"test/{datamodule.metric}"])
-    flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=cfg.measure.flops_batches)
+    flops = mean_flops_per_example(model, datamodule.test_dataloader(), max_batches=flops_batches)
     metrics = {
         "metric": metric,
         "metric_name": datamodule.metric,

@@ -11,6 +11,7 @@ written into a staging folder that becomes the run folder when the run completes
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 import time
@@ -25,8 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint
-from trimlab.config import Budget, ConfigError, model_kind, validate
+from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint, trained_checkpoint_path
+from trimlab.config import Budget, ConfigError, FinetuneConfig, MeasureConfig, TrainerConfig, model_kind, validate
 from trimlab.data import build_datamodule, num_labels_of
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
@@ -36,6 +37,7 @@ from trimlab.measure.deployed import check_disagreement, deployed_metrics, deplo
 from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method, method_label
+from trimlab.methods.context import RunContext
 from trimlab.models.build import build_model
 from trimlab.models.text import hub_commit
 from trimlab.results.predictions import PREDICTIONS_KEY, Predictions, write_predictions
@@ -167,13 +169,54 @@ def _build(cfg: DictConfig) -> tuple[nn.Module, Any, Any, Path]:
     built = build_model(cfg.model, num_labels=cfg.dataset.num_labels)
     datamodule = build_datamodule(cfg.dataset, built, cfg.seed)
     method = build_method(cfg.method)
-    method.check(cfg, Budget.of(cfg.budget), built.model, datamodule)
+    method.check(run_context(cfg), Budget.of(cfg.budget), built.model, datamodule)
     checkpoint = dense_checkpoint_path(cfg)
     if cfg.finetune.enabled and checkpoint.exists():
         load_checkpoint(built.model, checkpoint)
     elif cfg.finetune.enabled and is_primary():  # the fine-tuned weights will be saved: room for them and a temporary copy
         check_free_space(Path(cfg.paths.cache_dir), 2 * model_size_bytes(built.model), "paths.cache_dir")
     return built.model, datamodule, method, checkpoint
+
+
+def run_context(cfg: DictConfig) -> RunContext:
+    """The run's settings a method reads, as values (methods never see the run config)."""
+    weights = cfg.model.weights
+    untrained = weights in ("random", "scratch", "embedded") or (weights != "hub" and cfg.dataset.num_labels > 0)
+
+    def values(schema: type, node: DictConfig) -> Any:
+        return schema(**OmegaConf.to_container(node, resolve=True))
+
+    return RunContext(
+        cache_dir=Path(cfg.paths.cache_dir),
+        seed=int(cfg.seed),
+        model_name=str(cfg.model.name),
+        model_weights=str(weights),
+        dataset_name=str(cfg.dataset.name),
+        task_trained=bool(cfg.finetune.enabled) or not untrained,
+        trainer=values(TrainerConfig, cfg.trainer),
+        measure=values(MeasureConfig, cfg.measure),
+        recipe=values(FinetuneConfig, cfg.finetune),
+    )
+
+
+def method_context(cfg: DictConfig, datamodule: Any, run_dir: Path, make_trainer: Callable[..., Any], resume: Path | None = None) -> MethodContext:
+    """What the run's method gets: the run's settings as values, its budget, data, folder and trainer, and the run's caches."""
+    return MethodContext(
+        run_context(cfg),
+        Budget.of(cfg.budget),
+        datamodule,
+        run_dir,
+        make_trainer,
+        resume,
+        trained_weights=functools.partial(trained_checkpoint_path, cfg),
+        scratch_weights=functools.partial(_scratch_weights, cfg, datamodule.num_labels),
+    )
+
+
+def _scratch_weights(cfg: DictConfig, num_labels: int) -> dict[str, Any]:
+    """The weights the run's model starts from before any training (seeded by the run's seed)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, num_labels=num_labels).model.state_dict()
 
 
 def _new_record(cfg: DictConfig, rid: str) -> RunRecord:
@@ -217,12 +260,12 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     enter("measure_dense")
     dense = copy.deepcopy(model).eval()
     start = time.perf_counter()
-    record.dense, labels, dense_preds = evaluate_predicting(cfg, dense, datamodule, make_trainer, reference=dense)
+    record.dense, labels, dense_preds = evaluate_predicting(dense, datamodule, make_trainer, dense, cfg.measure.flops_batches)
     record.stages["measure_dense"] = time.perf_counter() - start
 
     enter("method")
     start = time.perf_counter()
-    result = method.apply(model, MethodContext(cfg, Budget.of(cfg.budget), datamodule, run_dir, make_trainer, resume))
+    result = method.apply(model, method_context(cfg, datamodule, run_dir, make_trainer, resume))
     record.method_cost_s = time.perf_counter() - start
     record.stages.update(result.stages)
     record.artifacts.update(result.artifacts)
@@ -234,7 +277,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     else:
         compressed = result.model.eval()
         start = time.perf_counter()
-        record.compressed, _, compressed_preds = evaluate_predicting(cfg, compressed, datamodule, make_trainer, reference=dense)
+        record.compressed, _, compressed_preds = evaluate_predicting(compressed, datamodule, make_trainer, dense, cfg.measure.flops_batches)
         record.stages["measure_compressed"] = time.perf_counter() - start
     record.compressed.update(result.stats)
     if is_primary():
@@ -246,7 +289,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
             record.compressed["size_mb_quantized"] = saved.size_mb
     kernel = int8_kernel_model(compressed)
     if kernel is not None:  # the same weights through PyTorch's int8 kernels: their accuracy beside the simulated model's
-        kernel_metrics, _, kernel_preds = evaluate_predicting(cfg, kernel, datamodule, make_trainer, reference=dense)
+        kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches)
         record.compressed["metric_int8_kernel"] = kernel_metrics["metric"]
         if datamodule.num_labels > 1:
             record.compressed["agreement_int8_kernel"] = float(np.mean(kernel_preds == compressed_preds))

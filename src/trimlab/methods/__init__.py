@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab.config import Budget, ConfigError
+from trimlab.methods.context import RunContext
 from trimlab.plugins import PluginError, load_plugins
 
 if TYPE_CHECKING:
@@ -32,18 +33,24 @@ if TYPE_CHECKING:
 
 @dataclass
 class MethodContext:
-    """What a method may use besides the model: the run's config, its own budget, data, where to write, a trainer.
+    """What a method may use besides the model: the run's settings as values, its own budget, data, where to write, a trainer.
 
     ``budget`` is the method's: the run's budget, or a pipeline step's share of it.
     """
 
-    cfg: DictConfig
+    run: RunContext
     budget: Budget
     datamodule: Any
     run_dir: Path
     make_trainer: Callable[..., Any]
     resume_dir: Path | None = None
     """Where a training method keeps each phase's state between attempts of the run (None: no resuming)."""
+
+    trained_weights: Callable[[tuple[str, ...]], Path] | None = None
+    """Where a training method caches its trained weights, given its option keys that do not change them
+    (the run's cache, keyed by the config without those keys; None: not cached)."""
+    scratch_weights: Callable[[], dict[str, Any]] | None = None
+    """The state dict the dense model started from before training (the run's seed; None: unknown, e.g. a user's model)."""
 
     def resume_state(self, phase: str) -> Path | None:
         """The file where the training phase ``phase`` keeps its state between attempts of the run (None: not resumed)."""
@@ -65,7 +72,7 @@ class MethodResult:
 
 
 class Method(Protocol):
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         """Raise :class:`ConfigError` for a setting this method cannot run under ``budget``, before any expensive work."""
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:

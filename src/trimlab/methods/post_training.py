@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from trimlab.config import Budget
 from trimlab.measure.flops import sequence_length
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.context import RunContext
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.placement import model_device
 from trimlab.training import ClassifierModule
@@ -103,7 +104,7 @@ class PostTrainingMethod:
     def sample_batch_size(self) -> int:
         """The batch size a run draws its sample set at."""
 
-    def check_run(self, cfg: DictConfig, model: nn.Module) -> None:
+    def check_run(self, run: RunContext, model: nn.Module) -> None:
         """Raise :class:`~trimlab.config.ConfigError` for run settings this method cannot work with (the CLI's only, and cheap)."""
 
     @abstractmethod
@@ -114,10 +115,10 @@ class PostTrainingMethod:
     def callback(self, budget: Budget, inputs: StepInputs) -> PostTrainingCallback:
         """The callback that compresses a model under ``budget``."""
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
-        self.check_run(cfg, model)
-        inputs = self.inputs(model, datamodule, Path(cfg.paths.cache_dir), Path(cfg.paths.output_dir))  # checks write nothing
-        self.check_model(model, budget, inputs, f"model={cfg.model.name}")
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+        self.check_run(run, model)
+        inputs = self.inputs(model, datamodule, run.cache_dir, run.cache_dir)  # checks write nothing
+        self.check_model(model, budget, inputs, f"model={run.model_name}")
 
     def inputs(self, model: nn.Module, datamodule: Any, cache_dir: Path, folder: Path) -> StepInputs:
         """A run's inputs: its datamodule's sample set at this method's batch size."""
@@ -127,7 +128,7 @@ class PostTrainingMethod:
 
     def run_callback(self, model: nn.Module, ctx: MethodContext) -> PostTrainingCallback:
         """The callback of this step of a run (``ctx``: its budget and folder)."""
-        return self.callback(ctx.budget, self.inputs(model, ctx.datamodule, Path(ctx.cfg.paths.cache_dir), ctx.run_dir))
+        return self.callback(ctx.budget, self.inputs(model, ctx.datamodule, ctx.run.cache_dir, ctx.run_dir))
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         callback = self.run_callback(model, ctx)

@@ -9,13 +9,14 @@ from torch import nn
 
 from trimlab.config import Budget
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.context import RunContext
 
 
 class DenseMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         """Nothing can be infeasible without compression."""
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:

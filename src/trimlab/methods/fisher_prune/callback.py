@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from trimlab.config import Budget, ConfigError
 from trimlab.measure.flops import fixed_flops, head_cost, neuron_cost
+from trimlab.methods.context import RunContext
 from trimlab.methods.post_training import PostTrainingCallback, PostTrainingMethod, StepInputs
 from trimlab.methods.fisher_prune.fisher import collect_mask_gradients
 from trimlab.methods.fisher_prune.latency_lut import LayerLatency, cached_layer_latency
@@ -205,16 +206,12 @@ class FisherPruneMethod(PostTrainingMethod):
     def sample_batch_size(self) -> int:
         return int(self.cfg.batch_size)
 
-    def check_run(self, cfg: DictConfig, model: nn.Module) -> None:
-        check_transformer(model, f"model={cfg.model.name}")
-        if cfg.dataset.sample_size < 1:
-            raise ConfigError("dataset.sample_size must be positive for method=fisher_prune")
-        if not cfg.finetune.enabled and (
-            cfg.model.weights in ("random", "scratch", "embedded") or (cfg.model.weights != "hub" and cfg.dataset.num_labels > 0)
-        ):
+    def check_run(self, run: RunContext, model: nn.Module) -> None:
+        check_transformer(model, f"model={run.model_name}")
+        if not run.task_trained:
             raise ConfigError(
-                f"method=fisher_prune needs a model trained on the task, but finetune is off and model={cfg.model.name} "
-                f"(weights={cfg.model.weights}) has no {cfg.dataset.name} classifier; use finetune=text "
+                f"method=fisher_prune needs a model trained on the task, but finetune is off and model={run.model_name} "
+                f"(weights={run.model_weights}) has no {run.dataset_name} classifier; use finetune=text "
                 "(or finetune=vit_scratch), or point model.path at a fine-tuned checkpoint"
             )
 

@@ -18,6 +18,7 @@ from torch import nn
 from trimlab.config import Budget, ConfigError
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.context import RunContext
 from trimlab.methods.bisection import bisect
 from trimlab.methods.ltp.module import TokenPruningModule
 from trimlab.methods.ltp.plot import plot_kept_tokens
@@ -52,20 +53,20 @@ class LTPMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if not isinstance(model, TransformerClassifier):
-            raise ConfigError(f"method=ltp prunes tokens of a Transformer; model={cfg.model.name} is not one")
+            raise ConfigError(f"method=ltp prunes tokens of a Transformer; model={run.model_name} is not one")
         if self.cfg.selector not in SELECTORS:
             raise ConfigError(f"method.selector={self.cfg.selector!r} is not one of {', '.join(SELECTORS)}")
         if datamodule.num_labels < 1:
-            raise ConfigError(f"method=ltp trains on labels; dataset={cfg.dataset.name} has none")
+            raise ConfigError(f"method=ltp trains on labels; dataset={run.dataset_name} has none")
         if self.cfg.temperature <= 0 or self.cfg.score_length < 1 or self.cfg.calibration_examples < 1:
             raise ConfigError("method.temperature, method.score_length and method.calibration_examples must be positive")
         seq_len = round(sequence_length(model, datamodule))
         floor = minimum_flops_ratio(model, seq_len, self.cfg.selector)
         if budget.target < floor:
             raise ConfigError(
-                f"budget.target={budget.target} is below what token pruning can reach on {cfg.dataset.name} "
+                f"budget.target={budget.target} is below what token pruning can reach on {run.dataset_name} "
                 f"with method.selector={self.cfg.selector} ({floor:.2f}: the first layers, embeddings and classifier stay); "
                 f"choose a target of at least {floor:.2f}"
             )
@@ -123,7 +124,7 @@ class LTPMethod:
         between the stages is computed again, the same way)."""
         if epochs <= 0:
             return
-        fit(module, model, ctx.datamodule, epochs, ctx.cfg.trainer, ctx.make_trainer, ctx.resume_state(f"ltp-{stage}"), f"LTP's {stage} stage")
+        fit(module, model, ctx.datamodule, epochs, ctx.run.trainer, ctx.make_trainer, ctx.resume_state(f"ltp-{stage}"), f"LTP's {stage} stage")
 
     def _stats(self, model: TransformerClassifier, dm: Any, ctx: MethodContext, calibration_ratio: float) -> dict[str, Any]:
         kept = kept_fraction_per_layer(model, dm.test_dataloader())

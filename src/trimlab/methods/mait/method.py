@@ -13,16 +13,15 @@ import logging
 import time
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from trimlab.config import Budget, ConfigError
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.context import RunContext
 from trimlab.methods.mait.masks import MASK_FORMS, locality_mask, masked_heads_of, thirds_schedule
 from trimlab.methods.mait.module import MaskedAttentionModule
 from trimlab.methods.mait.plot import plot_masks
-from trimlab.models.build import build_model
 from trimlab.models.classifier import TransformerClassifier
 from trimlab.models.embeddings import PatchEmbeddings
 from trimlab.engine import fit
@@ -43,17 +42,17 @@ class MaiTMethod:
             return list(self.cfg.masked_heads)
         return thirds_schedule(len(model.encoder.layers), model.encoder.spec.num_heads)
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         m = self.cfg
         if not isinstance(model, TransformerClassifier) or not isinstance(model.embeddings, PatchEmbeddings):
-            raise ConfigError(f"method=mait masks attention over a patch grid; model={cfg.model.name} is not a ViT")
+            raise ConfigError(f"method=mait masks attention over a patch grid; model={run.model_name} is not a ViT")
         if m.mask_form not in MASK_FORMS:
             raise ConfigError(f"method.mask_form={m.mask_form!r} is not one of {', '.join(MASK_FORMS)}")
         if m.init not in INITS:
             raise ConfigError(f"method.init={m.init!r} is not one of {', '.join(INITS)}")
-        if m.init == "scratch" and cfg.model.weights != "scratch":
+        if m.init == "scratch" and run.model_weights != "scratch":
             raise ConfigError(
-                f"method.init=scratch retrains from random weights, but model={cfg.model.name} loads {cfg.model.weights} weights; "
+                f"method.init=scratch retrains from random weights, but model={run.model_name} loads {run.model_weights} weights; "
                 "use method.init=dense to fine-tune them with the masks"
             )
         if len(m.window) != 2 or any(w < 1 or w % 2 == 0 for w in m.window):
@@ -67,14 +66,15 @@ class MaiTMethod:
             )
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
-        m, cfg, dm = self.cfg, ctx.cfg, ctx.datamodule
+        m, dm = self.cfg, ctx.datamodule
         counts = self.masked_heads(model)
         grid = model.embeddings.grid
         allowed = locality_mask(grid, grid, tuple(m.window), model.num_protected)
         if m.init == "scratch":
-            torch.manual_seed(cfg.seed)
-            model.load_state_dict(build_model(cfg.model, num_labels=dm.num_labels).model.state_dict())
-        ft = cfg.finetune
+            if ctx.scratch_weights is None:
+                raise ConfigError("method.init=scratch needs the weights the model started from; use method.init=dense")
+            model.load_state_dict(ctx.scratch_weights())
+        ft = ctx.run.recipe
         module = MaskedAttentionModule(
             model,
             allowed,
@@ -91,7 +91,7 @@ class MaiTMethod:
             "MaiT: masked heads per layer %s, window %s, %s masks, training %s for %.3g epochs", counts, list(m.window), m.mask_form, m.init, ft.epochs
         )
         start = time.perf_counter()
-        fit(module, model, dm, ft.epochs, cfg.trainer, ctx.make_trainer, ctx.resume_state("mait"), "MaiT training")
+        fit(module, model, dm, ft.epochs, ctx.run.trainer, ctx.make_trainer, ctx.resume_state("mait"), "MaiT training")
         stages = {"train": time.perf_counter() - start}
         stats = {"masked_heads": masked_heads_of(model.encoder), "window": list(m.window), "mask_form": m.mask_form, "init": m.init}
         ctx.run_dir.mkdir(parents=True, exist_ok=True)

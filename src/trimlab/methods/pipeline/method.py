@@ -26,6 +26,7 @@ from torch import nn
 from trimlab.config import RATIO_KINDS, Budget, ConfigError
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.methods import Method, MethodContext, MethodResult, build_step
+from trimlab.methods.context import RunContext
 from trimlab.methods.post_training import PostTrainingMethod, validate_with
 
 
@@ -38,7 +39,7 @@ class PipelineMethod:
         self.pruning = [name for name, step_cfg in cfg.steps.items() if set(step_cfg.budgets) & set(RATIO_KINDS)]
         """The steps that share the run's FLOPs budget, in order: those taking a ratio budget (a quantizer keeps the run's)."""
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         if not self.steps:
             raise ConfigError(f"method={self.cfg.name} has no steps; list them under method.steps")
         pruning = self.pruning
@@ -52,7 +53,7 @@ class PipelineMethod:
         if not 0.0 < self.cfg.split < 1.0:
             raise ConfigError(f"method.split={self.cfg.split} must be in (0, 1): the share of the FLOPs reduction made by the first pruning step")
         for name, step in self.steps.items():
-            step.check(cfg, self._step_budget(budget, name, self._planned_target(budget, name)), model, datamodule)
+            step.check(run, self._step_budget(budget, name, self._planned_target(budget, name)), model, datamodule)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> MethodResult:
         result = MethodResult(model)

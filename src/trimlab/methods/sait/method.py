@@ -17,12 +17,13 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from trimlab.checkpoints import load_checkpoint, save_checkpoint, trained_checkpoint_path
+from trimlab.checkpoints import load_checkpoint, save_checkpoint
 from trimlab.config import Budget, ConfigError
 from trimlab.distributed import is_primary
 from trimlab.measure.flops import analytic_flops, mean_flops_per_example, sequence_length
 from trimlab.measure.latency import compare_latency
 from trimlab.methods import MethodContext, MethodResult
+from trimlab.methods.context import RunContext
 from trimlab.methods.bisection import bisect
 from trimlab.methods.sait.module import DenseSparseModule
 from trimlab.methods.sait.plot import plot_density_curve
@@ -61,26 +62,26 @@ class SaiTMethod:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def check(self, cfg: DictConfig, budget: Budget, model: nn.Module, datamodule: Any) -> None:
+    def check(self, run: RunContext, budget: Budget, model: nn.Module, datamodule: Any) -> None:
         m = self.cfg
         if not isinstance(model, TransformerClassifier):
-            raise ConfigError(f"method=sait prunes the tokens of a Transformer; model={cfg.model.name} is not one")
+            raise ConfigError(f"method=sait prunes the tokens of a Transformer; model={run.model_name} is not one")
         if model.num_protected < 1:
-            raise ConfigError(f"method=sait ranks tokens by class-token attention; model={cfg.model.name} has no class token in its self-attention layers")
+            raise ConfigError(f"method=sait ranks tokens by class-token attention; model={run.model_name} has no class token in its self-attention layers")
         if datamodule.num_labels < 2:
-            raise ConfigError(f"method=sait trains a classifier on labels; dataset={cfg.dataset.name} has none")
+            raise ConfigError(f"method=sait trains a classifier on labels; dataset={run.dataset_name} has none")
         if m.mode not in MODES:
             raise ConfigError(f"method.mode={m.mode!r} is not one of {', '.join(MODES)}")
         layers = len(model.encoder.layers)
         if not all(0 <= layer < layers for layer in m.prune_layers):
-            raise ConfigError(f"method.prune_layers={list(m.prune_layers)} must be layers in 0..{layers - 1} of model={cfg.model.name}")
+            raise ConfigError(f"method.prune_layers={list(m.prune_layers)} must be layers in 0..{layers - 1} of model={run.model_name}")
         low_high = list(m.train_densities)
         if len(low_high) != 2 or not 0.0 < low_high[0] <= low_high[1] <= 1.0:
             raise ConfigError(f"method.train_densities={low_high} must be [low, high] with 0 < low ≤ high ≤ 1")
         for value in m.eval_densities:
             parse_density(value, "method.eval_densities")
         if m.teacher != "self" and not Path(m.teacher).is_file():
-            raise ConfigError(f"method.teacher={m.teacher!r}: no such checkpoint file; give a state-dict file of model={cfg.model.name} or 'self'")
+            raise ConfigError(f"method.teacher={m.teacher!r}: no such checkpoint file; give a state-dict file of model={run.model_name} or 'self'")
         budgeted = budget.kind in ("flops", "tokens")
         if m.density == "budget":
             if not budgeted:
@@ -106,13 +107,13 @@ class SaiTMethod:
         model.encoder.token_selector = selector
         stages: dict[str, float] = {}
         start = time.perf_counter()
-        weights = trained_checkpoint_path(ctx.cfg, RUN_TIME_KEYS)
-        if weights.exists():
+        weights = ctx.trained_weights(RUN_TIME_KEYS) if ctx.trained_weights is not None else None
+        if weights is not None and weights.exists():
             log.info("SaiT weights of this config found in %s; evaluating only", weights)
             load_checkpoint(model, weights)
         else:
             self._train(model, ctx)
-            if is_primary():
+            if weights is not None and is_primary():
                 save_checkpoint(model, weights)
         stages["train"] = time.perf_counter() - start
 
@@ -130,7 +131,7 @@ class SaiTMethod:
         stats = {"density": "dense" if density is None else density, "prune_layers": selector.prune_layers, "densities": curve}
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         (ctx.run_dir / "densities.json").write_text(json.dumps(stats, indent=1))
-        plot_density_curve(curve, ctx.run_dir / "density_curve.png", f"SaiT on {ctx.cfg.dataset.name}: one checkpoint, every density")
+        plot_density_curve(curve, ctx.run_dir / "density_curve.png", f"SaiT on {ctx.run.dataset_name}: one checkpoint, every density")
         model.eval()
         return MethodResult(model, stats=stats, stages=stages, artifacts={"densities": "densities.json", "density_curve": "density_curve.png"})
 
@@ -142,10 +143,10 @@ class SaiTMethod:
             load_checkpoint(teacher, Path(m.teacher))
             teacher.encoder.token_selector = SaiTSelector([], num_protected=model.num_protected)
             teacher.requires_grad_(False).train()  # Lightning expects train mode at fit start; each use switches it to eval
-        module = DenseSparseModule(model, dm.num_labels, dm.metric, m, teacher=teacher, seed=ctx.cfg.seed)
+        module = DenseSparseModule(model, dm.num_labels, dm.metric, m, teacher=teacher, seed=ctx.run.seed)
         log.info("SaiT dense/sparse training for %.3g epochs", m.epochs)
         # the trained weights are cached, so the state need not outlive the training
-        fit(module, model, dm, m.epochs, ctx.cfg.trainer, ctx.make_trainer, ctx.resume_state("sait"), "SaiT training", keep_final=False)
+        fit(module, model, dm, m.epochs, ctx.run.trainer, ctx.make_trainer, ctx.resume_state("sait"), "SaiT training", keep_final=False)
         model.encoder.token_selector.reset()
 
     def _density_for(self, model: TransformerClassifier, ctx: MethodContext, target: float) -> float:
@@ -163,11 +164,11 @@ class SaiTMethod:
 
     def _density_curve(self, model: TransformerClassifier, ctx: MethodContext) -> list[dict[str, Any]]:
         """Accuracy, FLOPs ratio and measured throughput speedup of the one checkpoint at each ``eval_densities``."""
-        selector, measure = model.encoder.token_selector, ctx.cfg.measure
+        selector, measure = model.encoder.token_selector, ctx.run.measure
         dense_path = copy.deepcopy(model).eval()
         dense_path.encoder.token_selector = None
         batch = first_examples(ctx.datamodule.test_dataloader(), max(measure.latency_batch_sizes))
-        dense_eval = evaluate(ctx.cfg, dense_path, ctx.datamodule, ctx.make_trainer, reference=dense_path)
+        dense_eval = evaluate(dense_path, ctx.datamodule, ctx.make_trainer, dense_path, measure.flops_batches)
         curve = []
         for value in self.cfg.eval_densities:
             density = parse_density(value, "method.eval_densities")
@@ -175,7 +176,7 @@ class SaiTMethod:
             if density is None:
                 result, speedup = dense_eval, 1.0
             else:
-                result = evaluate(ctx.cfg, model, ctx.datamodule, ctx.make_trainer, reference=dense_path)
+                result = evaluate(model, ctx.datamodule, ctx.make_trainer, dense_path, measure.flops_batches)
                 a, b = compare_latency(dense_path, model.eval(), batch, warmup=measure.warmup, repeats=measure.repeats, threads=measure.threads)
                 speedup = a.median_s / b.median_s
             curve.append(
