@@ -413,6 +413,25 @@ def test_ltp_trains_through_compress_to_its_tokens_budget_and_saves(tmp_path) ->
     assert rebuilt.encoder.token_selector.hard
 
 
+def test_a_seed_makes_training_through_compress_repeat_itself() -> None:
+    """The same call with the same seed trains the same model, whatever the generators' state before it."""
+    import copy
+
+    torch.manual_seed(0)
+    model, train, held_out = small_bert(), text_batches(2), text_batches(1)
+    options = {"calibration_examples": 16}
+    trained = []
+    for draw in (1, 2):
+        torch.manual_seed(draw)  # a different state before each call
+        small, _ = compress(copy.deepcopy(model), "ltp", 0.85, train_data=train, eval_data=held_out, epochs=1, options=options, seed=3)
+        trained.append(small.state_dict())
+    assert trained[0].keys() == trained[1].keys() and all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    with pytest.raises(ConfigError, match="seed=-1"):
+        compress(model, "ltp", 0.85, train_data=train, eval_data=held_out, seed=-1)
+    with pytest.raises(ConfigError, match="seed: method=fisher_prune compresses without training"):
+        compress(model, "fisher_prune", 0.6, data=train, seed=3)
+
+
 def test_sait_trains_through_compress_to_its_flops_budget_and_saves(tmp_path) -> None:
     """SaiT's dense/sparse training on the user's images, then the density meeting the budget; the result keeps its selector."""
     torch.manual_seed(0)

@@ -96,6 +96,7 @@ def compress(
     train_data: Iterable[Any] | None = None,
     eval_data: Iterable[Any] | None = None,
     epochs: float | None = None,
+    seed: int | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` post-training and return trimlab's compressed model with a :class:`CompressionReport`.
 
@@ -129,7 +130,10 @@ def compress(
     ``budget=Budget("none")``), the density curve in ``report.stats["densities"]``.
     ``method="mait"`` (a ViT): fine-tunes the model with locality masks on its
     heads for ``epochs`` (default 1) with trimlab's fine-tuning recipe
-    (:class:`~trimlab.config.FinetuneConfig`); it takes no budget.
+    (:class:`~trimlab.config.FinetuneConfig`); it takes no budget. ``seed``: seeds
+    Python, NumPy and torch (Lightning's ``seed_everything``) before training, as a
+    run's ``seed`` does, so the same call trains the same model; left out, training
+    draws from the generators as they are. Post-training methods draw nothing and refuse it.
 
     The returned model takes the same batches and returns ``.logits``. A bad
     argument raises :class:`~trimlab.config.ConfigError` (a ValueError) naming it
@@ -137,8 +141,8 @@ def compress(
     """
     _check_bits(bits)
     if isinstance(method, str) and method in TRAINED:
-        return _train(model, method, budget, data, options or {}, output_dir, train_data, eval_data, epochs, bits)
-    for arg, value in (("train_data", train_data), ("eval_data", eval_data), ("epochs", epochs)):
+        return _train(model, method, budget, data, options or {}, output_dir, train_data, eval_data, epochs, bits, seed)
+    for arg, value in (("train_data", train_data), ("eval_data", eval_data), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             raise ConfigError(f"{arg}: method={method} compresses without training; give data=, or a training method ({', '.join(TRAINED)})")
     name, steps, accepted = _method_steps(method, options or {})
@@ -229,6 +233,7 @@ def _train(
     eval_data: Any,
     epochs: float | None,
     bits: int | None,
+    seed: int | None,
 ) -> tuple[nn.Module, CompressionReport]:
     """:func:`compress` for a training method: the method's own ``check`` and ``apply``, on the user's batches."""
     import lightning.pytorch as pl
@@ -239,6 +244,8 @@ def _train(
 
     if data is not None:
         raise ConfigError(f"data: method={name} trains; give train_data= (labelled batches) and eval_data= instead")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     if bits is not None:
         raise ConfigError(f"bits={bits}: method={name} does not quantize; quantize its result with compress(small, 'pwlq', bits=...)")
     cfg = method_config(name)
@@ -279,8 +286,10 @@ def _train(
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(work))  # fmt: skip
         return pl.Trainer(**{**settings, **overrides})
 
+    if seed is not None:
+        pl.seed_everything(seed, workers=True, verbose=False)
     with _work_dir(output_dir) as work:
-        run = RunContext(work / "cache", model_name=type(model).__name__, dataset_name="train_data", recipe=recipe)
+        run = RunContext(work / "cache", seed=seed or 0, model_name=type(model).__name__, dataset_name="train_data", recipe=recipe)
         method.check(run, budget, trained, user)
         dense_flops = mean_flops_per_example(trained, user.eval, max_batches=len(user.eval))
         dense_params = count_params(trained)
