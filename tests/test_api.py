@@ -440,6 +440,7 @@ def test_sait_trains_through_compress_to_its_flops_budget_and_saves(tmp_path) ->
     small, report = compress(tiny_vit(), "sait", 0.7, train_data=train, eval_data=held_out, epochs=1, options=options)
     assert report.budget == Budget("flops", 0.7) and report.method == "sait" and {"train", "calibrate", "density_curve"} <= set(report.stages)
     assert [point["density"] for point in report.stats["densities"]] == ["dense", "0.5"]
+    assert {point["latency_device"] for point in report.stats["densities"]} == {"cpu"}  # measure.device's default
     selector = small.encoder.token_selector
     assert 0.0 < selector.density < 1.0 and report.stats["density"] == selector.density and report.flops_ratio < 1.0
     rebuilt = assert_reloads_identically(small, held_out, tmp_path / "sait")

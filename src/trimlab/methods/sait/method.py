@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -29,7 +30,8 @@ from trimlab.methods.sait.module import DenseSparseModule
 from trimlab.methods.sait.plot import plot_density_curve
 from trimlab.methods.sait.selector import MODES, SaiTSelector
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.engine import evaluate, first_examples, fit
+from trimlab.engine import evaluate, first_examples, fit, placed_on
+from trimlab.models.placement import batch_for
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,9 @@ class SaiTMethod:
                 result, speedup = dense_eval, 1.0
             else:
                 result = evaluate(model, ctx.datamodule, ctx.make_trainer, dense_path, measure.flops_batches)
-                a, b = compare_latency(dense_path, model.eval(), batch, warmup=measure.warmup, repeats=measure.repeats, threads=measure.threads)
+                with placed_on(torch.device(measure.device), dense_path, model):  # timed where the run times (measure.device)
+                    placed = batch_for(dense_path, batch)
+                    a, b = compare_latency(dense_path, model.eval(), placed, warmup=measure.warmup, repeats=measure.repeats, threads=measure.threads)
                 speedup = a.median_s / b.median_s
             curve.append(
                 {
@@ -186,6 +190,7 @@ class SaiTMethod:
                     "flops_ratio": result["flops"] / dense_eval["flops"],
                     "throughput_speedup": speedup,
                     "batch_size": len(next(iter(batch.values()))),
+                    "latency_device": measure.device,
                 }
             )
             log.info("SaiT density %s: %s=%.4f, FLOPs %.3fx, throughput %.2fx", value, result["metric_name"], result["metric"], curve[-1]["flops_ratio"], speedup)
