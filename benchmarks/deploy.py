@@ -22,7 +22,9 @@ Variants (one JSON line per variant and batch size, then a Markdown table):
 Compression goes through trimlab's Python API (``trimlab.compress``) on the
 training split's sample batches. Accuracy (with a 95% bootstrap interval) is
 each engine's own predictions on the first ``--examples`` test examples;
-``agreement`` is the fraction equal to the PyTorch model the engine deploys.
+``pytorch_accuracy`` is the PyTorch model's the engine deploys (simulated
+quantization for the quantized ones) and ``agreement`` the fraction of
+predictions equal to it.
 FLOPs ratios are trimlab's analytic count (unpadded lengths, kept tokens),
 precision left out. Latency: one process, every engine warmed, threads pinned
 (``torch.set_num_threads`` and ONNX Runtime's intra/inter-op threads =
@@ -60,7 +62,7 @@ from common import add_overrides_argument, compose_config, dense_model  # benchm
 VARIANTS = ("dense", "dense_ort", "dense_ort_int8", "fisher", "fisher_w8a8", "fisher_ltp_w8a8", "pwlq_w8_int")
 PEER = "dense_ort_int8"
 ROW_KEYS = (
-    "model", "dataset", "variant", "engine", "batch", "accuracy", "accuracy_ci", "dense_accuracy", "agreement",
+    "model", "dataset", "variant", "engine", "batch", "accuracy", "accuracy_ci", "dense_accuracy", "pytorch_accuracy", "agreement",
     "flops_ratio", "size_mb", "latency_ms", "throughput_per_s", "speedup_vs_dense", "speedup_vs_peer", "threads", "note",
 )  # fmt: skip
 
@@ -250,16 +252,17 @@ def measure_rows(
 ) -> list[dict]:
     """One row per variant and batch size (keys :data:`ROW_KEYS`): accuracy of each engine on ``examples``, latency on the first ``timed``."""
     labels = torch.cat([e["labels"] for e in examples]).numpy()
-    accuracy: dict[int, tuple[float, float, float, float]] = {}  # id(engine) → accuracy, low, high, agreement
+    accuracy: dict[int, tuple[float, float, float, float, float]] = {}  # id(engine) → accuracy, low, high, PyTorch's, agreement
     reference = {}
     for variant in variants:
         if id(variant.reference) not in reference:
             reference[id(variant.reference)] = predictions(pytorch_engine(variant.reference), examples, 32)
+        deployed = reference[id(variant.reference)]
         for engine in variant.engines.values():
             if id(engine) not in accuracy:
                 predicted = predictions(engine, examples, 32)
                 acc, low, high = metric_interval(labels, predicted, "accuracy")
-                accuracy[id(engine)] = (acc, low, high, float((predicted == reference[id(variant.reference)]).mean()))
+                accuracy[id(engine)] = (acc, low, high, float((deployed == labels).mean()), float((predicted == deployed).mean()))
     dense_accuracy = accuracy[id(engines_for(variants[0], 1))][0]
     rows = []
     for batch in batch_sizes:
@@ -267,11 +270,11 @@ def measure_rows(
         ms = interleaved_ms(engines, padded(examples[:timed], batch), repeats)
         for variant in variants:
             engine = engines[variant.name]
-            acc, low, high, agreement = accuracy[id(engine)]
+            acc, low, high, pytorch_accuracy, agreement = accuracy[id(engine)]
             rows.append({
                 "model": model, "dataset": dataset, "variant": variant.name, "engine": engine.name, "batch": batch,
                 "accuracy": round(acc, 4), "accuracy_ci": [round(low, 4), round(high, 4)], "dense_accuracy": round(dense_accuracy, 4),
-                "agreement": round(agreement, 4), "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
+                "pytorch_accuracy": round(pytorch_accuracy, 4), "agreement": round(agreement, 4), "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
                 "latency_ms": round(ms[variant.name], 3), "throughput_per_s": round(1000 * batch / ms[variant.name], 1),
                 "speedup_vs_dense": round(ms["dense"] / ms[variant.name], 3), "speedup_vs_peer": round(ms[PEER] / ms[variant.name], 3),
                 "threads": threads, "note": "; ".join(n for n in (variant.note, engine.note) if n),
