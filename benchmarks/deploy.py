@@ -81,12 +81,19 @@ class Engine:
 @dataclass
 class Variant:
     name: str
-    engines: dict[int, Engine]
-    """Batch size → the engine that runs it."""
+    engine: Engine
     reference: nn.Module
     """The PyTorch model the engines deploy (its predictions give the agreement)."""
     flops_ratio: float
     note: str = ""
+    single: Engine | None = None
+    """Another engine for batch 1, where one runs single examples only (LTP's gathered graph)."""
+
+    def engine_at(self, batch: int) -> Engine:
+        return self.single if batch == 1 and self.single is not None else self.engine
+
+    def engines(self) -> list[Engine]:
+        return [e for e in (self.single, self.engine) if e is not None]
 
 
 def pytorch_engine(model: nn.Module, name: str = "pytorch") -> Engine:
@@ -178,21 +185,15 @@ def build_variants(
     two_branch_engine = pytorch_engine(two_branch, f"pytorch_int8_two_branch ({default_kernel()})")
     fisher_ratio = ratio(fisher)
     ltp_note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
-    every = lambda engine: {1: engine, 32: engine}  # noqa: E731  (any batch size: see engines_for)
     return [
-        Variant("dense", every(dense_engine), dense, 1.0),
-        Variant("dense_ort", every(ort["dense"]), dense, 1.0),
-        Variant(PEER, every(peer), dense, 1.0, "the peer: ORT quantize_dynamic, int8 weights per channel"),
-        Variant("fisher", every(ort["fisher"]), fisher, fisher_ratio, f"Fisher {fisher_target:g} of FLOPs, physically pruned"),
-        Variant("fisher_w8a8", every(qdq), fisher_w8a8, fisher_ratio, "static W8A8, trimlab's calibrated per-tensor input scales; embeddings float"),
-        Variant("fisher_ltp_w8a8", {1: gathered, 32: masked}, ltp, ratio(ltp_float), ltp_note),
-        Variant("pwlq_w8_int", every(two_branch_engine), pwlq, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear"),
+        Variant("dense", dense_engine, dense, 1.0),
+        Variant("dense_ort", ort["dense"], dense, 1.0),
+        Variant(PEER, peer, dense, 1.0, "the peer: ORT quantize_dynamic, int8 weights per channel"),
+        Variant("fisher", ort["fisher"], fisher, fisher_ratio, f"Fisher {fisher_target:g} of FLOPs, physically pruned"),
+        Variant("fisher_w8a8", qdq, fisher_w8a8, fisher_ratio, "static W8A8, trimlab's calibrated per-tensor input scales; embeddings float"),
+        Variant("fisher_ltp_w8a8", masked, ltp, ratio(ltp_float), ltp_note, single=gathered),
+        Variant("pwlq_w8_int", two_branch_engine, pwlq, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear"),
     ]
-
-
-def engines_for(variant: Variant, batch: int) -> Engine:
-    """The engine that runs ``variant`` at ``batch``: the one set for batch 1 at 1, else the one set for the largest."""
-    return variant.engines[1] if batch == 1 else variant.engines[max(variant.engines)]
 
 
 def singles(batches: Sequence[Mapping[str, Tensor]], count: int) -> list[dict[str, Tensor]]:
@@ -258,15 +259,15 @@ def measure_rows(
         if id(variant.reference) not in reference:
             reference[id(variant.reference)] = predictions(pytorch_engine(variant.reference), examples, 32)
         deployed = reference[id(variant.reference)]
-        for engine in variant.engines.values():
+        for engine in variant.engines():
             if id(engine) not in accuracy:
                 predicted = predictions(engine, examples, 32)
                 acc, low, high = metric_interval(labels, predicted, "accuracy")
                 accuracy[id(engine)] = (acc, low, high, float((deployed == labels).mean()), float((predicted == deployed).mean()))
-    dense_accuracy = accuracy[id(engines_for(variants[0], 1))][0]
+    dense_accuracy = accuracy[id(variants[0].engine_at(1))][0]
     rows = []
     for batch in batch_sizes:
-        engines = {v.name: engines_for(v, batch) for v in variants}
+        engines = {v.name: v.engine_at(batch) for v in variants}
         ms = interleaved_ms(engines, padded(examples[:timed], batch), repeats)
         for variant in variants:
             engine = engines[variant.name]
@@ -274,7 +275,8 @@ def measure_rows(
             rows.append({
                 "model": model, "dataset": dataset, "variant": variant.name, "engine": engine.name, "batch": batch,
                 "accuracy": round(acc, 4), "accuracy_ci": [round(low, 4), round(high, 4)], "dense_accuracy": round(dense_accuracy, 4),
-                "pytorch_accuracy": round(pytorch_accuracy, 4), "agreement": round(agreement, 4), "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
+                "pytorch_accuracy": round(pytorch_accuracy, 4), "agreement": round(agreement, 4),
+                "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
                 "latency_ms": round(ms[variant.name], 3), "throughput_per_s": round(1000 * batch / ms[variant.name], 1),
                 "speedup_vs_dense": round(ms["dense"] / ms[variant.name], 3), "speedup_vs_peer": round(ms[PEER] / ms[variant.name], 3),
                 "threads": threads, "note": "; ".join(n for n in (variant.note, engine.note) if n),
@@ -311,6 +313,14 @@ def main() -> None:
     parser.add_argument("--output-dir", default="outputs")
     add_overrides_argument(parser, "extra Hydra overrides, e.g. dataset.sample_size=512")
     args = parser.parse_args()
+    for name in ("examples", "timed", "repeats", "threads", "calibration_examples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
+    for name in ("fisher_target", "ltp_target"):
+        if not 0 < getattr(args, name) <= 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a FLOPs ratio in (0, 1]")
+    if min(args.batch_sizes) < 1:
+        parser.error(f"--batch-sizes {args.batch_sizes}: give positive batch sizes")
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=fisher_prune", *args.overrides)
