@@ -38,8 +38,11 @@ def add_overrides_argument(parser: argparse.ArgumentParser, description: str) ->
     parser.add_argument("overrides", nargs="*", help=f"{description}; give them first: an option taking a list would read them as its values")
 
 
-def dense_model(cfg: DictConfig, run_dir: Path) -> tuple[torch.nn.Module, Any, Callable[..., Any]]:
-    """The dense model in eval mode (from trimlab's checkpoint cache, fine-tuned on a miss), its set-up datamodule, a trainer factory."""
+def dense_model(cfg: DictConfig, run_dir: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, Any, Callable[..., Any]]:
+    """The dense model in eval mode (from trimlab's checkpoint cache, fine-tuned on a miss), its set-up datamodule, a trainer factory.
+
+    ``checkpoint``: the fine-tuned weights to load instead of the cache's (they must exist).
+    """
     torch.manual_seed(cfg.seed)
     built = build_model(cfg.model, cfg.dataset.num_labels)
     dm = build_datamodule(cfg.dataset, built, cfg.seed)
@@ -48,6 +51,11 @@ def dense_model(cfg: DictConfig, run_dir: Path) -> tuple[torch.nn.Module, Any, C
     def make_trainer(**overrides: Any) -> Any:
         return build_trainer(cfg, Tracker(None), run_dir, **overrides)
 
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"dense checkpoint {checkpoint} does not exist; leave it out to use (or make) trimlab's dense cache")
+        load_checkpoint(built.model, checkpoint)
+        return built.model.eval(), dm, make_trainer
     checkpoint = dense_checkpoint_path(cfg)
     if cfg.finetune.enabled:
         if checkpoint.exists():

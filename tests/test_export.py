@@ -26,6 +26,7 @@ from trimlab.methods.sait.selector import SaiTSelector
 from trimlab.models.classifier import ClassifierHead, TransformerClassifier
 from trimlab.models.cnn import CnnClassifier, small_cnn
 from trimlab.models.embeddings import TextEmbeddings
+from trimlab.models import encoder as encoder_module
 from trimlab.models.encoder import Encoder, EncoderSpec
 from trimlab.models.vision import vit_classifier
 from trimlab.results.record import RunRecord, write_record
@@ -152,6 +153,15 @@ def test_token_pruned_models_export_with_dropped_tokens_masked(case: str, fmt: s
         assert (model(others[0]).encoder.kept_tokens[-1] < tokens).any()  # the selector does drop tokens
     path = export_model(model, example, tmp_path / f"model{SUFFIX[fmt]}", fmt)
     for batch in [example, *others]:
+        assert max_logit_difference(path, model, batch) <= 1e-4
+
+
+def test_a_masked_ltp_export_reads_attention_in_one_chunk_whatever_the_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The encoder reads received attention a few examples at a time; traced, that split would freeze at the example's batch."""
+    monkeypatch.setattr(encoder_module, "RECEIVED_CHUNK", 1)  # eager: one example per chunk
+    model = ltp_model()
+    path = export_model(model, TEXT_EXAMPLE, tmp_path / "model.onnx", "onnx")
+    for batch in [text_batch(5, 11, seed=4), *TEXT_OTHERS]:
         assert max_logit_difference(path, model, batch) <= 1e-4
 
 

@@ -481,7 +481,8 @@ class Attention(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Context and :func:`received_attention`, a few examples at a time, so each block of probabilities stays in cache."""
         b, h, n, _ = q.shape
-        step = max(1, RECEIVED_CHUNK // (h * n * n))
+        # traced (an export), the chunking would freeze at the example's batch and length: one chunk, whatever the input
+        step = b if torch.jit.is_tracing() else max(1, RECEIVED_CHUNK // (h * n * n))
         contexts, received = [], []
 
         def part(t: Tensor | None, i: int) -> Tensor | None:  # a mask's rows for examples i.., or the one shared by all

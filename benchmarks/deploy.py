@@ -1,0 +1,344 @@
+"""What a deployer reads: trimlab's compressed models on real engines against the dense model and its ONNX Runtime int8 form.
+
+Variants (one JSON line per variant and batch size, then a Markdown table):
+
+- ``dense``: the fine-tuned dense model, PyTorch FP32.
+- ``dense_ort``: its float ONNX graph in ONNX Runtime.
+- ``dense_ort_int8``: ONNX Runtime's dynamic int8 of that graph
+  (``quantize_dynamic``, int8 weights per channel): what a user ships without
+  trimlab, **the peer**.
+- ``fisher``: Fisher pruning to ``--fisher-target`` of the FLOPs, physically
+  pruned, ONNX Runtime float.
+- ``fisher_w8a8``: that model, uniform W8A8 calibrated by trimlab (static
+  per-tensor input scales, weights per output channel), QDQ ONNX.
+- ``fisher_ltp_w8a8``: the same with LTP token pruning. LTP's thresholds are
+  *searched* (bisected to ``--ltp-target`` of the Fisher model's FLOPs on the
+  calibration examples), not trained. Batch 1 runs the graph that gathers the
+  kept tokens; a larger batch runs the masked graph (every token computed):
+  gathering a batch freezes its kept count at export.
+- ``pwlq_w8_int``: PWLQ W8A8 of the dense model executed as two int8 GEMMs per
+  Linear (``two_branch_model``), PyTorch; its row also holds simulated PWLQ's accuracy.
+
+Compression goes through trimlab's Python API (``trimlab.compress``) on the
+training split's sample batches. Accuracy (with a 95% bootstrap interval) is
+each engine's own predictions on the first ``--examples`` test examples;
+``pytorch_accuracy`` is the PyTorch model's the engine deploys (simulated
+quantization for the quantized ones) and ``agreement`` the fraction of
+predictions equal to it.
+FLOPs ratios are trimlab's analytic count (unpadded lengths, kept tokens),
+precision left out. Latency: one process, every engine warmed, threads pinned
+(``torch.set_num_threads`` and ONNX Runtime's intra/inter-op threads =
+``--threads``); the first ``--timed`` test examples at each batch size (batch 1:
+each example unpadded; batch b: b examples padded to the longest), the variants
+taking turns on each input; per input the median over ``--repeats``, summed.
+``size_mb``: the file an ONNX engine loads, or the PyTorch model's state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import trimlab
+from trimlab.export import export_model
+from trimlab.measure.flops import mean_flops_per_example
+from trimlab.methods.ltp.selectors import LearnedThresholds
+from trimlab.methods.pwlq.integer import default_kernel, two_branch_model
+from trimlab.results.intervals import metric_interval
+
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
+
+VARIANTS = ("dense", "dense_ort", "dense_ort_int8", "fisher", "fisher_w8a8", "fisher_ltp_w8a8", "pwlq_w8_int")
+PEER = "dense_ort_int8"
+ROW_KEYS = (
+    "model", "dataset", "variant", "engine", "batch", "accuracy", "accuracy_ci", "dense_accuracy", "pytorch_accuracy", "agreement",
+    "flops_ratio", "size_mb", "latency_ms", "throughput_per_s", "speedup_vs_dense", "speedup_vs_peer", "threads", "note",
+)  # fmt: skip
+
+
+@dataclass
+class Engine:
+    """One way a variant runs: the engine's name, its logits for a batch, the bytes it loads, the largest batch it takes."""
+
+    name: str
+    logits: Callable[[Mapping[str, Tensor]], Tensor]
+    size_mb: float
+    max_batch: int | None = None
+    note: str = ""
+
+
+@dataclass
+class Variant:
+    name: str
+    engine: Engine
+    reference: nn.Module
+    """The PyTorch model the engines deploy (its predictions give the agreement)."""
+    flops_ratio: float
+    note: str = ""
+    single: Engine | None = None
+    """Another engine for batch 1, where one runs single examples only (LTP's gathered graph)."""
+
+    def engine_at(self, batch: int) -> Engine:
+        return self.single if batch == 1 and self.single is not None else self.engine
+
+    def engines(self) -> list[Engine]:
+        return [e for e in (self.single, self.engine) if e is not None]
+
+
+def pytorch_engine(model: nn.Module, name: str = "pytorch") -> Engine:
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, Tensor)) / 2**20
+
+    @torch.inference_mode()
+    def logits(batch: Mapping[str, Tensor]) -> Tensor:
+        return model(dict(batch)).logits.float()
+
+    return Engine(name, logits, size)
+
+
+def ort_engine(path: Path, name: str, threads: int, max_batch: int | None = None, note: str = "") -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def logits(batch: Mapping[str, Tensor]) -> Tensor:
+        return torch.from_numpy(session.run(["logits"], {n: batch[n].numpy() for n in names})[0])
+
+    return Engine(name, logits, path.stat().st_size / 2**20, max_batch, note)
+
+
+def searched_thresholds(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], target: float, steps: int = 12) -> float:
+    """LTP's ``final_threshold`` bisected so that ``model`` with it keeps ``target`` of its FLOPs on ``batches``."""
+    layers = len(model.encoder.layers)
+    base = mean_flops_per_example(model, batches, max_batches=len(batches))
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        mid = (low + high) / 2
+        model.encoder.token_selector = LearnedThresholds(layers, mid).eval()
+        ratio = mean_flops_per_example(model, batches, max_batches=len(batches)) / base
+        low, high = (mid, high) if ratio > target else (low, mid)
+    model.encoder.token_selector = None
+    return high
+
+
+def build_variants(
+    dense: nn.Module,
+    samples: Sequence[Mapping[str, Tensor]],
+    calibration: Sequence[Mapping[str, Tensor]],
+    test: Sequence[Mapping[str, Tensor]],
+    folder: Path,
+    threads: int,
+    fisher_target: float = 0.5,
+    ltp_target: float = 0.8,
+) -> list[Variant]:
+    """The seven variants of ``dense`` (a trimlab text classifier), ONNX files written under ``folder``.
+
+    ``samples``: Fisher's labelled sample batches; ``calibration``: the quantizers'
+    batches (and LTP's threshold search); ``test``: batches the FLOPs are counted on.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dense = dense.eval()
+    example = dict(test[0])
+    base = mean_flops_per_example(dense, test, max_batches=len(test))
+
+    def ratio(model: nn.Module) -> float:
+        return mean_flops_per_example(model, test, max_batches=len(test)) / base
+
+    def onnx(model: nn.Module, name: str, **kw: bool) -> Path:
+        return export_model(model, example, folder / f"{name}.onnx", "onnx", **kw)
+
+    dense_path = onnx(dense, "dense")
+    peer_path = folder / "dense_ort_int8.onnx"
+    quantize_dynamic(str(dense_path), str(peer_path), per_channel=True, weight_type=QuantType.QInt8)
+    fisher, _ = trimlab.compress(dense, "fisher_prune", budget=fisher_target, data=list(samples))
+    w8a8_options = {"act_bits": 8}
+    fisher_w8a8, _ = trimlab.compress(fisher, "uniform_ptq", bits=8, data=list(calibration), options=w8a8_options)
+    threshold = searched_thresholds(fisher, calibration, ltp_target)
+    ltp = copy.deepcopy(fisher_w8a8)
+    ltp.encoder.token_selector = LearnedThresholds(len(ltp.encoder.layers), threshold).eval()
+    ltp_float = copy.deepcopy(fisher)
+    ltp_float.encoder.token_selector = ltp.encoder.token_selector
+    pwlq, _ = trimlab.compress(dense, "pwlq", bits=8, data=list(calibration), options=w8a8_options)
+    two_branch = two_branch_model(pwlq)
+    dense_engine = pytorch_engine(dense)
+    ort = {name: ort_engine(path, "onnxruntime", threads) for name, path in (("dense", dense_path), ("fisher", onnx(fisher, "fisher")))}
+    peer = ort_engine(peer_path, "onnxruntime_int8_dynamic", threads)
+    qdq = ort_engine(onnx(fisher_w8a8, "fisher_w8a8"), "onnxruntime_qdq", threads)
+    gathered = ort_engine(onnx(ltp, "fisher_ltp_w8a8_gathered", gather_tokens=True), "onnxruntime_qdq_gathered", threads, 1,
+                          "kept tokens gathered")  # fmt: skip
+    masked = ort_engine(onnx(ltp, "fisher_ltp_w8a8_masked"), "onnxruntime_qdq_masked", threads, None,
+                        "batch > 1: dropped tokens masked, not removed (every token computed)")  # fmt: skip
+    two_branch_engine = pytorch_engine(two_branch, f"pytorch_int8_two_branch ({default_kernel()})")
+    fisher_ratio = ratio(fisher)
+    ltp_note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
+    return [
+        Variant("dense", dense_engine, dense, 1.0),
+        Variant("dense_ort", ort["dense"], dense, 1.0),
+        Variant(PEER, peer, dense, 1.0, "the peer: ORT quantize_dynamic, int8 weights per channel"),
+        Variant("fisher", ort["fisher"], fisher, fisher_ratio, f"Fisher {fisher_target:g} of FLOPs, physically pruned"),
+        Variant("fisher_w8a8", qdq, fisher_w8a8, fisher_ratio, "static W8A8, trimlab's calibrated per-tensor input scales; embeddings float"),
+        Variant("fisher_ltp_w8a8", masked, ltp, ratio(ltp_float), ltp_note, single=gathered),
+        Variant("pwlq_w8_int", two_branch_engine, pwlq, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear"),
+    ]
+
+
+def singles(batches: Sequence[Mapping[str, Tensor]], count: int) -> list[dict[str, Tensor]]:
+    """The first ``count`` examples of ``batches`` one by one, unpadded, labels kept apart under ``labels``."""
+    out: list[dict[str, Tensor]] = []
+    for batch in batches:
+        for i in range(len(batch["attention_mask"])):
+            length = int(batch["attention_mask"][i].sum())
+            out.append({k: v[i : i + 1] if k == "labels" else v[i : i + 1, :length] for k, v in batch.items()})
+            if len(out) == count:
+                return out
+    return out
+
+
+def padded(examples: Sequence[Mapping[str, Tensor]], size: int) -> list[dict[str, Tensor]]:
+    """``examples`` in batches of ``size``, each padded (zeros, attention mask 0) to its longest example; labels left out."""
+    out = []
+    for start in range(0, len(examples), size):
+        chunk = examples[start : start + size]
+        length = max(e["input_ids"].shape[1] for e in chunk)
+        out.append({
+            k: torch.cat([torch.nn.functional.pad(e[k], (0, length - e[k].shape[1])) for e in chunk])
+            for k in chunk[0] if k != "labels"
+        })  # fmt: skip
+    return out
+
+
+def predictions(engine: Engine, examples: Sequence[Mapping[str, Tensor]], batch: int) -> np.ndarray:
+    size = min(batch, engine.max_batch or batch)
+    return torch.cat([engine.logits(b).argmax(-1) for b in padded(examples, size)]).numpy()
+
+
+def interleaved_ms(engines: Mapping[str, Engine], inputs: Sequence[Mapping[str, Tensor]], repeats: int) -> dict[str, float]:
+    """Mean ms per input of each engine: per input the median over ``repeats``, the engines taking turns on each input."""
+    for engine in engines.values():  # warm-up: every shape family once, then the first input again
+        for batch in (inputs[0], inputs[-1], inputs[0]):
+            engine.logits(batch)
+    times: dict[str, list[list[float]]] = {name: [[] for _ in inputs] for name in engines}
+    for _ in range(repeats):
+        for i, batch in enumerate(inputs):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                engine.logits(batch)
+                times[name][i].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.mean(statistics.median(t) for t in per_input) for name, per_input in times.items()}
+
+
+def measure_rows(
+    variants: Sequence[Variant],
+    examples: Sequence[Mapping[str, Tensor]],
+    timed: int,
+    batch_sizes: Sequence[int],
+    repeats: int,
+    threads: int,
+    model: str,
+    dataset: str,
+) -> list[dict]:
+    """One row per variant and batch size (keys :data:`ROW_KEYS`): accuracy of each engine on ``examples``, latency on the first ``timed``."""
+    labels = torch.cat([e["labels"] for e in examples]).numpy()
+    accuracy: dict[int, tuple[float, float, float, float, float]] = {}  # id(engine) → accuracy, low, high, PyTorch's, agreement
+    reference = {}
+    for variant in variants:
+        if id(variant.reference) not in reference:
+            reference[id(variant.reference)] = predictions(pytorch_engine(variant.reference), examples, 32)
+        deployed = reference[id(variant.reference)]
+        for engine in variant.engines():
+            if id(engine) not in accuracy:
+                predicted = predictions(engine, examples, 32)
+                acc, low, high = metric_interval(labels, predicted, "accuracy")
+                accuracy[id(engine)] = (acc, low, high, float((deployed == labels).mean()), float((predicted == deployed).mean()))
+    dense_accuracy = accuracy[id(variants[0].engine_at(1))][0]
+    rows = []
+    for batch in batch_sizes:
+        engines = {v.name: v.engine_at(batch) for v in variants}
+        ms = interleaved_ms(engines, padded(examples[:timed], batch), repeats)
+        for variant in variants:
+            engine = engines[variant.name]
+            acc, low, high, pytorch_accuracy, agreement = accuracy[id(engine)]
+            rows.append({
+                "model": model, "dataset": dataset, "variant": variant.name, "engine": engine.name, "batch": batch,
+                "accuracy": round(acc, 4), "accuracy_ci": [round(low, 4), round(high, 4)], "dense_accuracy": round(dense_accuracy, 4),
+                "pytorch_accuracy": round(pytorch_accuracy, 4), "agreement": round(agreement, 4),
+                "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
+                "latency_ms": round(ms[variant.name], 3), "throughput_per_s": round(1000 * batch / ms[variant.name], 1),
+                "speedup_vs_dense": round(ms["dense"] / ms[variant.name], 3), "speedup_vs_peer": round(ms[PEER] / ms[variant.name], 3),
+                "threads": threads, "note": "; ".join(n for n in (variant.note, engine.note) if n),
+            })  # fmt: skip
+    return rows
+
+
+def markdown(rows: Sequence[Mapping]) -> str:
+    head = ["variant", "engine", "batch", "accuracy [95% CI]", "FLOPs", "MB", "ms", "ex/s", "× dense", "× peer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lo, hi = r["accuracy_ci"]
+        cells = [r["variant"], r["engine"], r["batch"], f"{r['accuracy']:.4f} [{lo:.3f}, {hi:.3f}]", f"{r['flops_ratio']:.3f}",
+                 f"{r['size_mb']:.1f}", f"{r['latency_ms']:.2f}", f"{r['throughput_per_s']:.1f}",
+                 f"{r['speedup_vs_dense']:.2f}", f"{r['speedup_vs_peer']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm_l6", help="a conf/model option (mpnet_base for MPNet)")
+    parser.add_argument("--dataset", default="tweets", help="a conf/dataset option (rotten_tomatoes)")
+    parser.add_argument("--dense-checkpoint", type=Path, default=None,
+                        help="the fine-tuned dense weights (safetensors); default: trimlab's dense cache under --output-dir, fine-tuned on a miss")  # fmt: skip
+    parser.add_argument("--examples", type=int, default=512, help="first test examples scored")
+    parser.add_argument("--timed", type=int, default=128, help="first test examples timed at each batch size")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the timed examples")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
+    parser.add_argument("--calibration-examples", type=int, default=512, help="training examples the quantizers calibrate on")
+    parser.add_argument("--fisher-target", type=float, default=0.5, help="Fisher's FLOPs ratio")
+    parser.add_argument("--ltp-target", type=float, default=0.8, help="LTP's FLOPs ratio of the Fisher model (thresholds searched)")
+    parser.add_argument("--output-dir", default="outputs")
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. dataset.sample_size=512")
+    args = parser.parse_args()
+    for name in ("examples", "timed", "repeats", "threads", "calibration_examples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
+    for name in ("fisher_target", "ltp_target"):
+        if not 0 < getattr(args, name) <= 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a FLOPs ratio in (0, 1]")
+    if min(args.batch_sizes) < 1:
+        parser.error(f"--batch-sizes {args.batch_sizes}: give positive batch sizes")
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(args.threads)
+    cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=fisher_prune", *args.overrides)
+    run_dir = Path(args.output_dir) / "benchmarks" / "deploy" / f"{cfg.model.name}-{cfg.dataset.name}"
+    dense, dm, _ = dense_model(cfg, run_dir, args.dense_checkpoint)
+    samples = list(dm.sample_dataloader(batch_size=cfg.method.batch_size))
+    calibration = samples[: -(-args.calibration_examples // cfg.method.batch_size)]
+    examples = singles(list(dm.test_dataloader()), args.examples)
+    test = padded(examples, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = build_variants(dense, samples, calibration, test, Path(tmp), args.threads, args.fisher_target, args.ltp_target)
+        rows = measure_rows(variants, examples, args.timed, args.batch_sizes, args.repeats, args.threads, cfg.model.name, cfg.dataset.name)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print(f"\n{cfg.model.name} × {cfg.dataset.name}, {len(examples)} test examples, {min(args.timed, len(examples))} timed, "
+          f"{args.threads} thread(s), {args.repeats} repeats\n")  # fmt: skip
+    print(markdown(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()

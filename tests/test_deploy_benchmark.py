@@ -1,0 +1,38 @@
+"""benchmarks/deploy.py's rows on a tiny random BERT: every variant at every batch size, the keys a deployer reads (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_api import small_bert, text_batches
+from trimlab.models.convert import to_trimlab
+
+pytest.importorskip("onnxruntime")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from deploy import ROW_KEYS, VARIANTS, build_variants, markdown, measure_rows, singles  # noqa: E402  (benchmarks/deploy.py)
+
+
+def test_every_variant_gets_a_row_per_batch_size_with_the_deployers_keys(tmp_path: Path) -> None:
+    batches = text_batches(4, num_labels=2)
+    dense = to_trimlab(small_bert(num_labels=2))
+    examples = singles(batches[2:], 16)
+    variants = build_variants(dense, batches[:2], batches[:2], batches[2:], tmp_path, threads=1)
+    rows = measure_rows(variants, examples, timed=4, batch_sizes=[1, 4], repeats=1, threads=1, model="tiny", dataset="random")
+    assert [(r["variant"], r["batch"]) for r in rows] == [(v, b) for b in (1, 4) for v in VARIANTS]
+    for row in rows:
+        assert tuple(row) == ROW_KEYS
+        json.dumps(row)
+        low, high = row["accuracy_ci"]
+        assert 0 <= low <= row["accuracy"] <= high <= 1
+        assert row["size_mb"] > 0 and row["latency_ms"] > 0
+    by = {(r["variant"], r["batch"]): r for r in rows}
+    assert by[("dense_ort_int8", 1)]["speedup_vs_peer"] == 1.0 and by[("dense", 4)]["speedup_vs_dense"] == 1.0
+    assert by[("fisher_ltp_w8a8", 1)]["engine"] == "onnxruntime_qdq_gathered"
+    assert by[("fisher_ltp_w8a8", 4)]["engine"] == "onnxruntime_qdq_masked"
+    assert by[("fisher", 1)]["flops_ratio"] < 0.8 and by[("fisher_ltp_w8a8", 1)]["flops_ratio"] <= by[("fisher", 1)]["flops_ratio"]
+    assert by[("dense_ort", 4)]["agreement"] == 1.0  # the float graph predicts what PyTorch does
+    assert markdown(rows).count("\n") == len(rows) + 1
