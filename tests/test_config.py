@@ -9,6 +9,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from trimlab.config import ConfigError, validate
+from trimlab.results.record import run_id
 
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ("model", "dataset", "method", "finetune", "budget", "trainer", "logger", "experiment")
@@ -146,6 +147,19 @@ def test_latency_is_timed_on_a_device_the_run_has(compose_cfg):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="measure.device=cuda but this machine has no CUDA device"):
             validate(compose_cfg("measure.device=cuda"))
+
+
+def test_latency_is_timed_where_the_trainer_computes_unless_told(compose_cfg):
+    """measure.device defaults to the trainer's device; an explicit value wins; the CPU default keeps run ids as they were."""
+    assert compose_cfg().measure.device == "cpu"
+    assert compose_cfg("trainer=gpu").measure.device == "cuda"
+    assert compose_cfg("trainer=ddp").measure.device == "cuda"
+    assert compose_cfg("trainer=ddp", "trainer.accelerator=cpu").measure.device == "cpu"
+    assert compose_cfg("trainer=gpu", "measure.device=cpu").measure.device == "cpu"
+    assert run_id(compose_cfg()) == run_id(compose_cfg("measure.device=cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no CUDA device; use trainer=cpu"):
+            validate(compose_cfg("trainer=gpu"))
 
 
 def test_lightning_trainer_options_are_schema_keys(compose_cfg):

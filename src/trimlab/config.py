@@ -396,6 +396,20 @@ MEASURE_DEVICES = ("cpu", "cuda")
 """Where a run may time its models (``measure.device``)."""
 
 
+def trainer_device(accelerator: str) -> str:
+    """``measure.device``'s default in a run (``conf/config.yaml``): where its trainer computes, so a GPU run times on its GPU."""
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator == "auto":
+        import torch  # here only: composing a config stays free of torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+OmegaConf.register_new_resolver("trainer_device", trainer_device, replace=True)
+
+
 @dataclass
 class MeasureConfig:
     """How the dense and compressed models are measured (same process, same machine)."""
@@ -410,7 +424,9 @@ class MeasureConfig:
     """Evaluation batches whose FLOPs are counted and averaged."""
     device: str = "cpu"
     """Where latency and throughput are timed: ``cpu`` (deployment on a CPU; the models leave the trainer's device
-    for it) or ``cuda`` (the first GPU). The record says which (``latency_device``)."""
+    for it) or ``cuda`` (the first GPU). A run's default is its trainer's device (``cuda`` under ``trainer=gpu``
+    or ``trainer=ddp``, else ``cpu``); ``measure.device=cpu`` times a GPU-trained model on the CPU. The record
+    says which (``latency_device``). ``compress()`` times (SaiT's density curve) on the CPU."""
     deployed: bool = True
     """A quantized model is also run as deployed, on an integer engine (PWLQ: two integer GEMMs per Linear in
     PyTorch; uniform int8: its QDQ ONNX graph in ONNX Runtime), over the same test set: the record gets
@@ -483,7 +499,16 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.mode not in ("offline", "online", "disabled"):
         raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not one of offline, online, disabled")
     process_count(cfg.trainer)
+    _validate_accelerator(cfg.trainer.accelerator)
     _validate_measure_device(cfg.measure.device)
+
+
+def _validate_accelerator(accelerator: str) -> None:
+    if trainer_device(accelerator) == "cuda" and accelerator != "auto":
+        import torch  # here only: composing a config stays free of torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA device; use trainer=cpu")
 
 
 def _validate_measure_device(device: str) -> None:
