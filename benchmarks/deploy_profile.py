@@ -5,7 +5,9 @@ pruning, uniform W8A8 calibration, ``quantize_dynamic``), runs each with
 ``SessionOptions.enable_profiling`` on the same first ``--timed`` test examples
 at each batch size (warm-up pass left out of the sums), and prints per op type
 the kernel time (ms per input, share of the graph's kernel time) and the
-number of nodes ONNX Runtime ran (after its graph optimizations).
+number of nodes ONNX Runtime ran (after its graph optimizations); then the
+kernels' sum and the whole ``model_run`` (kernels plus the executor's per-node
+overhead, which profiling itself inflates).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def build_graphs(dense: torch.nn.Module, samples: list, calibration: list, examp
 
 def op_profile(
     path: Path, inputs: Sequence[Mapping[str, Tensor]], repeats: int, prefix: Path
-) -> tuple[dict[str, float], dict[str, int]]:
-    """Kernel µs per op type over ``repeats`` passes over ``inputs`` (warm-up pass left out), and nodes per op type."""
+) -> tuple[dict[str, float], dict[str, int], float]:
+    """Kernel µs per op type over ``repeats`` passes over ``inputs`` (warm-up left out), nodes per op type, run µs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -66,23 +68,24 @@ def op_profile(
             nodes[op].add(e["name"])
             if e["ts"] >= warm_end:
                 micros[op] += e["dur"]
-    return dict(micros), {op: len(n) for op, n in nodes.items()}
+    run_micros = sum(r["dur"] for r in runs[len(inputs) :])
+    return dict(micros), {op: len(n) for op, n in nodes.items()}, run_micros
 
 
-def table(profiles: Mapping[str, tuple[dict[str, float], dict[str, int]]], per_input: int) -> str:
-    """Markdown: per op type, each graph's ms per input, share and node count; op types by the larger time."""
+def table(profiles: Mapping[str, tuple[dict[str, float], dict[str, int], float]], per_input: int) -> str:
+    """Markdown: per op type, each graph's ms per input, share of kernel time, node count; then the whole run's ms."""
     graphs = list(profiles)
-    ops = sorted({op for micros, _ in profiles.values() for op in micros},
+    ops = sorted({op for micros, _, _ in profiles.values() for op in micros},
                  key=lambda op: -max(profiles[g][0].get(op, 0) for g in graphs))  # fmt: skip
     head = ["op type"] + [f"{g} {c}" for g in graphs for c in ("ms", "share", "nodes")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     totals = {g: sum(profiles[g][0].values()) for g in graphs}
-    for op in ops + ["total"]:
+    for op in ops + ["kernels", "model_run"]:
         cells = [op]
         for g in graphs:
-            micros, nodes = profiles[g]
-            us = totals[g] if op == "total" else micros.get(op, 0.0)
-            count = sum(nodes.values()) if op == "total" else nodes.get(op, 0)
+            micros, nodes, run = profiles[g]
+            us = {"kernels": totals[g], "model_run": run}.get(op, micros.get(op, 0.0))
+            count = sum(nodes.values()) if op in ("kernels", "model_run") else nodes.get(op, 0)
             cells += [f"{us / 1000 / per_input:.2f}", f"{us / totals[g]:.1%}", str(count)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
