@@ -105,6 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.timed, args.repeats, args.calibration_examples, *args.batch_sizes) < 1:
         parser.error("--timed, --repeats, --calibration-examples and --batch-sizes: give positive numbers")
+    if not 0 < args.fisher_target <= 1:
+        parser.error(f"--fisher-target {args.fisher_target}: give a FLOPs ratio in (0, 1]")
     torch.set_num_threads(1)
     cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=fisher_prune")
     out = Path(args.output_dir) / "benchmarks" / "deploy_profile" / f"{cfg.model.name}-{cfg.dataset.name}"
