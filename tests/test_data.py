@@ -239,6 +239,21 @@ def test_photo_crops_are_deterministic_and_unlabelled() -> None:
     assert not torch.equal(a.train_set[0]["pixel_values"], a.test_set[0]["pixel_values"])
 
 
+def test_the_calibration_sample_changes_with_the_run_seed_and_the_test_crops_do_not() -> None:
+    """PWLQ's calibration sample is drawn with the run seed, so a spec's seeds cover calibration variation."""
+    cfg = image_cfg("photos", source="photos", num_labels=0, metric="agreement", crops_per_image=3, sample_size=8)
+    model = image_model(32, 3, [0.5, 0.5, 0.5])
+    modules = {seed: build_datamodule(cfg, model, seed=seed) for seed in (0, 1)}
+    again = build_datamodule(cfg, model, seed=0)
+
+    def sample(dm: TrimlabDataModule) -> torch.Tensor:
+        return torch.cat([b["pixel_values"] for b in dm.sample_dataloader(batch_size=4)])
+
+    assert torch.equal(sample(modules[0]), sample(again))
+    assert not torch.equal(sample(modules[0]), sample(modules[1]))
+    assert torch.equal(next(iter(modules[0].test_dataloader()))["pixel_values"], next(iter(modules[1].test_dataloader()))["pixel_values"])
+
+
 def make_image_tree(root: Path, classes: list[str], per_class: int) -> None:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -1,4 +1,4 @@
-"""Intervals with known answers: the paired bootstrap, Student t over seeds, verdicts."""
+"""Intervals with known answers: the paired bootstrap, Student t over seeds, the two pooled, verdicts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trimlab.results.intervals import paired_bootstrap, seed_interval, t_quantile, verdict
+from trimlab.results.intervals import paired_bootstrap, pooled_interval, seed_interval, t_quantile, verdict
 
 T_975 = {1: 12.706204736174694, 2: 4.302652729749462, 3: 3.1824463052837078, 4: 2.7764451051977934, 30: 2.0422724563012378}
 """Student t 0.975 quantiles (scipy.stats.t.ppf)."""
@@ -55,6 +55,16 @@ def test_seeds_on_one_test_split_pool_into_the_mean_delta() -> None:
     assert pooled[1] < pooled[0] < pooled[2]
     with pytest.raises(ValueError, match="one non-empty shape"):
         paired_bootstrap(one[0], one[1], other[2][:-1], "accuracy")
+
+
+def test_the_pooled_interval_adds_the_test_and_seed_half_widths_in_quadrature() -> None:
+    seed_half = T_975[2] * 1.0 / math.sqrt(3)  # per-seed values 1, 2, 3: stdev 1
+    delta, low, high = pooled_interval(2.0, 1.0, 4.0, [1.0, 2.0, 3.0])
+    assert delta == 2.0
+    assert low == pytest.approx(2.0 - math.hypot(1.0, seed_half))  # each side keeps its own test half-width
+    assert high == pytest.approx(2.0 + math.hypot(2.0, seed_half))
+    assert pooled_interval(2.0, 1.0, 4.0, [2.0, 2.0, 2.0]) == (2.0, 1.0, 4.0)  # seeds that agree add nothing
+    assert pooled_interval(2.0, 1.0, 4.0, [5.0]) == (2.0, 1.0, 4.0)  # one seed: no spread to go by
 
 
 def test_seed_interval_is_student_t() -> None:

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from trimlab.config import ConfigError
+from trimlab.results.aggregate import CellResult
+from trimlab.results.intervals import paired_bootstrap
 from trimlab.results.predictions import Predictions, write_predictions
-from trimlab.results.spec import load_spec
+from trimlab.results.record import RunRecord
+from trimlab.results.spec import Cell, load_spec
 from trimlab.results.table import LEGEND, main as table_main, trimlab_run_ids
 
 FIXTURES = Path(__file__).parent / "fixtures" / "table"
@@ -94,6 +97,20 @@ def test_a_compressed_cell_carries_the_paired_interval_and_is_marked_when_it_inc
     assert f"-2.0 [{float(pwlq['delta_vs_dense_ci_low']):+.1f}, {float(pwlq['delta_vs_dense_ci_high']):+.1f}]{marker} | 1 |" in text
     assert rows[("cnn_digits", "dense")]["delta_vs_dense"] == "" and rows[("cnn_digits", "dense")]["ci_low"] == "92.1469"
     assert ("$\\approx$ (98.5)" in (out / "table.tex").read_text()) is undecided
+
+
+def test_the_interval_of_compressed_minus_dense_covers_the_seeds_spread_too() -> None:
+    """Two seeds (two calibration samples) on one test split: −1 and −3 points; the test set alone would say ±~0.5."""
+    runs = [accuracy_shift(4000, 0, 40), accuracy_shift(4000, 0, 120)]
+    records = [RunRecord(f"r{i}", "completed", "cnn", "digits", "pwlq", {}, i, {}, compressed={"metric": 0.0}) for i in range(2)]
+    result = CellResult(Cell(("cnn",), "pwlq_4", ()), 100.0, records=records, predictions=runs)
+    test_only = paired_bootstrap(*(np.stack([getattr(p, part) for p in runs]) for part in ("labels", "dense", "compressed")), "accuracy")
+    delta, low, high = result.vs_dense
+    assert delta == pytest.approx(-2.0) and delta == pytest.approx(100 * test_only[0])
+    assert high - low > 10 * 100 * (test_only[2] - test_only[1])  # t(1 df) over a 2-point spread dwarfs the test noise
+    assert low < -3.0 and high > 0 and result.undecided  # two seeds that far apart cannot decide the sign
+    one_seed = CellResult(result.cell, 100.0, records=records[:1], predictions=runs[:1])
+    assert one_seed.vs_dense == pytest.approx(tuple(100 * v for v in paired_bootstrap(runs[0].labels, runs[0].dense, runs[0].compressed, "accuracy")))
 
 
 def test_the_listing_shows_compressed_minus_dense_where_runs_stored_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

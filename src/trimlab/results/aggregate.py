@@ -1,5 +1,5 @@
 """Records into a paper table's cells: seeds averaged with their interval, the paper's number, the missing runs, and
-whether compressed − dense is more than the test set's noise."""
+whether compressed − dense is more than the noise of the test set and of the seeds together."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trimlab.results.intervals import includes_zero, paired_bootstrap, seed_interval
-from trimlab.results.predictions import Predictions
+from trimlab.results.intervals import includes_zero, paired_bootstrap, pooled_interval, seed_interval
+from trimlab.results.predictions import Predictions, score
 from trimlab.results.record import RunRecord
 from trimlab.results.spec import Cell, Spec
 
@@ -58,11 +58,14 @@ class CellResult:
 
     @functools.cached_property
     def vs_dense(self) -> tuple[float, float, float] | None:
-        """Compressed − dense (× scale), averaged over seeds, and its 95% paired-bootstrap interval over the test examples.
+        """Compressed − dense (× scale), averaged over seeds, and its 95% interval over the test examples and the seeds.
 
         The seeds share the test split (``dataset.split_seed`` fixes it), so each
         resample draws one set of examples for all of them (see
-        :func:`~trimlab.results.intervals.paired_bootstrap`). None for the dense
+        :func:`~trimlab.results.intervals.paired_bootstrap`); with two seeds or more
+        the interval is widened by the spread of the per-seed differences (each seed
+        its own calibration sample and training order:
+        :func:`~trimlab.results.intervals.pooled_interval`). None for the dense
         column, and unless every seed stored its predictions on one split.
         """
         runs = self.predictions
@@ -71,7 +74,9 @@ class CellResult:
         if len({len(p.labels) for p in runs}) != 1 or len({p.metric for p in runs}) != 1:
             return None
         stack = [np.stack([getattr(p, part) for p in runs]) for part in ("labels", "dense", "compressed")]
-        delta, low, high = paired_bootstrap(*stack, metric=runs[0].metric)
+        metric = runs[0].metric
+        per_seed = [float(score(metric, p.labels, p.compressed) - score(metric, p.labels, p.dense)) for p in runs]
+        delta, low, high = pooled_interval(*paired_bootstrap(*stack, metric=metric), per_seed)
         return self.scale * delta, self.scale * low, self.scale * high
 
     @property

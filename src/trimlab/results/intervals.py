@@ -1,9 +1,12 @@
-"""Intervals that decide whether a difference is real: paired bootstrap over test examples, Student t over seeds, and verdicts.
+"""Intervals that decide whether a difference is real: paired bootstrap over test examples, Student t over seeds, both
+pooled, and verdicts.
 
 A mean over seeds hides how much a small test set alone can move a number.
 The paired bootstrap resamples the test examples once for both models, so
 what they share (the hard examples) cancels and only their difference varies;
-the seed interval says how far another set of seeds could move the mean.
+the seed interval says how far another set of seeds (another calibration
+sample, another training order) could move the mean; :func:`pooled_interval`
+covers both.
 Numpy only: no scipy in the results path.
 """
 
@@ -70,6 +73,23 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
         return mean, math.nan, math.nan
     half = t_quantile((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half
+
+
+def pooled_interval(
+    delta: float, low: float, high: float, per_seed: Sequence[float], level: float = 0.95
+) -> tuple[float, float, float]:
+    """``delta`` with its test-set interval ``[low, high]`` widened by the spread of its per-seed values.
+
+    The two noises are independent (the test examples are fixed by the split seed, the run seed draws the
+    calibration sample and the training order), so their half-widths add in quadrature, on each side: the
+    test part from the paired bootstrap, the seed part Student t over ``per_seed``. One seed leaves the
+    test interval as it is: there is no spread to go by.
+    """
+    _, seed_low, seed_high = seed_interval(per_seed, level)
+    if math.isnan(seed_low):
+        return delta, low, high
+    seed_half = (seed_high - seed_low) / 2
+    return delta, delta - math.hypot(delta - low, seed_half), delta + math.hypot(high - delta, seed_half)
 
 
 def includes_zero(low: float, high: float) -> bool:

@@ -11,8 +11,9 @@ every completed run.
 
 Each cell carries the 95% interval of its mean over seeds (Student t) and,
 from the runs' ``predictions.npz``, the 95% paired-bootstrap interval of
-compressed − dense on the same test examples; a cell whose interval includes
-0 is marked ``≈``: its test set does not tell it from the dense model.
+compressed − dense on the same test examples, widened by the seeds' spread
+where there are several; a cell whose interval includes 0 is marked ``≈``:
+its test set and seeds do not tell it from the dense model.
 Records without predictions (older runs, W&B) show no such interval.
 """
 
@@ -116,7 +117,8 @@ def spec_markdown(spec: Spec, results: list[CellResult]) -> str:
         cells = [_cell_text(by_cell.get((row, column)), spec.digits) for column in spec.columns]
         lines.append("| " + " | ".join([" / ".join(row), *cells]) + " |")
     if any(r.vs_dense is not None for r in results):
-        lines += ["", f"{LEGEND} Seeds share one resample of the test examples; Δ is their mean."]
+        lines += ["", f"{LEGEND} Seeds share one resample of the test examples; Δ is their mean; with several seeds the interval "
+                  "also covers their spread (calibration sample, training order): half-widths added in quadrature."]
     columns = [head, "column", "ours", "std", "95% CI", "paper", "ours − paper", "compressed − dense [95% CI]", "seeds", *spec.extra_columns]
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
