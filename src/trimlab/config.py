@@ -396,14 +396,21 @@ MEASURE_DEVICES = ("cpu", "cuda")
 """Where a run may time its models (``measure.device``)."""
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+"""``trainer.accelerator`` values that put the trainer on a CUDA device."""
+
+
+def cuda_available() -> bool:
+    """Whether this machine has a CUDA device, asked only when a config names one."""
+    import torch  # here only: composing a config stays free of torch
+
+    return torch.cuda.is_available()
+
+
 def trainer_device(accelerator: str) -> str:
     """``measure.device``'s default in a run (``conf/config.yaml``): where its trainer computes, so a GPU run times on its GPU."""
-    if accelerator in ("gpu", "cuda"):
+    if accelerator in GPU_ACCELERATORS or (accelerator == "auto" and cuda_available()):
         return "cuda"
-    if accelerator == "auto":
-        import torch  # here only: composing a config stays free of torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
     return "cpu"
 
 
@@ -504,21 +511,15 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_accelerator(accelerator: str) -> None:
-    if trainer_device(accelerator) == "cuda" and accelerator != "auto":
-        import torch  # here only: composing a config stays free of torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA device; use trainer=cpu")
+    if accelerator in GPU_ACCELERATORS and not cuda_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA device; use trainer=cpu")
 
 
 def _validate_measure_device(device: str) -> None:
     if device not in MEASURE_DEVICES:
         raise ConfigError(f"measure.device={device!r} is not one of {', '.join(MEASURE_DEVICES)}")
-    if device == "cuda":
-        import torch  # here only: composing a config stays free of torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("measure.device=cuda but this machine has no CUDA device; use measure.device=cpu")
+    if device == "cuda" and not cuda_available():
+        raise ConfigError("measure.device=cuda but this machine has no CUDA device; use measure.device=cpu")
 
 
 def check_keys(node: DictConfig, prefix: str = "") -> None:
@@ -582,7 +583,7 @@ def process_count(trainer: DictConfig) -> int:
         raise ConfigError(f"trainer.devices={devices} is out of range: give at least 1 device (or -1 for every GPU)")
     if trainer.strategy == "auto":
         return 1
-    if isinstance(devices, int) and devices == -1 and trainer.accelerator in ("gpu", "cuda"):
+    if isinstance(devices, int) and devices == -1 and trainer.accelerator in GPU_ACCELERATORS:
         import torch
 
         devices = torch.cuda.device_count()
