@@ -96,7 +96,7 @@ def test_more_than_one_percent_disagreement_fails_the_run_and_the_record_says_so
 
         return DeployedModel(deployed.engine, flipped)
 
-    monkeypatch.setattr("trimlab.run.deployed_model", flipping)
+    monkeypatch.setattr("trimlab.measure.deployed.deployed_model", flipping)
     cfg = compose_cfg(*tiny_bert_run(tiny_bert, "method=pwlq"))
     with pytest.raises(DeployedDisagreement, match=r"engine torch_two_branch_\w+\).* on \d+\.\d\d% of 128 test examples, over the 1% limit"):
         run(cfg)

@@ -32,8 +32,8 @@ from trimlab.data import build_datamodule, num_labels_of
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
-from trimlab.engine import build_trainer, compare, evaluate_predicting, finetune, first_examples, placed_on
-from trimlab.measure.deployed import check_disagreement, deployed_metrics, deployed_model, quantized_layers
+from trimlab.engine import build_trainer, compare, evaluate_predicting, finetune
+from trimlab.measure.deployed import check_disagreement, measure_deployed, quantized_layers
 from trimlab.measure.int8_kernel import int8_kernel_model
 from trimlab.measure.size import model_size_bytes
 from trimlab.methods import MethodContext, build_method, method_label
@@ -297,24 +297,14 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     if cfg.measure.deployed and quantized_layers(compressed):
         enter("measure_deployed")
         start = time.perf_counter()
-        deployed = _measure_deployed(compressed, datamodule, labels, compressed_preds)
+        deployed = measure_deployed(
+            compressed, datamodule.test_dataloader(), datamodule.metric, datamodule.num_labels, labels, compressed_preds
+        )
         record.compressed.update(deployed)
         if deployed.get("deployed_reason"):
             log.info("no deployed model to check: %s", deployed["deployed_reason"])
         record.stages["measure_deployed"] = time.perf_counter() - start
         check_disagreement(deployed, len(compressed_preds))  # the record keeps what was measured, the run fails
-
-
-def _measure_deployed(compressed: nn.Module, datamodule: Any, labels: np.ndarray, simulated: np.ndarray) -> dict[str, Any]:
-    """The quantized model on its integer engine (:mod:`trimlab.measure.deployed`): its ``deployed_*`` record entries."""
-    with tempfile.TemporaryDirectory(prefix="trimlab-deployed-") as workdir, placed_on(torch.device("cpu"), compressed):
-        example = first_examples(datamodule.test_dataloader(), 8)
-        deployed = deployed_model(compressed, example, Path(workdir))
-        if deployed is None:
-            return {}
-        return deployed_metrics(
-            deployed, datamodule.test_dataloader(), labels, simulated, datamodule.metric, datamodule.num_labels
-        )
 
 
 def _cache_dense(model: nn.Module, checkpoint: Path) -> None:

@@ -28,6 +28,7 @@ the ONNX exporter cannot trace.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trimlab.engine import first_examples, placed_on
 from trimlab.methods.pwlq.integer import default_kernel, two_branch_model
 from trimlab.models.placement import model_dtype
 from trimlab.training import task_metric
@@ -87,12 +89,46 @@ def deployed_model(model: nn.Module, example_batch: Mapping[str, Tensor], workdi
     return _onnxruntime_qdq(model, example_batch, workdir)
 
 
-def deployed_predictions(predict: Predict, loader: Iterable[Mapping[str, Tensor]], count: int, num_labels: int) -> np.ndarray:
-    """The predictions (class ids; values for one label) of the loader's first ``count`` examples, in loader order."""
+def measure_deployed(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Tensor]],
+    metric: str,
+    num_labels: int,
+    targets: np.ndarray | None = None,
+    simulated: np.ndarray | None = None,
+) -> dict[str, object]:
+    """The ``deployed_*`` entries of ``model`` on ``loader``'s examples, measured on the CPU; empty when nothing in it is quantized.
+
+    Entries: engine (and reason when none), metric on ``targets`` (their labels; none without), disagreement
+    with ``simulated`` (the model's own predictions, in loader order; predicted here, on the CPU, without).
+    Disagreement needs classes: a one-label (regression) model has none. ``loader`` is read more than once
+    (a DataLoader or a list of CPU batches); its first examples are what an ONNX export traces.
+    """
+    with tempfile.TemporaryDirectory(prefix="trimlab-deployed-") as workdir, placed_on(torch.device("cpu"), model):
+        deployed = deployed_model(model, first_examples(loader, 8), Path(workdir))
+        if deployed is None:
+            return {}
+        if deployed.predict is None:
+            return {"deployed_engine": deployed.engine, "deployed_reason": deployed.reason}
+        if simulated is None:
+            simulated = deployed_predictions(_torch_predictor(model), loader, num_labels)
+        preds = deployed_predictions(deployed.predict, loader, num_labels, len(simulated))
+    entries: dict[str, object] = {"deployed_engine": deployed.engine}
+    if targets is not None:
+        score = task_metric(metric, num_labels)
+        score.update(torch.from_numpy(preds), torch.from_numpy(targets))
+        entries["deployed_metric"] = float(score.compute())
+    if num_labels > 1:
+        entries["deployed_disagreement"] = float(np.mean(preds != simulated))
+    return entries
+
+
+def deployed_predictions(predict: Predict, loader: Iterable[Mapping[str, Tensor]], num_labels: int, count: int | None = None) -> np.ndarray:
+    """The predictions (class ids; values for one label) of the loader's first ``count`` examples (all without), in loader order."""
     parts: list[Tensor] = []
     seen = 0
     for batch in loader:
-        if seen >= count:
+        if count is not None and seen >= count:
             break
         logits = predict(batch)
         parts.append(logits.squeeze(-1).float() if num_labels == 1 else logits.argmax(-1))
@@ -100,39 +136,18 @@ def deployed_predictions(predict: Predict, loader: Iterable[Mapping[str, Tensor]
     return torch.cat(parts)[:count].numpy()
 
 
-def deployed_metrics(
-    deployed: DeployedModel,
-    loader: Iterable[Mapping[str, Tensor]],
-    targets: np.ndarray,
-    simulated: np.ndarray,
-    metric: str,
-    num_labels: int,
-) -> dict[str, object]:
-    """The record's ``deployed_*`` entries: engine (and reason), metric on ``targets``, disagreement with ``simulated``.
+def check_disagreement(entries: Mapping[str, object], examples: int, skip: str = "measure.deployed=false", data: str = "test") -> None:
+    """Raise :class:`DeployedDisagreement` when the recorded disagreement is over :data:`DISAGREEMENT_LIMIT`.
 
-    ``targets`` and ``simulated`` are the simulated model's test evaluation, in loader order.
-    Disagreement needs classes: a one-label (regression) task records none.
+    ``skip`` names the setting that turns the check off; ``data``, the examples it predicted.
     """
-    if deployed.predict is None:
-        return {"deployed_engine": deployed.engine, "deployed_reason": deployed.reason}
-    preds = deployed_predictions(deployed.predict, loader, len(simulated), num_labels)
-    score = task_metric(metric, num_labels)
-    score.update(torch.from_numpy(preds), torch.from_numpy(targets))
-    entries: dict[str, object] = {"deployed_engine": deployed.engine, "deployed_metric": float(score.compute())}
-    if num_labels > 1:
-        entries["deployed_disagreement"] = float(np.mean(preds != simulated))
-    return entries
-
-
-def check_disagreement(entries: Mapping[str, object], examples: int) -> None:
-    """Raise :class:`DeployedDisagreement` when the recorded disagreement is over :data:`DISAGREEMENT_LIMIT`."""
     share = entries.get("deployed_disagreement")
     if share is None or float(share) <= DISAGREEMENT_LIMIT:  # type: ignore[arg-type]
         return
     raise DeployedDisagreement(
         f"the deployed model (engine {entries['deployed_engine']}) predicts another class than the simulated model "
-        f"on {float(share):.2%} of {examples} test examples, over the {DISAGREEMENT_LIMIT:.0%} limit: the simulated "
-        "metric is not what this model gives deployed (measure.deployed=false skips this check)"
+        f"on {float(share):.2%} of {examples} {data} examples, over the {DISAGREEMENT_LIMIT:.0%} limit: the simulated "
+        f"metric is not what this model gives deployed ({skip} skips this check)"
     )
 
 
