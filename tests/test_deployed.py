@@ -1,4 +1,4 @@
-"""A quantized run's deployed model: its integer engine's metric and disagreement beside the simulated model's, and the 1% rule."""
+"""A quantized model's deployed form, in a run and in compress(): its integer engine's metric and disagreement beside the simulated model's, and the 1% rule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import BertConfig
 
+from test_api import small_bert, text_batches
 from test_options import hf_folder
+from trimlab.api import compress
+from trimlab.config import ConfigError
 from trimlab.measure.deployed import (
     DISAGREEMENT_LIMIT,
     NO_ENGINE,
@@ -80,16 +83,15 @@ def test_measure_deployed_false_skips_it_and_true_keeps_the_run_id(compose_cfg: 
     assert record.status == "completed" and not any(k.startswith("deployed_") for k in record.compressed)
 
 
-def test_more_than_one_percent_disagreement_fails_the_run_and_the_record_says_so(
-    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
-) -> None:
+def break_the_deployed_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every deployed model built from now on predicts another class on the first 2 of every 8 examples (25%)."""
     real = deployed_model
 
-    def flipping(model: nn.Module, example: dict[str, torch.Tensor], workdir: Path) -> DeployedModel:
+    def flipping(model: nn.Module, example: dict[str, torch.Tensor], workdir: Path) -> DeployedModel | None:
         deployed = real(model, example, workdir)
         predict = deployed.predict
 
-        def flipped(batch: dict[str, torch.Tensor]) -> torch.Tensor:  # the first 2 of every 8 examples change class
+        def flipped(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             logits = predict(batch).clone()
             logits[::8], logits[1::8] = logits[::8].flip(-1), logits[1::8].flip(-1)
             return logits
@@ -97,6 +99,12 @@ def test_more_than_one_percent_disagreement_fails_the_run_and_the_record_says_so
         return DeployedModel(deployed.engine, flipped)
 
     monkeypatch.setattr("trimlab.measure.deployed.deployed_model", flipping)
+
+
+def test_more_than_one_percent_disagreement_fails_the_run_and_the_record_says_so(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, tmp_path: Path
+) -> None:
+    break_the_deployed_model(monkeypatch)
     cfg = compose_cfg(*tiny_bert_run(tiny_bert, "method=pwlq"))
     with pytest.raises(DeployedDisagreement, match=r"engine torch_two_branch_\w+\).* on \d+\.\d\d% of 128 test examples, over the 1% limit"):
         run(cfg)
@@ -140,3 +148,65 @@ def test_a_disagreement_at_the_limit_passes_and_one_over_fails() -> None:
     check_disagreement({"deployed_engine": "e", "deployed_disagreement": DISAGREEMENT_LIMIT}, 100)
     with pytest.raises(DeployedDisagreement, match="engine e"):
         check_disagreement({"deployed_engine": "e", "deployed_disagreement": 0.02}, 100)
+
+
+# ---------------------------------------------------------------- the same check in compress()
+W8A8 = {"act_bits": 8}
+
+
+def simulated_accuracy(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    with torch.no_grad():
+        preds = torch.cat([model({k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) for b in batches])
+    return float((preds == torch.cat([b["labels"] for b in batches])).float().mean())
+
+
+@pytest.mark.parametrize(
+    ("method", "engine", "held_out"), [("pwlq", "torch_two_branch_", True), ("uniform_ptq", "onnxruntime_qdq", False)]
+)
+def test_compress_checks_a_quantized_model_on_its_engine_over_eval_data_else_data(method: str, engine: str, held_out: bool) -> None:
+    if engine == "onnxruntime_qdq":
+        pytest.importorskip("onnxruntime")
+    data, eval_data = text_batches(2), text_batches(4)
+    quantized, report = compress(small_bert(), method, bits=8, data=data, options=W8A8, eval_data=eval_data if held_out else None)
+    checked = eval_data if held_out else data
+    assert report.deployed_engine.startswith(engine) and report.deployed_reason == ""
+    assert report.deployed_disagreement is not None and 0.0 <= report.deployed_disagreement <= DISAGREEMENT_LIMIT
+    assert abs(report.deployed_metric - simulated_accuracy(quantized, checked)) <= report.deployed_disagreement + 1e-9
+    assert report.stages["measure_deployed"] > 0
+
+
+def test_compress_names_why_no_engine_takes_a_model_and_checks_nothing_unquantized_or_when_told_not_to() -> None:
+    _, asymmetric = compress(small_bert(), "uniform_ptq", bits=8, data=text_batches(2), options={**W8A8, "symmetric": False})
+    assert asymmetric.deployed_engine == NO_ENGINE and "asymmetric" in asymmetric.deployed_reason
+    assert asymmetric.deployed_metric is None and asymmetric.deployed_disagreement is None
+    _, pruned = compress(small_bert(), "fisher_prune", budget=0.5, data=text_batches(2), options={"tune": False})
+    _, unchecked = compress(small_bert(), "pwlq", bits=8, data=text_batches(2), options=W8A8, check_deployed=False)
+    for report in (pruned, unchecked):
+        assert report.deployed_engine is None and "measure_deployed" not in report.stages
+
+
+def test_compress_raises_over_one_percent_disagreement_and_names_the_argument_that_skips_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    break_the_deployed_model(monkeypatch)
+    kwargs = dict(bits=8, data=text_batches(2), options=W8A8, eval_data=text_batches(4))
+    message = r"engine torch_two_branch_\w+\).* on 25\.00% of 32 eval_data examples, over the 1% limit.*compress\(\.\.\., check_deployed=False\) skips"
+    with pytest.raises(DeployedDisagreement, match=message):
+        compress(small_bert(), "pwlq", **kwargs)
+    _, report = compress(small_bert(), "pwlq", **{**kwargs, "eval_data": None}, check_deployed=False)
+    assert report.deployed_disagreement is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "fisher_prune", "budget": 0.5}, "eval_data: method=fisher_prune neither trains nor quantizes"),
+        ({"method": "pwlq", "bits": 8, "check_deployed": False}, "eval_data: check_deployed=False skips the check that reads it"),
+    ],
+)
+def test_compress_refuses_eval_data_nothing_reads(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        compress(small_bert(), data=text_batches(1), eval_data=text_batches(1), **kwargs)
+
+
+def test_compress_checks_eval_data_before_compressing() -> None:
+    with pytest.raises(ConfigError, match="eval_data: batch 0, a dict .keys: ids., has neither input_ids"):
+        compress(small_bert(), "pwlq", bits=8, data=text_batches(1), eval_data=[{"ids": torch.zeros(2, 4)}])

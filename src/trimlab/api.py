@@ -18,12 +18,16 @@ default settings where a run would give its own.
 >>> from trimlab.api import compress
 >>> small, report = compress(model, "fisher_prune", budget=0.6, data=loader)
 >>> report.flops_ratio, report.params
+
+A quantizing method also checks the model it returns as deployed, on an integer engine
+(:mod:`trimlab.measure.deployed`), as a run's ``measure.deployed`` does.
 """
 
 from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from trimlab.config import RATIO_KINDS, Budget, ConfigError, check_keys
 from trimlab.config_store import register_configs
+from trimlab.measure.deployed import check_disagreement, measure_deployed, quantized_layers
 from trimlab.measure.flops import mean_flops_per_example, sequence_length
 from trimlab.measure.size import count_params
 from trimlab.methods import build_method, builtin_method_options, kind_of, method_label, plugin_methods
@@ -74,6 +79,14 @@ class CompressionReport:
     """Wall seconds per step of the method."""
     artifacts: dict[str, str] = field(default_factory=dict)
     """Name → file under ``output_dir`` (masks, quantization tables); empty without one."""
+    deployed_engine: str | None = None
+    """The integer engine the quantized model was checked on (``none``: no engine takes it, see ``deployed_reason``); None when unchecked."""
+    deployed_metric: float | None = None
+    """The deployed model's accuracy (Pearson for one label) on the checked batches' labels; None without labels."""
+    deployed_disagreement: float | None = None
+    """Share of the checked examples whose predicted class differs between the deployed and the simulated model."""
+    deployed_reason: str = ""
+    """Why no engine takes the model (engine ``none``)."""
 
     @property
     def flops_ratio(self) -> float:
@@ -97,6 +110,7 @@ def compress(
     eval_data: Iterable[Any] | None = None,
     epochs: float | None = None,
     seed: int | None = None,
+    check_deployed: bool = True,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` post-training and return trimlab's compressed model with a :class:`CompressionReport`.
 
@@ -135,6 +149,12 @@ def compress(
     run's ``seed`` does, so the same call trains the same model; left out, training
     draws from the generators as they are. Post-training methods draw nothing and refuse it.
 
+    ``check_deployed`` (a run's ``measure.deployed``): a quantized model is run on its integer
+    engine (:mod:`trimlab.measure.deployed`) on the CPU over ``eval_data`` (default: ``data``);
+    the report gets ``deployed_engine``, ``deployed_metric`` and ``deployed_disagreement`` (or engine
+    ``none`` and ``deployed_reason``), and over 1% disagreement :class:`~trimlab.measure.deployed.DeployedDisagreement`
+    is raised. ``check_deployed=False`` skips it.
+
     The returned model takes the same batches and returns ``.logits``. A bad
     argument raises :class:`~trimlab.config.ConfigError` (a ValueError) naming it
     and what would work, before any expensive work.
@@ -142,16 +162,23 @@ def compress(
     _check_bits(bits)
     if isinstance(method, str) and method in TRAINED:
         return _train(model, method, budget, data, options or {}, output_dir, train_data, eval_data, epochs, bits, seed)
-    for arg, value in (("train_data", train_data), ("eval_data", eval_data), ("epochs", epochs), ("seed", seed)):
+    for arg, value in (("train_data", train_data), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             raise ConfigError(f"{arg}: method={method} compresses without training; give data=, or a training method ({', '.join(TRAINED)})")
     name, steps, accepted = _method_steps(method, options or {})
     budget = _resolve_budget(name, steps, accepted, budget, bits)
     step_bits = _step_bits(name, steps, budget, bits)
+    if eval_data is not None and not (step_bits and check_deployed):
+        why = "check_deployed=False skips the check that reads it" if step_bits else f"method={name} neither trains nor quantizes"
+        raise ConfigError(f"eval_data: {why}; it is what a training method validates on or a quantizer's deployed check predicts. Leave it out")
     batches = _batches(data, _pad_token_id(model))
     compressed = to_trimlab(model)  # on the model's device, in its dtype: so are the batches, and every step computes there
     batches = [batch_for(compressed, batch) for batch in batches]
     _check_batches(compressed, batches)
+    check_batches = batches
+    if eval_data is not None:
+        check_batches = [batch_for(compressed, batch) for batch in _batches(eval_data, _pad_token_id(model), "eval_data")]
+        _check_batches(compressed, check_batches, "eval_data")
     for step, bits_of_step in step_bits.items():
         steps[step].bits = bits_of_step
     methods = {step: _post_training_method(cfg) for step, cfg in steps.items()}
@@ -181,7 +208,40 @@ def compress(
     compressed.eval()
     report.flops = mean_flops_per_example(compressed, batches, max_batches=len(batches))
     report.params = count_params(compressed)
+    if check_deployed and quantized_layers(compressed):
+        _deployed_check(compressed, check_batches, "eval_data" if eval_data is not None else "data", report)
     return compressed, report
+
+
+def _deployed_check(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], arg: str, report: CompressionReport) -> None:
+    """The quantized model on its integer engine over ``batches`` (:mod:`trimlab.measure.deployed`), into ``report``;
+    raises :class:`~trimlab.measure.deployed.DeployedDisagreement` over the limit, as a run fails."""
+    start = time.perf_counter()
+    cpu = [{k: v.cpu() for k, v in batch.items()} for batch in batches]
+    num_labels = _num_labels(model, cpu[0])
+    labelled = all("labels" in batch for batch in cpu)
+    targets = torch.cat([batch["labels"] for batch in cpu]).numpy() if labelled else None
+    entries = measure_deployed(model, cpu, _metric(num_labels), num_labels, targets)
+    report.stages["measure_deployed"] = time.perf_counter() - start
+    report.deployed_engine = entries.get("deployed_engine")  # type: ignore[assignment]
+    report.deployed_metric = entries.get("deployed_metric")  # type: ignore[assignment]
+    report.deployed_disagreement = entries.get("deployed_disagreement")  # type: ignore[assignment]
+    report.deployed_reason = str(entries.get("deployed_reason", ""))
+    examples = sum(len(next(iter(batch.values()))) for batch in cpu)
+    check_disagreement(entries, examples, skip="compress(..., check_deployed=False)", data=arg)
+
+
+def _num_labels(model: nn.Module, batch: Mapping[str, Tensor]) -> int:
+    """The width of the model's logits (1: a regression head), read off one example where the model does not say."""
+    if isinstance(model, TransformerClassifier):
+        return model.head.classifier.out_features
+    with torch.no_grad():
+        return int(model({k: v[:1].to(model_device(model)) for k, v in batch.items() if k != "labels"}).logits.shape[-1])
+
+
+def _metric(num_labels: int) -> str:
+    """The metric compress() scores a model with: accuracy for a classifier, Pearson for one label."""
+    return "accuracy" if num_labels > 1 else "pearson"
 
 
 # ---------------------------------------------------------------- training methods
@@ -197,7 +257,7 @@ class _UserBatches:
 
     @property
     def metric(self) -> str:
-        return "accuracy" if self.num_labels > 1 else "pearson"
+        return _metric(self.num_labels)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train, batch_size=None)  # each item is a batch already
