@@ -1,6 +1,6 @@
 """What a deployer reads: trimlab's compressed models on real engines against the dense model and its ONNX Runtime int8 form.
 
-Variants (one JSON line per variant and batch size, then a Markdown table):
+Variants (``--variants`` picks some; one JSON line per variant and batch size, then a Markdown table):
 
 - ``dense``: the fine-tuned dense model, PyTorch FP32.
 - ``dense_ort``: its float ONNX graph in ONNX Runtime.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import tempfile
@@ -76,6 +77,8 @@ class Engine:
     size_mb: float
     max_batch: int | None = None
     note: str = ""
+    path: Path | None = None
+    """The file an ONNX Runtime engine loads (None for a PyTorch model)."""
 
 
 @dataclass
@@ -117,7 +120,7 @@ def ort_engine(path: Path, name: str, threads: int, max_batch: int | None = None
     def logits(batch: Mapping[str, Tensor]) -> Tensor:
         return torch.from_numpy(session.run(["logits"], {n: batch[n].numpy() for n in names})[0])
 
-    return Engine(name, logits, path.stat().st_size / 2**20, max_batch, note)
+    return Engine(name, logits, path.stat().st_size / 2**20, max_batch, note, path)
 
 
 def searched_thresholds(model: nn.Module, batches: Sequence[Mapping[str, Tensor]], target: float, steps: int = 12) -> float:
@@ -143,17 +146,22 @@ def build_variants(
     threads: int,
     fisher_target: float = 0.5,
     ltp_target: float = 0.8,
+    variants: Sequence[str] = VARIANTS,
 ) -> list[Variant]:
-    """The seven variants of ``dense`` (a trimlab text classifier), ONNX files written under ``folder``.
+    """The ``variants`` of ``dense`` (a trimlab text classifier; names from :data:`VARIANTS`, built in its order), ONNX files under ``folder``.
 
     ``samples``: Fisher's labelled sample batches; ``calibration``: the quantizers'
     batches (and LTP's threshold search); ``test``: batches the FLOPs are counted on.
+    Each model is built once, and only when a variant asked for needs it.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants {', '.join(unknown)}: not among {', '.join(VARIANTS)}")
     dense = dense.eval()
     example = dict(test[0])
     base = mean_flops_per_example(dense, test, max_batches=len(test))
+    w8a8_options = {"act_bits": 8}
+    unchecked = {"check_deployed": False}  # the rows measure each engine's agreement on the test examples themselves
 
     def ratio(model: nn.Module) -> float:
         return mean_flops_per_example(model, test, max_batches=len(test)) / base
@@ -161,39 +169,67 @@ def build_variants(
     def onnx(model: nn.Module, name: str, **kw: bool) -> Path:
         return export_model(model, example, folder / f"{name}.onnx", "onnx", **kw)
 
-    dense_path = onnx(dense, "dense")
-    peer_path = folder / "dense_ort_int8.onnx"
-    quantize_dynamic(str(dense_path), str(peer_path), per_channel=True, weight_type=QuantType.QInt8)
-    fisher, _ = trimlab.compress(dense, "fisher_prune", budget=fisher_target, data=list(samples))
-    w8a8_options = {"act_bits": 8}
-    fisher_w8a8, _ = trimlab.compress(fisher, "uniform_ptq", bits=8, data=list(calibration), options=w8a8_options)
-    threshold = searched_thresholds(fisher, calibration, ltp_target)
-    ltp = copy.deepcopy(fisher_w8a8)
-    ltp.encoder.token_selector = LearnedThresholds(len(ltp.encoder.layers), threshold).eval()
-    ltp_float = copy.deepcopy(fisher)
-    ltp_float.encoder.token_selector = ltp.encoder.token_selector
-    pwlq, _ = trimlab.compress(dense, "pwlq", bits=8, data=list(calibration), options=w8a8_options)
-    two_branch = two_branch_model(pwlq)
-    dense_engine = pytorch_engine(dense)
-    ort = {name: ort_engine(path, "onnxruntime", threads) for name, path in (("dense", dense_path), ("fisher", onnx(fisher, "fisher")))}
-    peer = ort_engine(peer_path, "onnxruntime_int8_dynamic", threads)
-    qdq = ort_engine(onnx(fisher_w8a8, "fisher_w8a8"), "onnxruntime_qdq", threads)
-    gathered = ort_engine(onnx(ltp, "fisher_ltp_w8a8_gathered", gather_tokens=True), "onnxruntime_qdq_gathered", threads, 1,
-                          "kept tokens gathered")  # fmt: skip
-    masked = ort_engine(onnx(ltp, "fisher_ltp_w8a8_masked"), "onnxruntime_qdq_masked", threads, None,
-                        "batch > 1: dropped tokens masked, not removed (every token computed)")  # fmt: skip
-    two_branch_engine = pytorch_engine(two_branch, f"pytorch_int8_two_branch ({default_kernel()})")
-    fisher_ratio = ratio(fisher)
-    ltp_note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
-    return [
-        Variant("dense", dense_engine, dense, 1.0),
-        Variant("dense_ort", ort["dense"], dense, 1.0),
-        Variant(PEER, peer, dense, 1.0, "the peer: ORT quantize_dynamic, int8 weights per channel"),
-        Variant("fisher", ort["fisher"], fisher, fisher_ratio, f"Fisher {fisher_target:g} of FLOPs, physically pruned"),
-        Variant("fisher_w8a8", qdq, fisher_w8a8, fisher_ratio, "static W8A8, trimlab's calibrated per-tensor input scales; embeddings float"),
-        Variant("fisher_ltp_w8a8", masked, ltp, ratio(ltp_float), ltp_note, single=gathered),
-        Variant("pwlq_w8_int", two_branch_engine, pwlq, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear"),
-    ]
+    @functools.cache
+    def dense_path() -> Path:
+        return onnx(dense, "dense")
+
+    @functools.cache
+    def fisher() -> nn.Module:
+        return trimlab.compress(dense, "fisher_prune", budget=fisher_target, data=list(samples))[0]
+
+    @functools.cache
+    def fisher_ratio() -> float:
+        return ratio(fisher())
+
+    @functools.cache
+    def fisher_w8a8() -> nn.Module:
+        return trimlab.compress(fisher(), "uniform_ptq", bits=8, data=list(calibration), options=w8a8_options, **unchecked)[0]
+
+    def peer_variant() -> Variant:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        path = folder / f"{PEER}.onnx"
+        quantize_dynamic(str(dense_path()), str(path), per_channel=True, weight_type=QuantType.QInt8)
+        return Variant(PEER, ort_engine(path, "onnxruntime_int8_dynamic", threads), dense, 1.0,
+                       "the peer: ORT quantize_dynamic, int8 weights per channel")  # fmt: skip
+
+    def fisher_variant() -> Variant:
+        engine = ort_engine(onnx(fisher(), "fisher"), "onnxruntime", threads)
+        return Variant("fisher", engine, fisher(), fisher_ratio(), f"Fisher {fisher_target:g} of FLOPs, physically pruned")
+
+    def fisher_w8a8_variant() -> Variant:
+        engine = ort_engine(onnx(fisher_w8a8(), "fisher_w8a8"), "onnxruntime_qdq", threads)
+        note = "static W8A8, trimlab's calibrated per-tensor input scales; embeddings float"
+        return Variant("fisher_w8a8", engine, fisher_w8a8(), fisher_ratio(), note)
+
+    def fisher_ltp_w8a8_variant() -> Variant:
+        threshold = searched_thresholds(fisher(), calibration, ltp_target)
+        model = copy.deepcopy(fisher_w8a8())
+        model.encoder.token_selector = LearnedThresholds(len(model.encoder.layers), threshold).eval()
+        ltp_float = copy.deepcopy(fisher())
+        ltp_float.encoder.token_selector = model.encoder.token_selector
+        gathered = ort_engine(onnx(model, "fisher_ltp_w8a8_gathered", gather_tokens=True), "onnxruntime_qdq_gathered", threads, 1,
+                              "kept tokens gathered")  # fmt: skip
+        masked = ort_engine(onnx(model, "fisher_ltp_w8a8_masked"), "onnxruntime_qdq_masked", threads, None,
+                            "batch > 1: dropped tokens masked, not removed (every token computed)")  # fmt: skip
+        note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
+        return Variant("fisher_ltp_w8a8", masked, model, ratio(ltp_float), note, single=gathered)
+
+    def pwlq_variant() -> Variant:
+        model = trimlab.compress(dense, "pwlq", bits=8, data=list(calibration), options=w8a8_options, **unchecked)[0]
+        engine = pytorch_engine(two_branch_model(model), f"pytorch_int8_two_branch ({default_kernel()})")
+        return Variant("pwlq_w8_int", engine, model, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear")
+
+    builders: dict[str, Callable[[], Variant]] = {
+        "dense": lambda: Variant("dense", pytorch_engine(dense), dense, 1.0),
+        "dense_ort": lambda: Variant("dense_ort", ort_engine(dense_path(), "onnxruntime", threads), dense, 1.0),
+        PEER: peer_variant,
+        "fisher": fisher_variant,
+        "fisher_w8a8": fisher_w8a8_variant,
+        "fisher_ltp_w8a8": fisher_ltp_w8a8_variant,
+        "pwlq_w8_int": pwlq_variant,
+    }
+    return [builders[name]() for name in VARIANTS if name in variants]
 
 
 def singles(batches: Sequence[Mapping[str, Tensor]], count: int) -> list[dict[str, Tensor]]:
@@ -251,7 +287,10 @@ def measure_rows(
     model: str,
     dataset: str,
 ) -> list[dict]:
-    """One row per variant and batch size (keys :data:`ROW_KEYS`): accuracy of each engine on ``examples``, latency on the first ``timed``."""
+    """One row per variant and batch size (keys :data:`ROW_KEYS`): accuracy of each engine on ``examples``, latency on the first ``timed``.
+
+    Without ``dense`` among the variants, ``dense_accuracy`` and ``speedup_vs_dense`` are None; without the peer, ``speedup_vs_peer``.
+    """
     labels = torch.cat([e["labels"] for e in examples]).numpy()
     accuracy: dict[int, tuple[float, float, float, float, float]] = {}  # id(engine) → accuracy, low, high, PyTorch's, agreement
     reference = {}
@@ -264,7 +303,7 @@ def measure_rows(
                 predicted = predictions(engine, examples, 32)
                 acc, low, high = metric_interval(labels, predicted, "accuracy")
                 accuracy[id(engine)] = (acc, low, high, float((deployed == labels).mean()), float((predicted == deployed).mean()))
-    dense_accuracy = accuracy[id(variants[0].engine_at(1))][0]
+    dense_accuracy = next((round(accuracy[id(v.engine)][0], 4) for v in variants if v.name == "dense"), None)
     rows = []
     for batch in batch_sizes:
         engines = {v.name: v.engine_at(batch) for v in variants}
@@ -274,14 +313,19 @@ def measure_rows(
             acc, low, high, pytorch_accuracy, agreement = accuracy[id(engine)]
             rows.append({
                 "model": model, "dataset": dataset, "variant": variant.name, "engine": engine.name, "batch": batch,
-                "accuracy": round(acc, 4), "accuracy_ci": [round(low, 4), round(high, 4)], "dense_accuracy": round(dense_accuracy, 4),
+                "accuracy": round(acc, 4), "accuracy_ci": [round(low, 4), round(high, 4)], "dense_accuracy": dense_accuracy,
                 "pytorch_accuracy": round(pytorch_accuracy, 4), "agreement": round(agreement, 4),
                 "flops_ratio": round(variant.flops_ratio, 4), "size_mb": round(engine.size_mb, 2),
                 "latency_ms": round(ms[variant.name], 3), "throughput_per_s": round(1000 * batch / ms[variant.name], 1),
-                "speedup_vs_dense": round(ms["dense"] / ms[variant.name], 3), "speedup_vs_peer": round(ms[PEER] / ms[variant.name], 3),
+                "speedup_vs_dense": speedup("dense", ms, variant.name), "speedup_vs_peer": speedup(PEER, ms, variant.name),
                 "threads": threads, "note": "; ".join(n for n in (variant.note, engine.note) if n),
             })  # fmt: skip
     return rows
+
+
+def speedup(over: str, ms: Mapping[str, float], name: str) -> float | None:
+    """How many times faster variant ``name`` ran than variant ``over`` (None when ``over`` was not built)."""
+    return round(ms[over] / ms[name], 3) if over in ms else None
 
 
 def markdown(rows: Sequence[Mapping]) -> str:
@@ -291,7 +335,7 @@ def markdown(rows: Sequence[Mapping]) -> str:
         lo, hi = r["accuracy_ci"]
         cells = [r["variant"], r["engine"], r["batch"], f"{r['accuracy']:.4f} [{lo:.3f}, {hi:.3f}]", f"{r['flops_ratio']:.3f}",
                  f"{r['size_mb']:.1f}", f"{r['latency_ms']:.2f}", f"{r['throughput_per_s']:.1f}",
-                 f"{r['speedup_vs_dense']:.2f}", f"{r['speedup_vs_peer']:.2f}"]  # fmt: skip
+                 *("–" if r[k] is None else f"{r[k]:.2f}" for k in ("speedup_vs_dense", "speedup_vs_peer"))]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -302,6 +346,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="tweets", help="a conf/dataset option (rotten_tomatoes)")
     parser.add_argument("--dense-checkpoint", type=Path, default=None,
                         help="the fine-tuned dense weights (safetensors); default: trimlab's dense cache under --output-dir, fine-tuned on a miss")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="VARIANT",
+                        help=f"the variants built and measured, of {', '.join(VARIANTS)} (default: all); the speedup columns need dense and {PEER}")  # fmt: skip
     parser.add_argument("--examples", type=int, default=512, help="first test examples scored")
     parser.add_argument("--timed", type=int, default=128, help="first test examples timed at each batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
@@ -331,7 +377,9 @@ def main() -> None:
     examples = singles(list(dm.test_dataloader()), args.examples)
     test = padded(examples, 32)
     with tempfile.TemporaryDirectory() as tmp:
-        variants = build_variants(dense, samples, calibration, test, Path(tmp), args.threads, args.fisher_target, args.ltp_target)
+        variants = build_variants(
+            dense, samples, calibration, test, Path(tmp), args.threads, args.fisher_target, args.ltp_target, args.variants
+        )
         rows = measure_rows(variants, examples, args.timed, args.batch_sizes, args.repeats, args.threads, cfg.model.name, cfg.dataset.name)
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -1,7 +1,7 @@
 """Where deploy.py's ``fisher_w8a8`` and the peer ``dense_ort_int8`` spend their time: ORT's profile per op type.
 
-Builds only those two graphs, as deploy.py does (same dense weights, Fisher
-pruning, uniform W8A8 calibration, ``quantize_dynamic``), runs each with
+Builds only those two variants with deploy.py's ``build_variants`` (same dense
+weights, Fisher pruning, uniform W8A8 calibration, ``quantize_dynamic``), runs each graph with
 ``SessionOptions.enable_profiling`` on the same first ``--timed`` test examples
 at each batch size (warm-up pass left out of the sums), and prints per op type
 the kernel time (ms per input, share of the graph's kernel time) and the
@@ -22,24 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-import trimlab
-from trimlab.export import export_model
+from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
+from deploy import PEER, build_variants, padded, singles  # benchmarks/deploy.py
 
-from common import compose_config, dense_model  # benchmarks/common.py
-from deploy import PEER, padded, singles  # benchmarks/deploy.py
-
-
-def build_graphs(dense: torch.nn.Module, samples: list, calibration: list, example: Mapping[str, Tensor], folder: Path,
-                 fisher_target: float) -> dict[str, Path]:  # fmt: skip
-    """The peer's and ``fisher_w8a8``'s ONNX files, built as in deploy.py's ``build_variants``."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    dense_path = export_model(dense, dict(example), folder / "dense.onnx", "onnx")
-    peer_path = folder / f"{PEER}.onnx"
-    quantize_dynamic(str(dense_path), str(peer_path), per_channel=True, weight_type=QuantType.QInt8)
-    fisher, _ = trimlab.compress(dense, "fisher_prune", budget=fisher_target, data=samples)
-    w8a8, _ = trimlab.compress(fisher, "uniform_ptq", bits=8, data=calibration, options={"act_bits": 8})
-    return {PEER: peer_path, "fisher_w8a8": export_model(w8a8, dict(example), folder / "fisher_w8a8.onnx", "onnx")}
+PROFILED = (PEER, "fisher_w8a8")
 
 
 def op_profile(
@@ -102,13 +88,14 @@ def main() -> None:
     parser.add_argument("--calibration-examples", type=int, default=512)
     parser.add_argument("--fisher-target", type=float, default=0.5)
     parser.add_argument("--output-dir", default="outputs", help="where the ONNX Runtime profiles (JSON) are written")
+    add_overrides_argument(parser, "extra Hydra overrides, e.g. dataset.sample_size=512")
     args = parser.parse_args()
     if min(args.timed, args.repeats, args.calibration_examples, *args.batch_sizes) < 1:
         parser.error("--timed, --repeats, --calibration-examples and --batch-sizes: give positive numbers")
     if not 0 < args.fisher_target <= 1:
         parser.error(f"--fisher-target {args.fisher_target}: give a FLOPs ratio in (0, 1]")
     torch.set_num_threads(1)
-    cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=fisher_prune")
+    cfg = compose_config(args.output_dir, f"model={args.model}", f"dataset={args.dataset}", "method=fisher_prune", *args.overrides)
     out = Path(args.output_dir) / "benchmarks" / "deploy_profile" / f"{cfg.model.name}-{cfg.dataset.name}"
     out.mkdir(parents=True, exist_ok=True)
     dense, dm, _ = dense_model(cfg, out, args.dense_checkpoint)
@@ -116,7 +103,8 @@ def main() -> None:
     calibration = samples[: -(-args.calibration_examples // cfg.method.batch_size)]
     examples = singles(list(dm.test_dataloader()), args.timed)
     with tempfile.TemporaryDirectory() as tmp:
-        graphs = build_graphs(dense, samples, calibration, padded(examples, 32)[0], Path(tmp), args.fisher_target)
+        variants = build_variants(dense, samples, calibration, padded(examples, 32), Path(tmp), 1, args.fisher_target, variants=PROFILED)
+        graphs = {v.name: v.engine.path for v in variants}
         for batch in args.batch_sizes:
             inputs = padded(examples, batch)
             profiles = {g: op_profile(path, inputs, args.repeats, out / f"{g}-b{batch}") for g, path in graphs.items()}

@@ -13,7 +13,7 @@ from trimlab.models.convert import to_trimlab
 
 pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from deploy import ROW_KEYS, VARIANTS, build_variants, markdown, measure_rows, singles  # noqa: E402  (benchmarks/deploy.py)
+from deploy import PEER, ROW_KEYS, VARIANTS, build_variants, markdown, measure_rows, singles  # noqa: E402  (benchmarks/deploy.py)
 
 
 def test_every_variant_gets_a_row_per_batch_size_with_the_deployers_keys(tmp_path: Path) -> None:
@@ -36,3 +36,18 @@ def test_every_variant_gets_a_row_per_batch_size_with_the_deployers_keys(tmp_pat
     assert by[("fisher", 1)]["flops_ratio"] < 0.8 and by[("fisher_ltp_w8a8", 1)]["flops_ratio"] <= by[("fisher", 1)]["flops_ratio"]
     assert by[("dense_ort", 4)]["agreement"] == 1.0  # the float graph predicts what PyTorch does
     assert markdown(rows).count("\n") == len(rows) + 1
+
+
+def test_a_variant_list_builds_only_what_those_need_and_their_rows_leave_missing_speedups_out(tmp_path: Path) -> None:
+    batches = text_batches(4, num_labels=2)
+    dense = to_trimlab(small_bert(num_labels=2))
+    with pytest.raises(ValueError, match="variants fisher_w4: not among dense, dense_ort"):
+        build_variants(dense, batches[:2], batches[:2], batches[2:], tmp_path, threads=1, variants=["fisher_w4"])
+    variants = build_variants(dense, batches[:2], batches[:2], batches[2:], tmp_path, threads=1, variants=["fisher_w8a8", PEER])
+    assert [v.name for v in variants] == [PEER, "fisher_w8a8"]  # in VARIANTS' order
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["dense.onnx", "dense_ort_int8.onnx", "fisher_w8a8.onnx"]
+    assert all(v.engine.path in tmp_path.iterdir() for v in variants)  # the files deploy_profile.py profiles
+    rows = measure_rows(variants, singles(batches[2:], 8), timed=2, batch_sizes=[1], repeats=1, threads=1, model="tiny", dataset="random")
+    assert all(r["speedup_vs_dense"] is None and r["dense_accuracy"] is None for r in rows)
+    assert [r["speedup_vs_peer"] is None for r in rows] == [False, False] and rows[0]["speedup_vs_peer"] == 1.0
+    assert markdown(rows).count("| – |") == 2
