@@ -6,6 +6,7 @@ that deployed model, predicts the test set with it and records its metric and
 the share of examples whose prediction differs from the simulated model's;
 more than :data:`DISAGREEMENT_LIMIT` fails the run (:class:`DeployedDisagreement`),
 because then the simulated accuracy is not what the user would get.
+``trimlab.compress`` runs the same check (:func:`measure_deployed`) on the user's batches.
 
 The engine follows the weights:
 
