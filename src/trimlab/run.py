@@ -277,7 +277,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     else:
         compressed = result.model.eval()
         start = time.perf_counter()
-        record.compressed, _, compressed_preds = evaluate_predicting(compressed, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+        record.compressed, _, compressed_preds = evaluate_predicting(compressed, datamodule, make_trainer, dense, cfg.measure.flops_batches, dense_preds)
         record.stages["measure_compressed"] = time.perf_counter() - start
     record.compressed.update(result.stats)
     if is_primary():
@@ -289,7 +289,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
             record.compressed["size_mb_quantized"] = saved.size_mb
     kernel = int8_kernel_model(compressed)
     if kernel is not None:  # the same weights through PyTorch's int8 kernels: their accuracy beside the simulated model's
-        kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+        kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches, dense_preds)
         record.compressed["metric_int8_kernel"] = kernel_metrics["metric"]
         if datamodule.num_labels > 1:
             record.compressed["agreement_int8_kernel"] = float(np.mean(kernel_preds == compressed_preds))
