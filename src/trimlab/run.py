@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint, trained_checkpoint_path
-from trimlab.config import Budget, ConfigError, FinetuneConfig, MeasureConfig, TrainerConfig, model_kind, validate
+from trimlab.config import Budget, ConfigError, FinetuneConfig, MeasureConfig, TrainerConfig, model_kind, process_count, validate
 from trimlab.data import build_datamodule, num_labels_of
+from trimlab.dense_evaluation import DENSE_EVALUATIONS, Evaluation, evaluation_key, load_evaluation, save_evaluation
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
@@ -260,7 +261,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     enter("measure_dense")
     dense = copy.deepcopy(model).eval()
     start = time.perf_counter()
-    record.dense, labels, dense_preds = evaluate_predicting(dense, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+    record.dense, labels, dense_preds = _evaluate_dense(cfg, dense, datamodule, make_trainer)
     record.stages["measure_dense"] = time.perf_counter() - start
 
     enter("method")
@@ -303,6 +304,32 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
             log.info("no deployed model to check: %s", deployed["deployed_reason"])
         record.stages["measure_deployed"] = time.perf_counter() - start
         check_disagreement(deployed, len(compressed_preds))  # the record keeps what was measured, the run fails
+
+
+def _evaluate_dense(cfg: DictConfig, dense: nn.Module, datamodule: Any, make_trainer: Callable[..., pl.Trainer]) -> Evaluation:
+    """The dense model's test evaluation, from the cache when this model, test set and setting were evaluated before."""
+    def evaluate() -> Evaluation:
+        return evaluate_predicting(dense, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+
+    if process_count(cfg.trainer) > 1:  # every process takes part in each test: all evaluate, or none
+        return evaluate()
+    t = cfg.trainer
+    settings = {
+        "metric": datamodule.metric,
+        "num_labels": datamodule.num_labels,
+        "flops_batches": cfg.measure.flops_batches,
+        "trainer": {k: t[k] for k in ("accelerator", "precision", "deterministic", "limit_eval_batches")},
+    }
+    key = evaluation_key(dense, datamodule.test_dataloader(), settings)
+    folder = Path(cfg.paths.cache_dir) / DENSE_EVALUATIONS
+    cached = load_evaluation(folder, key)
+    if cached is not None:
+        log.info("dense test evaluation taken from %s", folder / f"{key}.npz")
+        return cached
+    evaluation = evaluate()
+    if is_primary():
+        save_evaluation(folder, key, evaluation)
+    return evaluation
 
 
 def _measure_deployed(compressed: nn.Module, datamodule: Any, labels: np.ndarray, simulated: np.ndarray) -> dict[str, Any]:
