@@ -96,3 +96,40 @@ def test_unlabelled_data_take_the_reference_models_predictions_as_labels() -> No
     with torch.no_grad():
         assert torch.equal(labels, reference.net(pixels).argmax(-1)) and torch.equal(preds, model.net(pixels).argmax(-1))
     assert score("agreement", labels.numpy(), preds.numpy()) == pytest.approx(metric, abs=1e-6)
+
+
+class Counting(Linear):
+    """:class:`Linear` that counts the batches it runs on."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.calls = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> SimpleNamespace:
+        self.calls += 1
+        return super().forward(batch)
+
+
+def test_agreement_takes_known_reference_predictions_and_runs_a_self_reference_once() -> None:
+    import lightning.pytorch as pl
+
+    from trimlab.training import ClassifierModule
+
+    pixels = torch.randn(40, 4)
+    loader = torch.utils.data.DataLoader([{"pixel_values": x} for x in pixels], batch_size=16)
+
+    def test(module: ClassifierModule) -> tuple[float, torch.Tensor, torch.Tensor]:
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        metric = trainer.test(module, dataloaders=loader, verbose=False)[0]["test/agreement"]
+        return (metric, *module.test_predictions())
+
+    reference = Counting(0)
+    metric, labels, preds = test(ClassifierModule(reference, 0, "agreement", reference=reference))
+    assert reference.calls == 3 and metric == 1.0 and torch.equal(labels, preds)  # one pass over 3 batches, not two
+
+    model = Linear(1)
+    ran = test(ClassifierModule(model, 0, "agreement", reference=reference))
+    reference.calls = 0
+    known = test(ClassifierModule(model, 0, "agreement", reference=reference, reference_preds=labels))
+    assert reference.calls == 0
+    assert known[0] == ran[0] < 1.0 and torch.equal(known[1], ran[1]) and torch.equal(known[2], ran[2])

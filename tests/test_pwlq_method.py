@@ -66,6 +66,18 @@ def test_fake_quantize_uses_the_reference_codes_grids() -> None:
     torch.testing.assert_close(unsigned, torch.tensor([0.0, 5 * 0.1, 15 * 0.1]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("low", [-1.0, 0.0])
+def test_fake_quantize_leaves_its_input_alone_and_rounds_like_the_written_out_formula(dtype: torch.dtype, low: float) -> None:
+    x = (torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 2).to(dtype)
+    before = x.clone()
+    q = fake_quantize(x, low, 3.0, 8)
+    bound, lowest = (3.0, 0) if low == 0.0 else (3.0, -128)
+    step = bound / 255 if low == 0.0 else 2 * bound / 255
+    expected = (torch.round(torch.clamp(x.float(), -bound if low else 0.0, bound) / step).clamp(lowest, lowest + 255) * step).to(dtype)
+    assert torch.equal(x, before) and q.dtype == dtype and torch.equal(q, expected)
+
+
 def small_cnn() -> CnnClassifier:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))

@@ -447,7 +447,7 @@ class PathsConfig:
     output_dir: str = "outputs"
     """Root of run folders (``runs/<run_id>``) and caches."""
     cache_dir: str = "${paths.output_dir}/cache"
-    """Fine-tuned checkpoints (by config hash), latency tables."""
+    """Fine-tuned checkpoints (by config hash), dense test evaluations (by content hash), latency tables."""
 
 
 @dataclass

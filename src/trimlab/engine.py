@@ -130,10 +130,20 @@ def evaluate(model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn
 
 
 def evaluate_predicting(
-    model: nn.Module, datamodule: Any, make_trainer: Any, reference: nn.Module, flops_batches: int
+    model: nn.Module,
+    datamodule: Any,
+    make_trainer: Any,
+    reference: nn.Module,
+    flops_batches: int,
+    reference_preds: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """:func:`evaluate`'s metrics, and the targets and predictions of each test example (in dataset order) they come from."""
-    module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference)
+    """:func:`evaluate`'s metrics, and the targets and predictions of each test example (in dataset order) they come from.
+
+    ``reference_preds``: ``reference``'s test predictions when already computed (a run's dense evaluation), so the
+    agreement metric does not run ``reference`` again.
+    """
+    preds = None if reference_preds is None else torch.from_numpy(reference_preds)
+    module = ClassifierModule(model, datamodule.num_labels, datamodule.metric, reference=reference, reference_preds=preds)
     # Under DDP every process tests every example: exact metrics, no padded shards.
     results = make_trainer(logger=False, use_distributed_sampler=False).test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
     metric = float(results[0][f"test/{datamodule.metric}"])

@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint, trained_checkpoint_path
-from trimlab.config import Budget, ConfigError, FinetuneConfig, MeasureConfig, TrainerConfig, model_kind, validate
+from trimlab.config import Budget, ConfigError, FinetuneConfig, MeasureConfig, TrainerConfig, model_kind, process_count, validate
 from trimlab.data import build_datamodule, num_labels_of
+from trimlab.dense_evaluation import DENSE_EVALUATIONS, Evaluation, evaluation_key, load_evaluation, save_evaluation
 from trimlab.distributed import is_primary
 from trimlab.files import check_free_space, check_writable
 from trimlab.interrupt import RunInterrupted, signals_raise
@@ -260,7 +261,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     enter("measure_dense")
     dense = copy.deepcopy(model).eval()
     start = time.perf_counter()
-    record.dense, labels, dense_preds = evaluate_predicting(dense, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+    record.dense, labels, dense_preds = _evaluate_dense(cfg, dense, datamodule, make_trainer)
     record.stages["measure_dense"] = time.perf_counter() - start
 
     enter("method")
@@ -277,7 +278,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     else:
         compressed = result.model.eval()
         start = time.perf_counter()
-        record.compressed, _, compressed_preds = evaluate_predicting(compressed, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+        record.compressed, _, compressed_preds = evaluate_predicting(compressed, datamodule, make_trainer, dense, cfg.measure.flops_batches, dense_preds)
         record.stages["measure_compressed"] = time.perf_counter() - start
     record.compressed.update(result.stats)
     if is_primary():
@@ -289,7 +290,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
             record.compressed["size_mb_quantized"] = saved.size_mb
     kernel = int8_kernel_model(compressed)
     if kernel is not None:  # the same weights through PyTorch's int8 kernels: their accuracy beside the simulated model's
-        kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+        kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches, dense_preds)
         record.compressed["metric_int8_kernel"] = kernel_metrics["metric"]
         if datamodule.num_labels > 1:
             record.compressed["agreement_int8_kernel"] = float(np.mean(kernel_preds == compressed_preds))
@@ -305,6 +306,32 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
             log.info("no deployed model to check: %s", deployed["deployed_reason"])
         record.stages["measure_deployed"] = time.perf_counter() - start
         check_disagreement(deployed, len(compressed_preds))  # the record keeps what was measured, the run fails
+
+
+def _evaluate_dense(cfg: DictConfig, dense: nn.Module, datamodule: Any, make_trainer: Callable[..., pl.Trainer]) -> Evaluation:
+    """The dense model's test evaluation, from the cache when this model, test set and setting were evaluated before."""
+    def evaluate() -> Evaluation:
+        return evaluate_predicting(dense, datamodule, make_trainer, dense, cfg.measure.flops_batches)
+
+    if process_count(cfg.trainer) > 1:  # every process takes part in each test: all evaluate, or none
+        return evaluate()
+    t = cfg.trainer
+    settings = {
+        "metric": datamodule.metric,
+        "num_labels": datamodule.num_labels,
+        "flops_batches": cfg.measure.flops_batches,
+        "trainer": {k: t[k] for k in ("accelerator", "precision", "deterministic", "limit_eval_batches")},
+    }
+    key = evaluation_key(dense, datamodule.test_dataloader(), settings)
+    folder = Path(cfg.paths.cache_dir) / DENSE_EVALUATIONS
+    cached = load_evaluation(folder, key)
+    if cached is not None:
+        log.info("dense test evaluation taken from %s", folder / f"{key}.npz")
+        return cached
+    evaluation = evaluate()
+    if is_primary():
+        save_evaluation(folder, key, evaluation)
+    return evaluation
 
 
 def _cache_dense(model: nn.Module, checkpoint: Path) -> None:

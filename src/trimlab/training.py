@@ -39,7 +39,9 @@ class ClassifierModule(pl.LightningModule):
     """Cross-entropy (or MSE for one label) training with AdamW and linear warm-up/decay.
 
     For ``metric="agreement"`` (unlabelled data) the targets are the top-1
-    predictions of ``reference``, the full-precision model. Testing keeps each
+    predictions of ``reference``, the full-precision model, or, when a run has
+    them already, ``reference_preds`` (its test predictions in loader order,
+    so the reference is not run a second time). Testing keeps each
     example's target and prediction (:meth:`test_predictions`), so a run can
     store them and tables can tell a real difference from test-set noise.
     """
@@ -55,6 +57,7 @@ class ClassifierModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         freeze_embeddings: bool = False,
         reference: nn.Module | None = None,
+        reference_preds: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -65,6 +68,7 @@ class ClassifierModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.label_smoothing = label_smoothing
         self.reference = reference
+        self.reference_preds = reference_preds
         self.val_metric = task_metric(metric, num_labels)
         self.test_metric = task_metric(metric, num_labels)
         self.test_outputs: list[tuple[Tensor, Tensor]] = []
@@ -75,12 +79,19 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.model(batch).logits
 
-    def targets(self, batch: Mapping[str, Tensor]) -> Tensor:
-        if self.metric_name == "agreement":
-            ref = self.reference if self.reference is not None else self.model
-            with torch.no_grad():
-                return ref(batch).logits.argmax(-1)
-        return batch["labels"]
+    def targets(self, batch: Mapping[str, Tensor], logits: Tensor, seen: int | None = None) -> Tensor:
+        """The batch's labels; for agreement, the reference's top-1 (``logits``: the model's own, reused when it is the reference).
+
+        ``seen``: in a test, the examples before this batch, where its slice of ``reference_preds`` starts.
+        """
+        if self.metric_name != "agreement":
+            return batch["labels"]
+        if self.reference_preds is not None and seen is not None:
+            return self.reference_preds[seen : seen + len(logits)].to(logits.device)
+        if self.reference is None or self.reference is self.model:
+            return logits.argmax(-1)
+        with torch.no_grad():
+            return self.reference(batch).logits.argmax(-1)
 
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.num_labels == 1:
@@ -92,9 +103,9 @@ class ClassifierModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str) -> tuple[Tensor, Tensor]:
+    def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str, seen: int | None = None) -> tuple[Tensor, Tensor]:
         logits = self(batch)
-        targets = self.targets(batch)
+        targets = self.targets(batch, logits, seen)
         preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
         metric.update(preds, targets)
         self.log(f"{prefix}/{self.metric_name}", metric, prog_bar=True, batch_size=len(targets))
@@ -107,7 +118,7 @@ class ClassifierModule(pl.LightningModule):
         self.test_outputs = []
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        targets, preds = self._eval_step(batch, self.test_metric, "test")
+        targets, preds = self._eval_step(batch, self.test_metric, "test", sum(len(t) for t, _ in self.test_outputs))
         self.test_outputs.append((targets.detach().cpu(), preds.detach().float().cpu() if self.num_labels == 1 else preds.detach().cpu()))
 
     def test_predictions(self) -> tuple[Tensor, Tensor]:

@@ -3,10 +3,12 @@
 Compression runs at the start of the validation loop, after Lightning has put
 the model on the trainer's device (and in its ``*-true`` precision), in full
 precision: outside the loop's inference mode, with gradients on for Fisher and
-autocast off whatever ``trainer.precision`` says. The trainer then validates
-the compressed model, so its validation metric is
-logged right after compression; the method's numbers ride back on the
-callback (``stats``, ``stages``, ``artifacts``) into the run record.
+autocast off whatever ``trainer.precision`` says. The validate run takes one
+batch only: it is the hook that places the model, and the run measures the
+compressed model on the test split anyway (a full validation pass cost a
+PWLQ cell on photos two forward passes per crop, recorded nowhere). The
+method's numbers ride back on the callback (``stats``, ``stages``,
+``artifacts``) into the run record.
 
 A method checks the model and builds its callback from values
 (:class:`StepInputs`: sample batches, token length, folders), so the CLI (a
@@ -86,10 +88,10 @@ class PostTrainingCallback(pl.Callback):
 
 
 def validate_with(callbacks: list[PostTrainingCallback], model: nn.Module, ctx: MethodContext) -> None:
-    """One validate run of ``model`` with ``callbacks``: each compresses it in turn, then the result is validated."""
+    """One validate run of ``model`` with ``callbacks`` over one batch: each compresses it in turn at the loop's start."""
     dm = ctx.datamodule
     # Under DDP every process sees every example, so every process compresses its model alike.
-    trainer = ctx.make_trainer(callbacks=callbacks, logger=False, use_distributed_sampler=False)
+    trainer = ctx.make_trainer(callbacks=callbacks, logger=False, use_distributed_sampler=False, limit_val_batches=1)
     trainer.validate(ClassifierModule(model, dm.num_labels, dm.metric), dataloaders=dm.val_dataloader(), verbose=False)
 
 

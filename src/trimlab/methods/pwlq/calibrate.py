@@ -116,15 +116,19 @@ def fake_quantize(x: Tensor, low: float, high: float, bits: int) -> Tensor:
     with codes −2^(b−1) … 2^(b−1) − 1. Both have 2^b levels, step (max − min) / (2^b − 1),
     and zero exact (the reference code's ``QuantAct`` with ``uniform_symmetric_quantizer``).
     A 16-bit ``x`` is rounded in float32, and the result returned in its dtype.
+    After the first clamp every step works in place: the same operations in the same order, without a new
+    activation-sized tensor per step (the allocations cost as much as the arithmetic on a CNN's large inputs).
     """
     levels, dtype = 2**bits, x.dtype
     x = x.to(statistics_dtype(dtype))
     if low >= 0:
         step = max(high, 1e-12) / (levels - 1)
-        return (torch.clamp(torch.round(torch.clamp(x, 0.0, high) / step), 0, levels - 1) * step).to(dtype)
-    bound = max(-low, high)
-    step = 2 * bound / (levels - 1)
-    return (torch.clamp(torch.round(torch.clamp(x, -bound, bound) / step), -levels // 2, levels // 2 - 1) * step).to(dtype)
+        codes = torch.clamp(x, 0.0, high).div_(step).round_().clamp_(0, levels - 1)
+    else:
+        bound = max(-low, high)
+        step = 2 * bound / (levels - 1)
+        codes = torch.clamp(x, -bound, bound).div_(step).round_().clamp_(-levels // 2, levels // 2 - 1)
+    return codes.mul_(step).to(dtype)
 
 
 @torch.no_grad()
