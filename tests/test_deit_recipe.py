@@ -12,7 +12,7 @@ from trimlab.data import build_datamodule
 from trimlab.data.augment import batch_mixer, train_transform
 from trimlab.models.build import build_model
 from trimlab.results.record import run_id
-from trimlab.training import ClassifierModule
+from trimlab.training import ClassifierModule, lr_factor
 
 DEIT = ("model=vit_digits", "dataset=digits", "finetune=vit_deit_animal")
 
@@ -78,3 +78,11 @@ def test_a_mixer_trains_on_soft_targets_of_mixed_pairs(compose_cfg) -> None:
     loss = float(module.mixed_loss(batch).detach())  # 5 examples: the odd one left out
     assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
     assert loss != pytest.approx(float(plain.task_loss(plain(batch), batch["labels"])), rel=1e-3)
+
+
+def test_the_cosine_schedule_halves_the_rate_midway_where_the_linear_one_does_too_and_differs_between() -> None:
+    assert lr_factor(4, 104, 5, "cosine") == pytest.approx(5 / 6)  # the warm-up is shared
+    assert lr_factor(55, 105, 5, "cosine") == pytest.approx(0.5) and lr_factor(55, 105, 5, "linear") == pytest.approx(0.5)
+    assert lr_factor(30, 105, 5, "cosine") == pytest.approx(0.5 * (1 + 2**-0.5))  # a quarter of the decay in: cos(π/4)
+    assert lr_factor(30, 105, 5, "linear") == pytest.approx(0.75)
+    assert lr_factor(105, 105, 5, "cosine") == 0.0

@@ -148,15 +148,16 @@ class ClassifierModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            remaining = max(0.0, (total - step) / max(1, total - warmup))
-            return 0.5 * (1 - math.cos(math.pi * remaining)) if self.schedule == "cosine" else remaining
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, self.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate's share at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then linear or cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    remaining = max(0.0, (total - step) / max(1, total - warmup))
+    return 0.5 * (1 - math.cos(math.pi * remaining)) if schedule == "cosine" else remaining
 
 
 def steps_for(epochs: float, batches_per_epoch: int, trainer: Any) -> int:
