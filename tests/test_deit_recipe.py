@@ -21,7 +21,8 @@ DEIT = ("model=vit_digits", "dataset=digits", "finetune=vit_deit_animal")
     "override, message",
     [
         ("finetune.schedule=step", r"finetune.schedule='step' is not one of linear, cosine"),
-        ("finetune.augment.rand_augment=bogus", r"finetune.augment.rand_augment='bogus' is not a timm RandAugment spec"),
+        ("finetune.augment.rand_augment=bogus", r"finetune.augment.rand_augment='bogus' is not a usable timm RandAugment spec"),
+        ("finetune.augment.rand_augment=rand-m9-mstd0.5-inc1", r"PosterizeIncreasing can keep 0 bits at magnitude 10; cap the magnitude with -mmax9"),
         ("finetune.augment.mixup=-1", r"finetune.augment.mixup=-1.0 is out of range: must be ≥ 0"),
         ("finetune.augment.crop_scale=0", r"finetune.augment.crop_scale=0.0 is out of range: must be > 0 and ≤ 1"),
         ("finetune.augment.hflip=2", r"finetune.augment.hflip=2.0 is out of range"),
@@ -60,6 +61,8 @@ def test_the_deit_recipe_augments_the_training_images_only(compose_cfg) -> None:
     torch.manual_seed(0)
     draws = [augmented.train_set[0]["pixel_values"] for _ in range(4)]
     assert any(not torch.allclose(d, plain["pixel_values"]) for d in draws)
+    for i in range(400):  # every op at every drawn magnitude works on the grey images (a 0-bit posterize would raise)
+        augmented.train_set[i % 50]
     assert augmented.val_set is dm.val_set and dm.train_set[0]["pixel_values"].equal(plain["pixel_values"])
 
 

@@ -297,7 +297,8 @@ class AugmentConfig:
     """
 
     rand_augment: str = ""
-    """timm's RandAugment spec (DeiT: ``rand-m9-mstd0.5-inc1``); empty: none."""
+    """timm's RandAugment spec (DeiT: ``rand-m9-mstd0.5-inc1``; here with ``-mmax9``, as a posterize to 0 bits
+    fails under Pillow ≥ 10); empty: none."""
     crop_scale: float = bounded(1.0, 0, 1, low_open=True)
     """Smallest area share of the random resized crop (DeiT at 224 px: 0.08); 1.0: the whole image, no crop."""
     hflip: float = fraction(0.0)
@@ -555,13 +556,14 @@ def _validate_finetune(finetune: DictConfig, dataset: DictConfig) -> None:
             "leave finetune.augment at its defaults"
         )
     if augment.rand_augment:
-        from timm.data.auto_augment import rand_augment_transform
+        from trimlab.data.augment import check_rand_augment
 
         try:
-            rand_augment_transform(augment.rand_augment, {})
+            check_rand_augment(augment.rand_augment)
         except Exception as err:
             raise ConfigError(
-                f"finetune.augment.rand_augment={augment.rand_augment!r} is not a timm RandAugment spec ({err}); e.g. rand-m9-mstd0.5-inc1"
+                f"finetune.augment.rand_augment={augment.rand_augment!r} is not a usable timm RandAugment spec: {err or type(err).__name__} "
+                "(e.g. rand-m9-mstd0.5-inc1-mmax9)"
             ) from err
 
 

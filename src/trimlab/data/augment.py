@@ -15,6 +15,24 @@ import torch
 from timm.data import Mixup, create_transform
 
 
+def check_rand_augment(spec: str) -> None:
+    """Raise ``ValueError`` when timm cannot parse ``spec`` or one of its ops can draw a posterize to 0 bits.
+
+    DeiT's ``rand-m9-mstd0.5-inc1`` can: its magnitude noise reaches timm's cap of 10, where
+    ``PosterizeIncreasing`` keeps 0 bits, which Pillow ≥ 10 refuses mid-training (and which would
+    black the image out); ``-mmax9`` caps the magnitude at 9 (1 bit kept).
+    """
+    from timm.data.auto_augment import rand_augment_transform
+
+    for op in rand_augment_transform(spec, {}).ops:
+        if "Posterize" not in op.name:
+            continue
+        upper = op.magnitude_max or 10  # timm's clip of the drawn magnitude
+        reach = (0.0, upper) if op.magnitude_std > 0 else (min(op.magnitude, upper),)
+        if min(op.level_fn(m, op.hparams)[0] for m in reach) < 1:
+            raise ValueError(f"its {op.name} can keep 0 bits at magnitude {upper}; cap the magnitude with -mmax{upper - 1}")
+
+
 def transforms_images(rand_augment: str, crop_scale: float, hflip: float, random_erasing: float) -> bool:
     """Whether these settings change the training images (else they are used as evaluation sees them)."""
     return bool(rand_augment) or crop_scale < 1.0 or hflip > 0 or random_erasing > 0
