@@ -7,9 +7,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from trimlab.checkpoints import dense_checkpoint_path
 from trimlab.config import ConfigError, validate
 from trimlab.data import build_datamodule
 from trimlab.data.augment import batch_mixer, train_transform
+from trimlab.engine import finetune
 from trimlab.models.build import build_model
 from trimlab.results.record import run_id
 from trimlab.training import ClassifierModule, lr_factor
@@ -44,6 +46,8 @@ def test_the_recipe_keys_at_their_defaults_keep_earlier_run_ids_and_change_them_
     before = OmegaConf.to_container(cfg, resolve=True)
     del before["finetune"]["schedule"], before["finetune"]["augment"]  # a config from before the recipe keys
     assert run_id(cfg) == run_id(OmegaConf.create(before))
+    assert dense_checkpoint_path(cfg) == dense_checkpoint_path(OmegaConf.create(before))  # the cached dense weights too
+    assert dense_checkpoint_path(compose_cfg(*DEIT)) != dense_checkpoint_path(cfg)
     assert run_id(compose_cfg("model=vit_digits", "dataset=digits", "finetune.schedule=cosine")) != run_id(cfg)
     assert run_id(compose_cfg("model=vit_digits", "dataset=digits", "finetune.augment.mixup=0.8")) != run_id(cfg)
 
@@ -89,3 +93,20 @@ def test_the_cosine_schedule_halves_the_rate_midway_where_the_linear_one_does_to
     assert lr_factor(30, 105, 5, "cosine") == pytest.approx(0.5 * (1 + 2**-0.5))  # a quarter of the decay in: cos(π/4)
     assert lr_factor(30, 105, 5, "linear") == pytest.approx(0.75)
     assert lr_factor(105, 105, 5, "cosine") == 0.0
+
+
+def test_the_dense_training_runs_under_the_deit_recipe(compose_cfg, tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    cfg = compose_cfg(*DEIT, "finetune.epochs=1", "trainer.limit_train_batches=3")
+    built = build_model(cfg.model, 10)
+    dm = build_datamodule(cfg.dataset, built, seed=0)
+    start = {k: v.clone() for k, v in built.model.state_dict().items()}
+
+    def make_trainer(**kw):
+        return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_train_batches=3, limit_val_batches=0, default_root_dir=tmp_path, **kw)
+
+    finetune(cfg, built.model, dm, make_trainer)
+    assert any(not torch.equal(v, start[k]) for k, v in built.model.state_dict().items())
+    assert dm.train_set[0]["pixel_values"].equal(dm.train_set[0]["pixel_values"])  # the run's own datamodule stays unaugmented
