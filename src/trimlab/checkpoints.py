@@ -20,7 +20,7 @@ from torch import nn
 
 from trimlab.config import ConfigError, process_count
 from trimlab.files import atomic_path
-from trimlab.results.record import config_hash, input_fingerprints, locations
+from trimlab.results.record import config_hash, input_fingerprints, locations, without_neutral
 
 DATASET_KEYS_NOT_IN_TRAINING = ("eval_batch_size", "max_eval_examples", "sample_size", "num_workers")
 """Dataset keys that change evaluation only, not the trained weights."""
@@ -55,7 +55,7 @@ def _cache_path(cfg: DictConfig, kind: str, extra: dict[str, Any]) -> Path:
         {
             "model": model,
             "dataset": dataset,
-            "finetune": OmegaConf.to_container(cfg.finetune, resolve=True),
+            "finetune": without_neutral("finetune", OmegaConf.to_container(cfg.finetune, resolve=True)),  # type: ignore[arg-type]
             "seed": cfg.seed,
             "precision": cfg.trainer.precision,
             "limit_train_batches": cfg.trainer.limit_train_batches,

@@ -287,6 +287,36 @@ class ImageDatasetConfig:
 
 # ---------------------------------------------------------------- the dense starting point
 @dataclass
+class AugmentConfig:
+    """DeiT's training augmentation and mixing, through timm's own implementations; every key off by default.
+
+    For the grey image sets (digits, Animal-MNIST, MNIST-5k) and the dense training
+    only: per image, timm's ``create_transform`` (random resized crop, flip,
+    RandAugment, random erasing); per batch, timm's ``Mixup`` (mixup or CutMix) with
+    a soft-target loss. ``finetune=vit_deit_animal`` sets DeiT's values, fitted to 28 px.
+    """
+
+    rand_augment: str = ""
+    """timm's RandAugment spec (DeiT: ``rand-m9-mstd0.5-inc1``; here with ``-mmax9``, as a posterize to 0 bits
+    fails under Pillow ≥ 10); empty: none."""
+    crop_scale: float = bounded(1.0, 0, 1, low_open=True)
+    """Smallest area share of the random resized crop (DeiT at 224 px: 0.08); 1.0: the whole image, no crop."""
+    hflip: float = fraction(0.0)
+    """Probability of a horizontal flip (DeiT: 0.5)."""
+    random_erasing: float = fraction(0.0)
+    """Probability of erasing one random box of each image with noise (DeiT: 0.25)."""
+    mixup: float = at_least(0, 0.0)
+    """Mixup's Beta alpha (DeiT: 0.8); 0: off."""
+    cutmix: float = at_least(0, 0.0)
+    """CutMix's Beta alpha (DeiT: 1.0); 0: off. With both on, each batch takes one of the two, at even odds."""
+
+
+AUGMENT_SOURCES = ("digits", "animal_mnist", "mnist5k")
+"""The dataset sources whose training images ``finetune.augment`` can transform."""
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass
 class FinetuneConfig:
     """How the dense starting model is made: fine-tuned from its weights, trained from scratch, or used as loaded.
 
@@ -301,10 +331,13 @@ class FinetuneConfig:
     lr: float = positive(5e-5)
     weight_decay: float = at_least(0, 0.01)
     warmup_ratio: float = fraction(0.06)
-    """Linear warm-up fraction of the steps, then linear decay to zero."""
+    """Linear warm-up fraction of the steps, then the ``schedule``'s decay to zero."""
+    schedule: str = "linear"
+    """The decay after warm-up: ``linear`` or ``cosine`` (DeiT's)."""
     label_smoothing: float = fraction(0.0, high_open=True)
     freeze_embeddings: bool = False
     """Keep the input embeddings fixed (faster on CPU, often no loss for small sets)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 # ---------------------------------------------------------------- the rest
@@ -501,6 +534,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _validate_model(cfg.model)
     _validate_dataset(cfg.dataset, cfg.model)
+    _validate_finetune(cfg.finetune, cfg.dataset)
     if cfg.logger.kind not in ("wandb", "csv", "none"):
         raise ConfigError(f"logger.kind={cfg.logger.kind!r} is not one of wandb, csv, none")
     if cfg.logger.mode not in ("offline", "online", "disabled"):
@@ -508,6 +542,29 @@ def validate(cfg: DictConfig) -> None:
     process_count(cfg.trainer)
     _validate_accelerator(cfg.trainer.accelerator)
     _validate_measure_device(cfg.measure.device)
+
+
+def _validate_finetune(finetune: DictConfig, dataset: DictConfig) -> None:
+    if finetune.schedule not in SCHEDULES:
+        raise ConfigError(f"finetune.schedule={finetune.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    augment = finetune.augment
+    if augment == OmegaConf.structured(AugmentConfig):
+        return
+    if dataset.source not in AUGMENT_SOURCES:
+        raise ConfigError(
+            f"finetune.augment applies to the grey image sets ({', '.join(AUGMENT_SOURCES)}), not dataset.source={dataset.source}; "
+            "leave finetune.augment at its defaults"
+        )
+    if augment.rand_augment:
+        from trimlab.data.augment import check_rand_augment
+
+        try:
+            check_rand_augment(augment.rand_augment)
+        except Exception as err:
+            raise ConfigError(
+                f"finetune.augment.rand_augment={augment.rand_augment!r} is not a usable timm RandAugment spec: {err or type(err).__name__} "
+                "(e.g. rand-m9-mstd0.5-inc1-mmax9)"
+            ) from err
 
 
 def _validate_accelerator(accelerator: str) -> None:

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from trimlab.data.augment import batch_mixer, train_transform, transforms_images
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.measure.latency import LatencyResult, compare_latency, measure_latency
 from trimlab.measure.size import count_params, model_size_bytes
@@ -108,6 +109,7 @@ def build_trainer(cfg: DictConfig, tracker: Tracker, run_dir: Path, **overrides:
 def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: Any, resume: Path | None = None) -> None:
     """Fine-tune (or train from scratch) the dense model with the ``finetune`` recipe; ``resume``: where its state is kept."""
     ft = cfg.finetune
+    aug = ft.augment
     module = ClassifierModule(
         model,
         datamodule.num_labels,
@@ -117,7 +119,14 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule: Any, make_trainer: A
         warmup_ratio=ft.warmup_ratio,
         label_smoothing=ft.label_smoothing,
         freeze_embeddings=ft.freeze_embeddings,
+        schedule=ft.schedule,
+        mixer=batch_mixer(aug.mixup, aug.cutmix, ft.label_smoothing, datamodule.num_labels),
     )
+    if transforms_images(aug.rand_augment, aug.crop_scale, aug.hflip, aug.random_erasing):
+        transform = train_transform(
+            datamodule.image_size, datamodule.mean, datamodule.std, aug.rand_augment, aug.crop_scale, aug.hflip, aug.random_erasing
+        )
+        datamodule = datamodule.augmented(transform)
     log.info("fine-tuning %s on %s for %.2g epochs", cfg.model.name, cfg.dataset.name, ft.epochs)
     fit(module, model, datamodule, ft.epochs, cfg.trainer, make_trainer, resume, "fine-tuning", keep_final=False)
     for p in model.parameters():

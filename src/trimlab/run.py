@@ -23,7 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from trimlab.checkpoints import dense_checkpoint_path, load_checkpoint, resume_folder, save_checkpoint, trained_checkpoint_path
@@ -185,7 +185,7 @@ def run_context(cfg: DictConfig) -> RunContext:
     untrained = weights in ("random", "scratch", "embedded") or (weights != "hub" and cfg.dataset.num_labels > 0)
 
     def values(schema: type, node: DictConfig) -> Any:
-        return schema(**OmegaConf.to_container(node, resolve=True))
+        return schema(**{k: OmegaConf.to_object(v) if isinstance(v, (DictConfig, ListConfig)) else v for k, v in node.items()})
 
     return RunContext(
         cache_dir=Path(cfg.paths.cache_dir),

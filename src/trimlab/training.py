@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
 from trimlab.config import process_count
@@ -36,7 +37,10 @@ def task_metric(metric: str, num_labels: int) -> torchmetrics.Metric:
 
 
 class ClassifierModule(pl.LightningModule):
-    """Cross-entropy (or MSE for one label) training with AdamW and linear warm-up/decay.
+    """Cross-entropy (or MSE for one label) training with AdamW, linear warm-up, then linear or cosine decay.
+
+    With a ``mixer`` (timm's ``Mixup``) each training batch of images is mixed
+    and the loss is the cross-entropy against its soft targets (DeiT's recipe).
 
     For ``metric="agreement"`` (unlabelled data) the targets are the top-1
     predictions of ``reference``, the full-precision model, or, when a run has
@@ -58,6 +62,8 @@ class ClassifierModule(pl.LightningModule):
         freeze_embeddings: bool = False,
         reference: nn.Module | None = None,
         reference_preds: Tensor | None = None,
+        schedule: str = "linear",
+        mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -69,6 +75,9 @@ class ClassifierModule(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.reference = reference
         self.reference_preds = reference_preds
+        self.schedule = schedule
+        self.mixer = mixer
+        self.soft_target_loss = SoftTargetCrossEntropy()
         self.val_metric = task_metric(metric, num_labels)
         self.test_metric = task_metric(metric, num_labels)
         self.test_outputs: list[tuple[Tensor, Tensor]] = []
@@ -99,9 +108,18 @@ class ClassifierModule(pl.LightningModule):
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.task_loss(self(batch), batch["labels"])
+        if self.mixer is not None:
+            loss = self.mixed_loss(batch)
+        else:
+            loss = self.task_loss(self(batch), batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
+
+    def mixed_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Soft-target cross-entropy on the mixed batch (its last example left out when odd: timm mixes pairs)."""
+        even = len(batch["labels"]) // 2 * 2
+        pixels, soft = self.mixer(batch["pixel_values"][:even], batch["labels"][:even])  # type: ignore[misc]
+        return self.soft_target_loss(self({**batch, "pixel_values": pixels, "labels": batch["labels"][:even]}), soft)
 
     def _eval_step(self, batch: Mapping[str, Tensor], metric: torchmetrics.Metric, prefix: str, seen: int | None = None) -> tuple[Tensor, Tensor]:
         logits = self(batch)
@@ -141,14 +159,16 @@ class ClassifierModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, self.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning rate's share at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then linear or cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    remaining = max(0.0, (total - step) / max(1, total - warmup))
+    return 0.5 * (1 - math.cos(math.pi * remaining)) if schedule == "cosine" else remaining
 
 
 def steps_for(epochs: float, batches_per_epoch: int, trainer: Any) -> int:

@@ -7,6 +7,7 @@ from scratch and a 3-channel ImageNet CNN alike.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from omegaconf import DictConfig
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
@@ -61,17 +62,23 @@ class GreyImages(Dataset):
     resolution and channels (10,000 images at 224 px, 3 channels, would be 6 GB).
     """
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, module: ImageDataModule) -> None:
+    def __init__(
+        self, pixels: torch.Tensor, labels: torch.Tensor, module: ImageDataModule, transform: Callable[[Image.Image], torch.Tensor] | None = None
+    ) -> None:
         self.pixels = pixels
         self.labels = labels
         self.size = module.image_size
         self.in_chans = module.in_chans
         self.normalise = module.normalise
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.transform is not None:  # training augmentation: PIL image at the stored size → normalised tensor at ``size``
+            image = TF.to_pil_image(self.pixels[i]).convert("L" if self.in_chans == 1 else "RGB")
+            return {"pixel_values": self.transform(image), "labels": self.labels[i]}
         pixels = self.pixels[i : i + 1]
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -100,6 +107,19 @@ class GreyArrayDataModule(ImageDataModule):
             index = torch.from_numpy(indices)
             parts.append(limited(GreyImages(pixels[index], targets[index], self), int(limit), seed))
         return parts[0], parts[1], parts[2]
+
+
+    def augmented(self, transform: Callable[[Image.Image], torch.Tensor]) -> GreyArrayDataModule:
+        """A copy whose training images pass through ``transform`` (PIL image → normalised tensor); the rest unchanged."""
+        self.setup()
+        train = self.train_set
+        indices = train.indices if isinstance(train, Subset) else None
+        plain = train.dataset if isinstance(train, Subset) else train
+        assert isinstance(plain, GreyImages)
+        images = GreyImages(plain.pixels, plain.labels, self, transform)
+        twin = copy.copy(self)
+        twin.train_set = images if indices is None else Subset(images, indices)
+        return twin
 
 
 class DigitsDataModule(GreyArrayDataModule):

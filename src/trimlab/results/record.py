@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trimlab.config import ConfigError
+from trimlab.config import AugmentConfig, ConfigError
 from trimlab.files import atomic_write_text, fingerprint
 
 RECORD_FILE = "record.json"
@@ -34,8 +34,15 @@ NEUTRAL_FOR_ID = {
     "trainer": {"num_nodes": 1, "gradient_clip_val": 0.0, "accumulate_grad_batches": 1},
     "model": {"packed": True, "revision": ""},
     "measure": {"device": "cpu", "deployed": True},
+    "finetune": {"schedule": "linear", "augment": asdict(AugmentConfig())},
 }
 """Keys added after runs were recorded: at these values they leave a run's id as it was, so finished runs stay found."""
+
+
+def without_neutral(group: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of a config group less the keys at their :data:`NEUTRAL_FOR_ID` value."""
+    neutral = NEUTRAL_FOR_ID.get(group, {})
+    return {k: v for k, v in values.items() if neutral.get(k, object()) != v}
 
 
 def config_hash(node: Any, length: int = 10) -> str:
@@ -68,8 +75,8 @@ def run_id(cfg: DictConfig) -> str:
     """
     data = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_FOR_ID}
     data["trainer"] = {k: v for k, v in data.get("trainer", {}).items() if k not in IGNORED_TRAINER_KEYS}
-    for group, neutral in NEUTRAL_FOR_ID.items():
-        data[group] = {k: v for k, v in data[group].items() if neutral.get(k, object()) != v}
+    for group in NEUTRAL_FOR_ID:
+        data[group] = without_neutral(group, data[group])
     if data["dataset"].get("source") == "hf":  # counted from the data the fingerprints (or the hub name) cover: 0 or the count alike
         data["dataset"].pop("num_labels", None)
     read = locations(cfg)
