@@ -101,14 +101,14 @@ class TwoBranchLinear(nn.Module):
         self.register_buffer("weight_int8", weight)
         self.register_buffer("row_scales", torch.cat([centre_scale, tail_scale]))
         shift = quantized.params.get("shift")
-        row_scale = quantized.params.get("scale", torch.ones(1, 1))
+        row_scale = quantized.params.get("scale", torch.ones(1, 1, device=weight.device))
         shift = None if shift is None else (shift * row_scale).expand(self.out_features, 1).flatten().float()
         self.register_buffer("shift", shift)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         if kernel == "onednn":
             packed = torch.cat([weight, weight], dim=1) if self.split else weight
             self.packed = torch.ops.onednn.qlinear_prepack(packed, None)
-            self.register_buffer("zero_points", torch.zeros(weight.shape[0], dtype=torch.long))
+            self.register_buffer("zero_points", torch.zeros(weight.shape[0], dtype=torch.long, device=weight.device))
         else:
             self.register_buffer("row_sums", weight.int().sum(1))
 
