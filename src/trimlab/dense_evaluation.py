@@ -4,7 +4,7 @@ test set evaluate it once (a PWLQ block runs 15 cells per model; the dense pass 
 An entry is read only under its key, a hash of everything its numbers come from: the model's structure and
 every weight and buffer, every test batch's tensors, the evaluation settings, and the software and hardware
 that compute them (the record's ``environment``: versions, git commit, CPU, threads). Any changed input is a
-new key, so a stale entry is never used; entries are written whole (a temporary file renamed into place).
+new key, so a stale entry is never used; entries are written whole (:func:`trimlab.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trimlab.files import atomic_path
 from trimlab.results.record import environment
 
 log = logging.getLogger(__name__)
@@ -72,14 +71,8 @@ def load_evaluation(folder: Path, key: str) -> Evaluation | None:
 def save_evaluation(folder: Path, key: str, evaluation: Evaluation) -> None:
     """Store ``evaluation`` under ``key``; a disk that fails costs the cache, not the run."""
     metrics, targets, preds = evaluation
-    temporary = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{key}.", suffix=".npz", delete=False) as f:
-            temporary = Path(f.name)
+        with atomic_path(folder / f"{key}.npz") as temporary, open(temporary, "wb") as f:
             np.savez(f, key=np.array(key), metrics=np.array(json.dumps(metrics)), targets=targets, preds=preds)
-        os.replace(temporary, folder / f"{key}.npz")
     except OSError as err:
         log.warning("could not cache the dense evaluation in %s (%s)", folder, err)
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
