@@ -108,7 +108,6 @@ class GreyArrayDataModule(ImageDataModule):
             parts.append(limited(GreyImages(pixels[index], targets[index], self), int(limit), seed))
         return parts[0], parts[1], parts[2]
 
-
     def augmented(self, transform: Callable[[Image.Image], torch.Tensor]) -> GreyArrayDataModule:
         """A copy whose training images pass through ``transform`` (PIL image → normalised tensor); the rest unchanged."""
         self.setup()
