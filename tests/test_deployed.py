@@ -21,6 +21,7 @@ from trimlab.measure.deployed import (
     NO_ENGINE,
     DeployedDisagreement,
     DeployedModel,
+    check_disagreement,
     deployed_model,
 )
 from trimlab.methods.pwlq.calibrate import InputQuantizer, install_input_quantizer
@@ -143,8 +144,6 @@ def test_a_quantized_conv_and_a_float64_model_have_no_deployed_form(tmp_path: Pa
 
 
 def test_a_disagreement_at_the_limit_passes_and_one_over_fails() -> None:
-    from trimlab.measure.deployed import check_disagreement
-
     check_disagreement({"deployed_engine": "e", "deployed_disagreement": DISAGREEMENT_LIMIT}, 100)
     with pytest.raises(DeployedDisagreement, match="engine e"):
         check_disagreement({"deployed_engine": "e", "deployed_disagreement": 0.02}, 100)
@@ -210,3 +209,15 @@ def test_compress_refuses_eval_data_nothing_reads(kwargs: dict, match: str) -> N
 def test_compress_checks_eval_data_before_compressing() -> None:
     with pytest.raises(ConfigError, match="eval_data: batch 0, a dict .keys: ids., has neither input_ids"):
         compress(small_bert(), "pwlq", bits=8, data=text_batches(1), eval_data=[{"ids": torch.zeros(2, 4)}])
+
+
+def test_a_model_with_its_own_head_num_labels_0_has_its_disagreement_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``num_labels`` 0 (a photo model's 1,000 ImageNet classes) is a classifier: the 1% rule must see its flips."""
+    from trimlab.measure.deployed import measure_deployed
+
+    quantized, _ = compress(small_bert(), "pwlq", bits=8, data=text_batches(2), options=W8A8, check_deployed=False)
+    break_the_deployed_model(monkeypatch)
+    entries = measure_deployed(quantized, text_batches(4), "accuracy", 0)
+    assert entries["deployed_disagreement"] == pytest.approx(0.25)
+    with pytest.raises(DeployedDisagreement):
+        check_disagreement(entries, 32)

@@ -292,7 +292,7 @@ def _execute(cfg, record, model, datamodule, method, checkpoint, tracker, run_di
     if kernel is not None:  # the same weights through PyTorch's int8 kernels: their accuracy beside the simulated model's
         kernel_metrics, _, kernel_preds = evaluate_predicting(kernel, datamodule, make_trainer, dense, cfg.measure.flops_batches, dense_preds)
         record.compressed["metric_int8_kernel"] = kernel_metrics["metric"]
-        if datamodule.num_labels > 1:
+        if datamodule.num_labels != 1:  # 0: the weights' own classes
             record.compressed["agreement_int8_kernel"] = float(np.mean(kernel_preds == compressed_preds))
     record.ratios = compare(cfg, dense, compressed, kernel, datamodule, record)
     if cfg.measure.deployed and quantized_layers(compressed):

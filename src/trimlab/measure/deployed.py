@@ -102,7 +102,8 @@ def measure_deployed(
 
     Entries: engine (and reason when none), metric on ``targets`` (their labels; none without), disagreement
     with ``simulated`` (the model's own predictions, in loader order; predicted here, on the CPU, without).
-    Disagreement needs classes: a one-label (regression) model has none. ``loader`` is read more than once
+    Disagreement needs classes: a one-label (regression) model has none; ``num_labels`` 0 (the weights' own
+    head, e.g. 1,000 ImageNet classes) has as many as its logits. ``loader`` is read more than once
     (a DataLoader or a list of CPU batches); its first examples are what an ONNX export traces.
     """
     with tempfile.TemporaryDirectory(prefix="trimlab-deployed-") as workdir, placed_on(torch.device("cpu"), model):
@@ -119,7 +120,7 @@ def measure_deployed(
         score = task_metric(metric, num_labels)
         score.update(torch.from_numpy(preds), torch.from_numpy(targets))
         entries["deployed_metric"] = float(score.compute())
-    if num_labels > 1:
+    if num_labels != 1:
         entries["deployed_disagreement"] = float(np.mean(preds != simulated))
     return entries
 
