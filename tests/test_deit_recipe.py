@@ -24,6 +24,8 @@ DEIT = ("model=vit_digits", "dataset=digits", "finetune=vit_deit_animal")
     [
         ("finetune.schedule=step", r"finetune.schedule='step' is not one of linear, cosine"),
         ("finetune.augment.rand_augment=bogus", r"finetune.augment.rand_augment='bogus' is not a usable timm RandAugment spec"),
+        ("finetune.augment.rand_augment=rand-w0", r"'rand-w0' is not a usable timm RandAugment spec: Unknown RandAugment config section"),
+        ("finetune.augment.rand_augment=rand-m9x", r"'rand-m9x' is not a usable timm RandAugment spec: invalid literal"),
         ("finetune.augment.rand_augment=rand-m9-mstd0.5-inc1", r"PosterizeIncreasing can keep 0 bits at magnitude 10; cap the magnitude with -mmax9"),
         ("finetune.augment.mixup=-1", r"finetune.augment.mixup=-1.0 is out of range: must be ≥ 0"),
         ("finetune.augment.crop_scale=0", r"finetune.augment.crop_scale=0.0 is out of range: must be > 0 and ≤ 1"),

@@ -560,7 +560,7 @@ def _validate_finetune(finetune: DictConfig, dataset: DictConfig) -> None:
 
         try:
             check_rand_augment(augment.rand_augment)
-        except Exception as err:
+        except (AssertionError, ValueError) as err:  # timm's parser asserts on a section it does not know, int() raises on a bad number
             raise ConfigError(
                 f"finetune.augment.rand_augment={augment.rand_augment!r} is not a usable timm RandAugment spec: {err or type(err).__name__} "
                 "(e.g. rand-m9-mstd0.5-inc1-mmax9)"
