@@ -103,14 +103,28 @@ def test_the_interval_of_compressed_minus_dense_covers_the_seeds_spread_too() ->
     """Two seeds (two calibration samples) on one test split: −1 and −3 points; the test set alone would say ±~0.5."""
     runs = [accuracy_shift(4000, 0, 40), accuracy_shift(4000, 0, 120)]
     records = [RunRecord(f"r{i}", "completed", "cnn", "digits", "pwlq", {}, i, {}, compressed={"metric": 0.0}) for i in range(2)]
-    result = CellResult(Cell(("cnn",), "pwlq_4", ()), 100.0, records=records, predictions=runs)
+    result = CellResult(Cell(("cnn",), "pwlq_4", ()), 100.0, records=records, predictions=dict(enumerate(runs)))
     test_only = paired_bootstrap(*(np.stack([getattr(p, part) for p in runs]) for part in ("labels", "dense", "compressed")), "accuracy")
     delta, low, high = result.vs_dense
     assert delta == pytest.approx(-2.0) and delta == pytest.approx(100 * test_only[0])
     assert high - low > 10 * 100 * (test_only[2] - test_only[1])  # t(1 df) over a 2-point spread dwarfs the test noise
     assert low < -3.0 and high > 0 and result.undecided  # two seeds that far apart cannot decide the sign
-    one_seed = CellResult(result.cell, 100.0, records=records[:1], predictions=runs[:1])
+    one_seed = CellResult(result.cell, 100.0, records=records[:1], predictions={0: runs[0]})
     assert one_seed.vs_dense == pytest.approx(tuple(100 * v for v in paired_bootstrap(runs[0].labels, runs[0].dense, runs[0].compressed, "accuracy")))
+
+
+def test_one_cell_versus_another_pairs_their_seeds_and_needs_one_test_split() -> None:
+    a, b = accuracy_shift(1000, 0, 10), accuracy_shift(1000, 0, 40)  # compressed: 98.0 and 95.0
+    records = [RunRecord(f"r{i}", "completed", "cnn", "digits", "pwlq", {}, i, {}, compressed={"metric": 0.0}) for i in range(2)]
+    mine = CellResult(Cell(("ltp",), "bbc", ()), 100.0, records=records[:1], predictions={0: a})
+    theirs = CellResult(Cell(("topk",), "bbc", ()), 100.0, records=records, predictions={0: b, 1: b})
+    delta, low, high = mine.versus(theirs)  # seed 0 only: the one both ran
+    assert delta == pytest.approx(3.0) and low < 3.0 < high
+    assert (delta, low, high) == pytest.approx(tuple(100 * v for v in paired_bootstrap(a.labels, b.compressed, a.compressed, "accuracy")))
+    other_split = replace(b, labels=np.roll(b.labels, 1))
+    assert mine.versus(CellResult(theirs.cell, 100.0, records=records[:1], predictions={0: other_split})) is None
+    assert mine.versus(CellResult(theirs.cell, 100.0, records=records[1:], predictions={1: b})) is None  # no seed in common
+    assert mine.versus(CellResult(theirs.cell, 100.0, records=records[:1])) is None  # its predictions were not stored
 
 
 def test_the_listing_shows_compressed_minus_dense_where_runs_stored_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -254,15 +268,6 @@ def test_claims_are_judged_by_the_interval_of_the_cell_they_name(
     assert "another block's" not in text
 
 
-def test_a_malformed_claim_names_what_it_needs(tmp_path: Path) -> None:
-    from trimlab.results.spec import load_spec
-
-    spec = tmp_path / "spec.yaml"
-    spec.write_text((FIXTURES / "spec.yaml").read_text() + "claims:\n  - {claim: x, block: embedded_runs, row: a, column: b}\n")
-    with pytest.raises(ConfigError, match="one of at_least / at_most"):
-        load_spec(spec, "embedded_runs")
-
-
 def test_the_header_names_the_metric_the_blocks_columns_share(tmp_path: Path) -> None:
     from trimlab.results.spec import load_spec
 
@@ -403,3 +408,48 @@ def test_a_bad_launcher_is_one_line_and_exit_2_before_any_run(
     assert table_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("trimlab-table: error:") and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_claim_against_another_row_is_judged_by_their_paired_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folders = runs_from_fixtures(tmp_path / "runs")
+    spec = load_spec(FIXTURES / "spec.yaml", "embedded_runs")
+    cnn_id = next(rid for (cell, seed), rid in trimlab_run_ids(spec).items() if cell.row == ("cnn_digits",) and cell.column == "pwlq_8" and seed == 0)
+    record = json.loads((folders["vit_digits-pwlq_8-seed0"] / "record.json").read_text()) | {"run_id": cnn_id, "model": "cnn_digits"}
+    (tmp_path / "runs" / cnn_id).mkdir()
+    (tmp_path / "runs" / cnn_id / "record.json").write_text(json.dumps(record))
+    labels = np.arange(1000) % 10
+    vit, cnn = labels.copy(), labels.copy()
+    vit[:10] = (labels[:10] + 1) % 10  # 99.0
+    cnn[:60] = (labels[:60] + 1) % 10  # 94.0: vit − cnn = +5 points, on the same examples
+    add_predictions(folders["vit_digits-pwlq_8-seed0"], Predictions("accuracy", labels, labels, vit))
+    add_predictions(tmp_path / "runs" / cnn_id, Predictions("accuracy", labels, labels, cnn))
+    claims = (
+        "claims:\n"
+        "  - {claim: beats the CNN, block: embedded_runs, row: vit_digits, column: pwlq_8, quantity: vs_row, than: cnn_digits, at_least: 2}\n"
+        "  - {claim: beats it by 8, block: embedded_runs, row: vit_digits, column: pwlq_8, quantity: vs_row, than: [cnn_digits], at_least: 8}\n"
+        "  - {claim: beats a row not run, block: embedded_runs, row: cnn_digits, column: dense, quantity: vs_row, than: vit_digits, at_least: 0}\n"
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text((FIXTURES / "spec.yaml").read_text() + claims)
+    assert table_main([str(spec_file), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table")]) == 0
+    text = capsys.readouterr().out
+    assert "- beats the CNN — **met**: ours +5.0 [" in text and "(vit_digits · pwlq_8 − cnn_digits · pwlq_8: vs_row >= +2)" in text
+    assert "- beats it by 8 — **not met**: ours +5.0 [" in text
+    assert "- beats a row not run — not run yet (cnn_digits · dense − vit_digits · dense: vs_row >= +0)" in text
+
+
+@pytest.mark.parametrize(
+    "claim, message",
+    [
+        ("{claim: x, block: embedded_runs, row: a, column: b}", "one of at_least / at_most"),
+        ("{claim: x, block: embedded_runs, row: a, column: b, quantity: vs_row, at_least: 0}", "`than` .* goes with quantity vs_row"),
+        ("{claim: x, block: embedded_runs, row: a, column: b, than: c, at_least: 0}", "`than` .* goes with quantity vs_row"),
+    ],
+)
+def test_a_malformed_claim_names_what_it_needs(tmp_path: Path, claim: str, message: str) -> None:
+    from trimlab.results.spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((FIXTURES / "spec.yaml").read_text() + f"claims:\n  - {claim}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_spec(spec, "embedded_runs")

@@ -25,8 +25,8 @@ class CellResult:
     records: list[RunRecord] = field(default_factory=list)
     missing_seeds: list[int] = field(default_factory=list)
     paper: float | None = None
-    predictions: list[Predictions] = field(default_factory=list)
-    """The per-example test predictions of those records that stored them."""
+    predictions: dict[int, Predictions] = field(default_factory=dict)
+    """The per-example test predictions of those records that stored them, by seed."""
 
     @property
     def values(self) -> list[float]:
@@ -68,14 +68,34 @@ class CellResult:
         :func:`~trimlab.results.intervals.pooled_interval`). None for the dense
         column, and unless every seed stored its predictions on one split.
         """
-        runs = self.predictions
+        runs = list(self.predictions.values())
         if not runs or len(runs) != len(self.records) or all(r.method == "dense" for r in self.records):
             return None
         if len({len(p.labels) for p in runs}) != 1 or len({p.metric for p in runs}) != 1:
             return None
-        stack = [np.stack([getattr(p, part) for p in runs]) for part in ("labels", "dense", "compressed")]
-        metric = runs[0].metric
-        per_seed = [float(score(metric, p.labels, p.compressed) - score(metric, p.labels, p.dense)) for p in runs]
+        return self._difference([(p.labels, p.dense, p.compressed) for p in runs], runs[0].metric)
+
+    def versus(self, other: CellResult) -> tuple[float, float, float] | None:
+        """This cell − ``other`` (× scale, compressed models both), over the seeds both ran, and its 95% interval.
+
+        The same paired bootstrap as :attr:`vs_dense`, with ``other``'s model in the dense one's place: each seed's
+        two runs must have stored predictions on one test split (same labels, same metric). None otherwise, and
+        when the two cells share no seed.
+        """
+        seeds = sorted(self.predictions.keys() & other.predictions.keys())
+        pairs = [(self.predictions[s], other.predictions[s]) for s in seeds]
+        if not pairs or len(seeds) != len({r.seed for r in self.records} & {r.seed for r in other.records}):
+            return None
+        if any(mine.metric != theirs.metric or not np.array_equal(mine.labels, theirs.labels) for mine, theirs in pairs):
+            return None
+        if len({len(mine.labels) for mine, _ in pairs}) != 1 or len({mine.metric for mine, _ in pairs}) != 1:
+            return None
+        return self._difference([(mine.labels, theirs.compressed, mine.compressed) for mine, theirs in pairs], pairs[0][0].metric)
+
+    def _difference(self, runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str) -> tuple[float, float, float]:
+        """``metric(b) − metric(a)`` (× scale) of (labels, a, b) per seed, averaged, with its pooled 95% interval."""
+        stack = [np.stack(part) for part in zip(*runs)]
+        per_seed = [float(score(metric, labels, b) - score(metric, labels, a)) for labels, a, b in runs]
         delta, low, high = pooled_interval(*paired_bootstrap(*stack, metric=metric), per_seed)
         return self.scale * delta, self.scale * low, self.scale * high
 
@@ -108,7 +128,7 @@ def aggregate(
             else:
                 result.records.append(record)
                 if record.run_id in predictions:
-                    result.predictions.append(predictions[record.run_id])
+                    result.predictions[seed] = predictions[record.run_id]
         results.append(result)
     return results
 

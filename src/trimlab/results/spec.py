@@ -45,6 +45,8 @@ class Claim:
     """A paper's claim, judged on one cell of a run block by the interval of a quantity of ours.
 
     ``vs_dense``: compressed − dense (× scale) with its paired bootstrap interval;
+    ``vs_row``: this cell − the cell of row ``than`` in the same column, the same interval over the seeds
+    both ran (a claim against another method, e.g. LTP against top-k);
     ``mean``: the cell's mean with its interval over seeds.
     """
 
@@ -55,6 +57,8 @@ class Claim:
     direction: str
     """``>=`` (``at_least``) or ``<=`` (``at_most``)."""
     threshold: float
+    than: tuple[str, ...] = ()
+    """``vs_row``: the row compared against."""
 
 
 @dataclass
@@ -210,22 +214,30 @@ def _scale(table: dict[str, Any], path: Path) -> float:
 
 
 def _claims(entries: list[dict[str, Any]], block: str, path: Path) -> list[Claim]:
-    """The claims whose ``block`` is this one: ``{claim, block, row: [...], column, quantity, at_least | at_most}``."""
+    """The claims whose ``block`` is this one: ``{claim, block, row: [...], column, quantity, at_least | at_most}``,
+    and ``than: [...]`` (a row) with ``quantity: vs_row``."""
     claims = []
     for entry in entries:
         if entry.get("block") != block:
             continue
         bound = [(d, entry[k]) for k, d in (("at_least", ">="), ("at_most", "<=")) if k in entry]
         quantity = entry.get("quantity", "vs_dense")
-        if len(bound) != 1 or quantity not in ("vs_dense", "mean") or not entry.get("claim") or "column" not in entry:
+        if len(bound) != 1 or quantity not in ("vs_dense", "vs_row", "mean") or not entry.get("claim") or "column" not in entry:
             raise ConfigError(
-                f"{path}: claim {entry.get('claim')!r} needs `claim`, `row`, `column`, quantity vs_dense or mean, "
+                f"{path}: claim {entry.get('claim')!r} needs `claim`, `row`, `column`, quantity vs_dense, vs_row or mean, "
                 "and one of at_least / at_most"
             )
-        row = entry.get("row") or []
-        claims.append(Claim(str(entry["claim"]), tuple(str(r) for r in ([row] if isinstance(row, str) else row)),
-                            str(entry["column"]), quantity, bound[0][0], float(bound[0][1])))
+        if (quantity == "vs_row") != bool(entry.get("than")):
+            raise ConfigError(f"{path}: claim {entry['claim']!r}: `than` (the row compared against) goes with quantity vs_row, and only there")
+        claims.append(Claim(str(entry["claim"]), _row_key(entry.get("row")), str(entry["column"]), quantity, bound[0][0],
+                            float(bound[0][1]), _row_key(entry.get("than"))))
     return claims
+
+
+def _row_key(row: Any) -> tuple[str, ...]:
+    """A claim's row, written as one name or a list of the row's parts."""
+    row = row or []
+    return tuple(str(r) for r in ([row] if isinstance(row, str) else row))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -149,10 +149,14 @@ def claim_verdicts(spec: Spec, results: list[CellResult]) -> list[str]:
         if result is None:
             lines.append(f"{claim.text} — no such cell ({where})")
             continue
-        if claim.quantity == "vs_dense":
-            value, interval = (None, None) if result.vs_dense is None else (result.vs_dense[0], result.vs_dense[1:])
-        else:
+        if claim.quantity == "mean":
             value, interval = result.mean, result.interval
+        else:
+            other = by_cell.get((claim.than, claim.column))
+            if claim.quantity == "vs_row":
+                where += f" − {' / '.join(claim.than)} · {claim.column}"
+            difference = result.vs_dense if claim.quantity == "vs_dense" else (None if other is None else result.versus(other))
+            value, interval = (None, None) if difference is None else (difference[0], difference[1:])
         if value is None:
             lines.append(f"{claim.text} — not run yet ({where}: {bound})")
             continue
@@ -160,7 +164,7 @@ def claim_verdicts(spec: Spec, results: list[CellResult]) -> list[str]:
         d = spec.digits
         lines.append(
             f"{claim.text} — **{verdict(low, high, claim.threshold, claim.direction)}**: "
-            f"ours {_fmt(value, d, signed=claim.quantity == 'vs_dense')} {_fmt_range(interval, d, signed=claim.quantity == 'vs_dense')} ({where}: {bound})"
+            f"ours {_fmt(value, d, signed=claim.quantity != 'mean')} {_fmt_range(interval, d, signed=claim.quantity != 'mean')} ({where}: {bound})"
         )
     return lines
 
