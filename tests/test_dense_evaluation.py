@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from trimlab.dense_evaluation import DENSE_EVALUATIONS, evaluation_key, load_evaluation, save_evaluation
+from trimlab.dense_evaluation import DENSE_EVALUATIONS, evaluation_key, load_evaluation, save_evaluation, source_digest
 from trimlab.results.predictions import PREDICTIONS_FILE, read_predictions
 from trimlab.run import run
 
@@ -55,3 +55,27 @@ def test_a_changed_weight_batch_or_setting_is_another_key_and_an_entry_is_read_o
     assert load_evaluation(tmp_path, "0" * 64) is None
     (tmp_path / f"{key}.npz").rename(tmp_path / f"{'1' * 64}.npz")  # an entry under another name than its key
     assert load_evaluation(tmp_path, "1" * 64) is None
+
+
+def test_an_edit_to_trimlabs_source_is_another_key_committed_or_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key hashes the package's source files, not the git commit (an uncommitted edit keeps the commit)."""
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "engine.py").write_text("SCALE = 1\n")
+    (tmp_path / "pkg" / "sub" / "metric.py").write_text("def f(): ...\n")
+    before = source_digest(tmp_path / "pkg")
+    assert source_digest.__wrapped__(tmp_path / "pkg") == before
+    (tmp_path / "pkg" / "sub" / "metric.py").write_text("def f(): return 1\n")
+    assert source_digest.__wrapped__(tmp_path / "pkg") != before
+    (tmp_path / "pkg" / "sub" / "metric.py").write_text("def f(): ...\n")
+    (tmp_path / "pkg" / "sub" / "metric.py").rename(tmp_path / "pkg" / "sub" / "metrics.py")
+    assert source_digest.__wrapped__(tmp_path / "pkg") != before  # a moved file is another program
+
+    model, batches = torch.nn.Linear(4, 3), [{"pixel_values": torch.randn(2, 4)}]
+    key = evaluation_key(model, batches, {})
+    monkeypatch.setattr("trimlab.dense_evaluation.source_digest", lambda: "edited")
+    assert evaluation_key(model, batches, {}) != key
+    keys = set()
+    for commit in ("a288c2d", "7d6bff0"):  # the same source under two commits: one key
+        monkeypatch.setattr("trimlab.dense_evaluation.environment", lambda commit=commit: {"torch_threads": 1, "git_commit": commit})
+        keys.add(evaluation_key(model, batches, {}))
+    assert len(keys) == 1
