@@ -11,8 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from trimlab.dense_evaluation import DENSE_EVALUATIONS, evaluation_key, load_evaluation, save_evaluation, source_digest
+from trimlab.dense_evaluation import DENSE_EVALUATIONS, evaluation_key, load_evaluation, save_evaluation
 from trimlab.results.predictions import PREDICTIONS_FILE, read_predictions
+from trimlab.results.record import environment, source_digest
 from trimlab.run import run
 
 
@@ -70,12 +71,10 @@ def test_an_edit_to_trimlabs_source_is_another_key_committed_or_not(tmp_path: Pa
     (tmp_path / "pkg" / "sub" / "metric.py").rename(tmp_path / "pkg" / "sub" / "metrics.py")
     assert source_digest.__wrapped__(tmp_path / "pkg") != before  # a moved file is another program
 
+    assert environment()["trimlab_source"] == source_digest()  # the record names the source it ran
     model, batches = torch.nn.Linear(4, 3), [{"pixel_values": torch.randn(2, 4)}]
-    key = evaluation_key(model, batches, {})
-    monkeypatch.setattr("trimlab.dense_evaluation.source_digest", lambda: "edited")
-    assert evaluation_key(model, batches, {}) != key
-    keys = set()
-    for commit in ("a288c2d", "7d6bff0"):  # the same source under two commits: one key
-        monkeypatch.setattr("trimlab.dense_evaluation.environment", lambda commit=commit: {"torch_threads": 1, "git_commit": commit})
-        keys.add(evaluation_key(model, batches, {}))
-    assert len(keys) == 1
+    keys = {}
+    for commit, source in (("a288c2d", "s1"), ("7d6bff0", "s1"), ("7d6bff0", "s2")):  # commits differ, or the source does
+        monkeypatch.setattr("trimlab.dense_evaluation.environment", lambda c=commit, s=source: {"git_commit": c, "trimlab_source": s})
+        keys[commit, source] = evaluation_key(model, batches, {})
+    assert keys["a288c2d", "s1"] == keys["7d6bff0", "s1"] != keys["7d6bff0", "s2"]

@@ -3,14 +3,13 @@ test set evaluate it once (a PWLQ block runs 15 cells per model; the dense pass 
 
 An entry is read only under its key, a hash of everything its numbers come from: the model's structure and
 every weight and buffer, every test batch's tensors, the evaluation settings, and the software and hardware
-that compute them (the record's ``environment``: versions, CPU, threads; and the content of trimlab's own
-source files, not its git commit, which misses uncommitted edits and is empty outside a clone). Any changed
+that compute them (the record's ``environment``: versions, CPU, threads and the content of trimlab's own
+source files; not its git commit, which misses uncommitted edits and is empty outside a clone). Any changed
 input is a new key, so a stale entry is never used; entries are written whole (:func:`trimlab.files.atomic_path`).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -35,8 +34,8 @@ Evaluation = tuple[dict[str, Any], np.ndarray, np.ndarray]
 
 
 def evaluation_key(model: nn.Module, batches: Iterable[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
-    """sha256 of ``model`` (structure, weights, buffers), every batch's content, ``settings``, the environment and trimlab's source."""
-    software = {k: v for k, v in environment().items() if k != "git_commit"} | {"trimlab_source": source_digest()}
+    """sha256 of ``model`` (structure, weights, buffers), every batch's content, ``settings`` and the environment (trimlab's source included)."""
+    software = {k: v for k, v in environment().items() if k != "git_commit"}  # the source's content is in it: trimlab_source
     digest = hashlib.sha256()
     digest.update(json.dumps({"settings": dict(settings), "environment": software, "model": repr(model)}, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
@@ -44,16 +43,6 @@ def evaluation_key(model: nn.Module, batches: Iterable[Mapping[str, Any]], setti
     for batch in batches:
         for name in sorted(batch):
             _update(digest, name, batch[name])
-    return digest.hexdigest()
-
-
-@functools.cache
-def source_digest(package: Path = Path(__file__).parent) -> str:
-    """sha256 over the path and content of every Python file under ``package`` (trimlab's own; read once per process)."""
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

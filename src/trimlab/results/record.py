@@ -184,7 +184,8 @@ def now() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, hardware and git commit, so a number can be traced to where it was made."""
+    """Versions, hardware, git commit and a digest of trimlab's source files (which an uncommitted edit changes),
+    so a number can be traced to where it was made."""
     import torch
 
     versions = {}
@@ -202,7 +203,18 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
         "git_commit": _git_commit(),
+        "trimlab_source": source_digest(),
     }
+
+
+@functools.cache
+def source_digest(package: Path = Path(__file__).parents[1]) -> str:
+    """sha256 over the path and content of every Python file under ``package`` (trimlab's own; read once per process)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _cpu_name() -> str:
