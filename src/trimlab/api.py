@@ -182,6 +182,7 @@ def compress(
     for step, bits_of_step in step_bits.items():
         steps[step].bits = bits_of_step
     methods = {step: _post_training_method(cfg) for step, cfg in steps.items()}
+    # as dataset.num_labels: 0 is the weights' own head (a timm CNN's classes); the deployed check reads its width (_num_labels)
     num_labels = compressed.head.classifier.out_features if isinstance(compressed, TransformerClassifier) else 0
     seq_len = _sequence_length(compressed, batches) if isinstance(compressed, TransformerClassifier) else 0.0
     with _work_dir(output_dir) as work:
