@@ -17,7 +17,9 @@ Variants (``--variants`` picks some; one JSON line per variant and batch size, t
   kept tokens; a larger batch runs the masked graph (every token computed):
   gathering a batch freezes its kept count at export.
 - ``pwlq_w8_int``: PWLQ W8A8 of the dense model executed as two int8 GEMMs per
-  Linear (``two_branch_model``), PyTorch; its row also holds simulated PWLQ's accuracy.
+  Linear, centre and tail stacked in one QDQ MatMul (:mod:`trimlab.qdq`), ONNX
+  Runtime; its row also holds simulated PWLQ's accuracy. (The same branches in
+  PyTorch's oneDNN kernel: ``benchmarks/pwlq_integer.py``.)
 
 Compression goes through trimlab's Python API (``trimlab.compress``) on the
 training split's sample batches. Accuracy (with a 95% bootstrap interval) is
@@ -55,7 +57,6 @@ import trimlab
 from trimlab.export import export_model
 from trimlab.measure.flops import mean_flops_per_example
 from trimlab.methods.ltp.selectors import LearnedThresholds
-from trimlab.methods.pwlq.integer import default_kernel, two_branch_model
 from trimlab.results.intervals import metric_interval
 
 from common import add_overrides_argument, compose_config, dense_model  # benchmarks/common.py
@@ -217,8 +218,8 @@ def build_variants(
 
     def pwlq_variant() -> Variant:
         model = trimlab.compress(dense, "pwlq", bits=8, data=list(calibration), options=w8a8_options, **unchecked)[0]
-        engine = pytorch_engine(two_branch_model(model), f"pytorch_int8_two_branch ({default_kernel()})")
-        return Variant("pwlq_w8_int", engine, model, 1.0, "PWLQ W8A8 as two int8 GEMMs per Linear")
+        engine = ort_engine(onnx(model, "pwlq_w8_int"), "onnxruntime_qdq_two_branch", threads)
+        return Variant("pwlq_w8_int", engine, model, 1.0, "PWLQ W8A8: centre and tail int8 branches in one QDQ MatMul per Linear")
 
     builders: dict[str, Callable[[], Variant]] = {
         "dense": lambda: Variant("dense", pytorch_engine(dense), dense, 1.0),

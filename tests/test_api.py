@@ -386,7 +386,7 @@ def test_save_model_refuses_a_model_trimlab_did_not_build(tmp_path) -> None:
         trimlab.save_model(small_bert(), tmp_path / "m")
 
 
-@pytest.mark.parametrize("fmt", ["onnx_float", "torchscript"])  # PWLQ codes have no QDQ form (yet): the float graph
+@pytest.mark.parametrize("fmt", ["onnx_float", "torchscript"])  # onnx (QDQ) is compared by prediction: tests/test_qdq_export.py
 def test_a_saved_compress_result_exports_like_a_run(fmt: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     import trimlab
     from trimlab.export import main as export_main

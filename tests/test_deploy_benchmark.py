@@ -33,6 +33,7 @@ def test_every_variant_gets_a_row_per_batch_size_with_the_deployers_keys(tmp_pat
     assert by[("dense_ort_int8", 1)]["speedup_vs_peer"] == 1.0 and by[("dense", 4)]["speedup_vs_dense"] == 1.0
     assert by[("fisher_ltp_w8a8", 1)]["engine"] == "onnxruntime_qdq_gathered"
     assert by[("fisher_ltp_w8a8", 4)]["engine"] == "onnxruntime_qdq_masked"
+    assert by[("pwlq_w8_int", 1)]["engine"] == "onnxruntime_qdq_two_branch"
     assert by[("fisher", 1)]["flops_ratio"] < 0.8 and by[("fisher_ltp_w8a8", 1)]["flops_ratio"] <= by[("fisher", 1)]["flops_ratio"]
     assert by[("dense_ort", 4)]["agreement"] == 1.0  # the float graph predicts what PyTorch does
     assert markdown(rows).count("\n") == len(rows) + 1

@@ -110,7 +110,7 @@ def test_export_matches_pytorch_on_other_shapes(case: str, fmt: str, tmp_path: P
     build, example, others = CASES[case]
     model = build()
     if case == "quantized" and fmt == "onnx":
-        fmt = "onnx_float"  # PWLQ has no QDQ form (tests/test_qdq_export.py); its simulation exports exactly
+        fmt = "onnx_float"  # its simulation exports exactly; QDQ, by prediction: tests/test_qdq_export.py
     path = export_model(model, example, tmp_path / f"model{SUFFIX[fmt]}", fmt)
     for batch in [example, *others]:
         if fmt == "onnx_float":

@@ -1,4 +1,4 @@
-"""QDQ ONNX export of a uniform W8A8 model: trimlab's scales and codes in the graph, integer MatMuls in ONNX Runtime."""
+"""QDQ ONNX export of uniform and PWLQ W8A8 models: trimlab's scales and codes in the graph, integer MatMuls in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from trimlab.export import export_model, exported_logits, model_logits
 from trimlab.methods.pwlq.callback import PostTrainingQuantization
 from trimlab.methods.pwlq.schema import QuantizeConfig
 from trimlab.models.classifier import TransformerClassifier
-from trimlab.qdq import CODES_SUFFIX, input_grid, quantized_linears, weight_codes
+from trimlab.qdq import CODES_SUFFIX, input_grid, integer_weight, quantized_linears, weight_codes
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -84,15 +84,59 @@ def test_onnx_runtime_predicts_as_the_simulated_model(qdq_file: Path) -> None:
     assert (exported - simulated).abs().max() <= 0.025 * simulated.abs().max()  # 1.3% here: a boundary input may land one step away; saturating int16 sums gave 20%
 
 
+@cache
+def pwlq_w8a8() -> TransformerClassifier:
+    return quantized(scheme="pwlq")
+
+
+@pytest.fixture(scope="module")
+def pwlq_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_model(pwlq_w8a8(), text_batch(2, 8, seed=1), tmp_path_factory.mktemp("pwlq") / "model.onnx", "onnx")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_pwlq_weights_two_branches_add_up_to_its_simulated_weight(bits: int) -> None:
+    for layer in quantized_linears(quantized(bits=bits, scheme="pwlq")).values():
+        q = layer.quantized_weight
+        codes, scale, zero = integer_weight(q)
+        rows = (codes.float() - zero) * scale[:, None]
+        out = q.shape[0]
+        assert codes.shape == (2 * out, rows.shape[1]) and zero == 128
+        torch.testing.assert_close(rows[:out] + rows[out:], q.dequantize().reshape(out, -1), rtol=1e-6, atol=1e-7)
+
+
+def test_a_pwlq_model_exports_its_two_branches_as_integer_matmuls(pwlq_file: Path, tmp_path: Path) -> None:
+    graph = onnx.load(str(pwlq_file)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    layers = quantized_linears(pwlq_w8a8())
+    for name, layer in layers.items():
+        np.testing.assert_array_equal(
+            initializers[f"model.{name}.weight_t{CODES_SUFFIX}"], integer_weight(layer.quantized_weight)[0].T.numpy()
+        )
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(pwlq_file), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(layers) and "DequantizeLinear" not in ops
+
+
+def test_onnx_runtime_predicts_as_the_simulated_pwlq_model(pwlq_file: Path) -> None:
+    model = pwlq_w8a8()
+    exported = torch.cat([exported_logits(pwlq_file, b) for b in TEST_INPUTS])
+    simulated = torch.cat([model_logits(model, b) for b in TEST_INPUTS])
+    assert (exported.argmax(-1) == simulated.argmax(-1)).float().mean() >= 0.995
+    assert (exported - simulated).abs().max() <= 0.025 * simulated.abs().max()
+
+
 @pytest.mark.parametrize(
     "build,match",
     [
-        (lambda: quantized(scheme="pwlq"), "pwlq codes: a QDQ graph takes uniform int8 weights"),
+        (lambda: quantized(scheme="pwlq", bias_correction=True), "bias-corrected"),
         (lambda: quantized(bits=16, scheme="uniform"), "16-bit weights"),
         (lambda: quantized(scheme="uniform", act_bits=0), "full-precision inputs"),
         (lambda: quantized(scheme="uniform", symmetric=False), "asymmetric weights"),
     ],
-    ids=["pwlq", "bits16", "float-inputs", "asymmetric"],
+    ids=["pwlq-bias-corrected", "bits16", "float-inputs", "asymmetric"],
 )
 def test_models_without_an_exact_int8_form_are_refused_with_the_float_graph_named(build, match: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match) as refusal:

@@ -25,8 +25,8 @@ Dense and structurally pruned models export as they compute (a pruned model
 with its smaller Linear weights). A quantized model's ONNX export (``onnx``)
 is a QDQ graph (:mod:`trimlab.qdq`): its quantized Linear layers take
 QuantizeLinear/DequantizeLinear pairs with trimlab's calibrated input scales
-and its int8 weight codes, which ONNX Runtime runs as integer MatMuls; a model
-with no exact int8 form (PWLQ, weights over 8 bits, inputs not 8-bit) is refused,
+and its int8 weight codes (PWLQ's as two branches), which ONNX Runtime runs as integer MatMuls;
+a model with no exact int8 form (weights over 8 bits, inputs not 8-bit) is refused,
 and ``onnx_float`` writes the simulation instead: dequantized float weights and
 activation fake quantization as plain float operations. ONNX uses torch's TorchScript-based exporter: the torch.export-based
 one cannot capture the encoder's padding check (``bool(valid.all())``).
@@ -364,8 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  dense and structurally pruned models: as they compute (pruned: the smaller weights)\n"
         "  quantized models, onnx: a QDQ graph (QuantizeLinear/DequantizeLinear with the run's calibrated\n"
         "           per-tensor input scales and its int8 weight codes, per output channel) that ONNX Runtime\n"
-        "           runs as integer MatMuls; uniform symmetric weights of at most 8 bits and 8-bit inputs only\n"
-        "           (PWLQ and the rest are refused); Conv2d layers stay simulated in float\n"
+        "           runs as integer MatMuls (PWLQ: its centre and tail branch side by side, then added);\n"
+        "           symmetric weights of at most 8 bits and 8-bit inputs only; Conv2d layers stay in float\n"
         "  quantized models, onnx_float: dequantized float weights, activation fake quantization as float ops\n"
         "  token-pruned models (LTP, SaiT): dropped tokens are masked instead of removed: the same\n"
         "           logits, but every token is computed, so without the token-pruning speedup;\n"

@@ -16,11 +16,14 @@ The scales are trimlab's own, so the graph computes what the simulated model doe
   re-rounding of float weights. Unsigned, not int8: on x86 CPUs without VNNI,
   ONNX Runtime's uint8 × int8 kernel adds pairs of products in 16 bits, which
   saturate (logits off by 20% on a small test model); its uint8 × uint8 kernel does not.
+- PWLQ weights (at most 8 bits) have no single-scale form; they become the two
+  integer branches of :mod:`trimlab.methods.pwlq.integer` (the paper's §3.4
+  hardware form): the centre and tail matrices stacked into one ``[in, 2·out]``
+  uint8 weight (zero point 128), each column with its branch's scale, one
+  integer MatMul, then the two halves added. Twice a uniform layer's integer work.
 
 Only Linear layers become QDQ; a quantized Conv2d (a CNN, a ViT's patch embedding)
-stays simulated in float. PWLQ's two-region codes have no single-scale integer
-form (running them needs two integer branches, a separate piece of work), so
-:func:`qdq_refusal` refuses them, as it refuses what else has no exact int8 form.
+stays simulated in float. :func:`qdq_refusal` refuses what has no exact int8 form.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from trimlab.methods.pwlq.calibrate import InputQuantizer
+from trimlab.methods.pwlq.integer import branch_matrices
 from trimlab.methods.pwlq.quantizer import QuantizedWeight
 
 CODES_SUFFIX = ".codes"
@@ -53,11 +57,8 @@ def qdq_refusal(model: nn.Module) -> str | None:
     for name, layer in quantized_linears(model).items():
         q: QuantizedWeight = layer.quantized_weight
         act: InputQuantizer | None = getattr(layer, "input_quantizer", None)
-        if q.scheme != "uniform":
-            return (
-                f"layer {name} holds {q.scheme} codes: a QDQ graph takes uniform int8 weights "
-                "(PWLQ's two-region codes need two integer branches, not written yet)"
-            )
+        if q.scheme not in ("uniform", "pwlq"):
+            return f"layer {name} holds {q.scheme} codes: a QDQ graph takes uniform or PWLQ int8 weights"
         if q.bits > 8:
             return (
                 f"layer {name} has {q.bits}-bit weights: int8 holds at most 8 "
@@ -94,6 +95,20 @@ def weight_codes(q: QuantizedWeight) -> Tensor:
     return q.codes.reshape(q.shape[0], -1).to(torch.uint8)
 
 
+def integer_weight(q: QuantizedWeight) -> tuple[Tensor, Tensor, int]:
+    """``q`` as uint8 codes ``[rows, in]``, one scale per row and their zero point.
+
+    Uniform: its codes, ``out`` rows. PWLQ: the centre and the tail branch
+    stacked, ``2·out`` rows, codes shifted by the zero point 128.
+    """
+    if q.scheme == "pwlq":
+        centre, tails, centre_scale, tail_scale = branch_matrices(q)
+        codes = (torch.cat([centre, tails]).to(torch.int16) + 128).to(torch.uint8)
+        return codes, torch.cat([centre_scale, tail_scale]), 128
+    codes = weight_codes(q)
+    return codes, q.params["step"].reshape(-1).float().expand(codes.shape[0]).contiguous(), 2 ** (q.bits - 1)
+
+
 class QdqLinear(nn.Module):
     """A quantized Linear whose trace is QuantizeLinear/DequantizeLinear on its input and its (transposed) weight.
 
@@ -101,19 +116,18 @@ class QdqLinear(nn.Module):
     DequantizeLinear feeds the MatMul directly, the pattern ONNX Runtime fuses.
     A 2-D input (a pooler, a classifier) is multiplied as a batch of one: ONNX
     Runtime turns a 2-D MatMul and its bias Add into a Gemm, whose integer form
-    needs a quantized output, so it would stay in float.
+    needs a quantized output, so it would stay in float. A PWLQ layer's MatMul
+    gives both branches side by side; their halves are added.
     """
 
     def __init__(self, layer: nn.Linear) -> None:
         super().__init__()
-        q: QuantizedWeight = layer.quantized_weight
-        codes = weight_codes(q)
-        step = q.params["step"].reshape(-1).float().expand(codes.shape[0]).contiguous()
-        zero = 2 ** (q.bits - 1)
+        codes, step, zero = integer_weight(layer.quantized_weight)
+        self.out_features = layer.out_features
         self.codes_t = codes.T.contiguous()
         self.weight_t = nn.Parameter((self.codes_t.float() - zero) * step, requires_grad=False)
         self.register_buffer("weight_scale", step)
-        self.register_buffer("weight_zero", torch.full((codes.shape[0],), zero, dtype=torch.int32))
+        self.register_buffer("weight_zero", torch.full((codes.shape[0],), zero, dtype=torch.int32, device=codes.device))
         self.bias = layer.bias
         self.input_scale, self.input_zero, self.input_min, self.input_max = input_grid(layer.input_quantizer)
 
@@ -123,6 +137,8 @@ class QdqLinear(nn.Module):
         x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero, self.input_min, self.input_max)
         w = torch.fake_quantize_per_channel_affine(self.weight_t, self.weight_scale, self.weight_zero, 1, 0, 255)
         y = torch.matmul(x, w)
+        if y.shape[-1] != self.out_features:  # PWLQ: centre and tail branch
+            y = y[..., : self.out_features] + y[..., self.out_features :]
         y = y if self.bias is None else y + self.bias
         return y.squeeze(0) if flat else y
 
