@@ -411,6 +411,9 @@ def test_ltp_trains_through_compress_to_its_tokens_budget_and_saves(tmp_path) ->
     assert selector is not None and selector.hard and report.stats["thresholds"] == selector.thresholds().detach().tolist()
     rebuilt = assert_reloads_identically(small, held_out, tmp_path / "ltp")
     assert rebuilt.encoder.token_selector.hard
+    assert selector.soft_masks == []  # no training graph outlives the soft stage: the result quantizes (a deep copy) in turn
+    quantized, _ = compress(small, "uniform_ptq", bits=8, data=held_out, options={"act_bits": 8}, check_deployed=False)
+    assert quantized.encoder.token_selector.hard
 
 
 def test_a_seed_makes_training_through_compress_repeat_itself() -> None:

@@ -50,6 +50,8 @@ class TokenPruningModule(ClassifierModule):
             penalty = selector.mask_penalty()
             loss = loss + self.lam * penalty
             self.log("train/mask_penalty", penalty, batch_size=size)
+        if soft:  # the masks (and their graph) end with the step: the trained model copies and saves as a leaf
+            selector.reset()
         kept = torch.stack(out.encoder.kept_tokens).float().mean() / out.encoder.kept_tokens[0].float().mean()
         self.log("train/kept_fraction", kept, prog_bar=True, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
