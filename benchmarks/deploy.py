@@ -11,9 +11,13 @@ Variants (``--variants`` picks some; one JSON line per variant and batch size, t
   pruned, ONNX Runtime float.
 - ``fisher_w8a8``: that model, uniform W8A8 calibrated by trimlab (static
   per-tensor input scales, weights per output channel), QDQ ONNX.
-- ``fisher_ltp_w8a8``: the same with LTP token pruning. LTP's thresholds are
-  *searched* (bisected to ``--ltp-target`` of the Fisher model's FLOPs on the
-  calibration examples), not trained. Batch 1 runs the graph that gathers the
+- ``fisher_ltp_w8a8``: the same with LTP token pruning. With ``--ltp-epochs E``
+  (the paper's method), LTP is *trained* on the Fisher model: its soft and hard
+  stages, E epochs each over the training split, the budget ``--ltp-target`` of the
+  Fisher model's FLOPs (``trimlab.compress(fisher, "ltp", ...)``), then uniform W8A8
+  calibrated on the trained model. Without it the thresholds are *searched*
+  (one ``final_threshold`` bisected to ``--ltp-target`` on the calibration
+  examples, weights untouched): quick, not LTP. Batch 1 runs the graph that gathers the
   kept tokens; a larger batch runs the masked graph (every token computed):
   gathering a batch freezes its kept count at export.
 - ``pwlq_w8_int``: PWLQ W8A8 of the dense model executed as two int8 GEMMs per
@@ -148,11 +152,15 @@ def build_variants(
     fisher_target: float = 0.5,
     ltp_target: float = 0.8,
     variants: Sequence[str] = VARIANTS,
+    ltp_train: Sequence[Mapping[str, Tensor]] | None = None,
+    ltp_epochs: float = 1.0,
 ) -> list[Variant]:
     """The ``variants`` of ``dense`` (a trimlab text classifier; names from :data:`VARIANTS`, built in its order), ONNX files under ``folder``.
 
     ``samples``: Fisher's labelled sample batches; ``calibration``: the quantizers'
     batches (and LTP's threshold search); ``test``: batches the FLOPs are counted on.
+    ``ltp_train``: labelled batches LTP trains on for ``ltp_epochs`` per stage
+    (validating on ``calibration``); None: its thresholds are searched instead.
     Each model is built once, and only when a variant asked for needs it.
     """
     unknown = [name for name in variants if name not in VARIANTS]
@@ -204,16 +212,22 @@ def build_variants(
         return Variant("fisher_w8a8", engine, fisher_w8a8(), fisher_ratio(), note)
 
     def fisher_ltp_w8a8_variant() -> Variant:
-        threshold = searched_thresholds(fisher(), calibration, ltp_target)
-        model = copy.deepcopy(fisher_w8a8())
-        model.encoder.token_selector = LearnedThresholds(len(model.encoder.layers), threshold).eval()
-        ltp_float = copy.deepcopy(fisher())
-        ltp_float.encoder.token_selector = model.encoder.token_selector
+        if ltp_train is None:
+            threshold = searched_thresholds(fisher(), calibration, ltp_target)
+            model = copy.deepcopy(fisher_w8a8())
+            model.encoder.token_selector = LearnedThresholds(len(model.encoder.layers), threshold).eval()
+            ltp_float = copy.deepcopy(fisher())
+            ltp_float.encoder.token_selector = model.encoder.token_selector
+            note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
+        else:
+            ltp_float = trimlab.compress(fisher(), "ltp", budget=ltp_target, train_data=list(ltp_train),
+                                         eval_data=list(calibration), epochs=ltp_epochs, seed=0)[0].eval()  # fmt: skip
+            model = trimlab.compress(ltp_float, "uniform_ptq", bits=8, data=list(calibration), options=w8a8_options, **unchecked)[0]
+            note = f"LTP trained on the Fisher model ({ltp_epochs:g} epoch soft + {ltp_epochs:g} hard, {ltp_target:g} of its FLOPs)"
         gathered = ort_engine(onnx(model, "fisher_ltp_w8a8_gathered", gather_tokens=True), "onnxruntime_qdq_gathered", threads, 1,
                               "kept tokens gathered")  # fmt: skip
         masked = ort_engine(onnx(model, "fisher_ltp_w8a8_masked"), "onnxruntime_qdq_masked", threads, None,
                             "batch > 1: dropped tokens masked, not removed (every token computed)")  # fmt: skip
-        note = f"LTP thresholds searched (final_threshold {threshold:.4g} to {ltp_target:g} of Fisher's FLOPs), not trained"
         return Variant("fisher_ltp_w8a8", masked, model, ratio(ltp_float), note, single=gathered)
 
     def pwlq_variant() -> Variant:
@@ -356,7 +370,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
     parser.add_argument("--calibration-examples", type=int, default=512, help="training examples the quantizers calibrate on")
     parser.add_argument("--fisher-target", type=float, default=0.5, help="Fisher's FLOPs ratio")
-    parser.add_argument("--ltp-target", type=float, default=0.8, help="LTP's FLOPs ratio of the Fisher model (thresholds searched)")
+    parser.add_argument("--ltp-target", type=float, default=0.8, help="LTP's FLOPs ratio of the Fisher model")
+    parser.add_argument("--ltp-epochs", type=float, default=None,
+                        help="train LTP on the Fisher model, this many epochs per stage over the training split (default: thresholds searched, not trained)")  # fmt: skip
     parser.add_argument("--output-dir", default="outputs")
     add_overrides_argument(parser, "extra Hydra overrides, e.g. dataset.sample_size=512")
     args = parser.parse_args()
@@ -366,6 +382,8 @@ def main() -> None:
     for name in ("fisher_target", "ltp_target"):
         if not 0 < getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a FLOPs ratio in (0, 1]")
+    if args.ltp_epochs is not None and args.ltp_epochs <= 0:
+        parser.error(f"--ltp-epochs {args.ltp_epochs}: give a positive number of epochs")
     if min(args.batch_sizes) < 1:
         parser.error(f"--batch-sizes {args.batch_sizes}: give positive batch sizes")
     torch.set_num_threads(args.threads)
@@ -379,7 +397,8 @@ def main() -> None:
     test = padded(examples, 32)
     with tempfile.TemporaryDirectory() as tmp:
         variants = build_variants(
-            dense, samples, calibration, test, Path(tmp), args.threads, args.fisher_target, args.ltp_target, args.variants
+            dense, samples, calibration, test, Path(tmp), args.threads, args.fisher_target, args.ltp_target, args.variants,
+            None if args.ltp_epochs is None else list(dm.train_dataloader()), args.ltp_epochs or 1.0,
         )
         rows = measure_rows(variants, examples, args.timed, args.batch_sizes, args.repeats, args.threads, cfg.model.name, cfg.dataset.name)
     for row in rows:

@@ -52,3 +52,16 @@ def test_a_variant_list_builds_only_what_those_need_and_their_rows_leave_missing
     assert all(r["speedup_vs_dense"] is None and r["dense_accuracy"] is None for r in rows)
     assert [r["speedup_vs_peer"] is None for r in rows] == [False, False] and rows[0]["speedup_vs_peer"] == 1.0
     assert markdown(rows).count("| – |") == 2
+
+
+def test_a_trained_ltp_row_trains_ltp_on_the_fisher_model_and_exports_what_it_learned(tmp_path: Path) -> None:
+    batches = text_batches(4, num_labels=2)
+    dense = to_trimlab(small_bert(num_labels=2))
+    (variant,) = build_variants(dense, batches[:2], batches[:2], batches[2:], tmp_path, threads=1, ltp_target=0.9,
+                                variants=["fisher_ltp_w8a8"], ltp_train=batches[:2], ltp_epochs=1.0)  # fmt: skip
+    assert variant.note.startswith("LTP trained on the Fisher model")
+    thresholds = variant.reference.encoder.token_selector
+    assert thresholds is not None and variant.flops_ratio < 0.8  # Fisher's 0.5 times LTP's share
+    examples = singles(batches[2:], 4)
+    (row,) = measure_rows([variant], examples, timed=1, batch_sizes=[1], repeats=1, threads=1, model="tiny", dataset="random")
+    assert row["engine"] == "onnxruntime_qdq_gathered" and row["agreement"] >= 0.75
