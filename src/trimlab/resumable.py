@@ -196,10 +196,10 @@ class ResumableTraining(pl.Callback):
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.is_global_zero:
-            with atomic_path(self.path) as tmp:
-                trainer.save_checkpoint(tmp)
+            with atomic_path(self.path) as tmp:  # the whole state (optimizer, loops): a resume needs it; said, so Lightning does not log its default
+                trainer.save_checkpoint(tmp, weights_only=False)
         else:
-            trainer.save_checkpoint(self.path)  # only its part of the collective save: rank 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)  # only its part of the collective save: rank 0 writes
         self._saved_step = trainer.global_step
 
 
