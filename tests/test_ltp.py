@@ -107,7 +107,8 @@ def test_ltp_run_meets_its_flops_budget_and_drops_tokens(method: str, target: fl
     )
     record = run(cfg)
     assert record.status == "completed"
-    assert target - 0.05 < record.compressed["calibration_flops_ratio"] <= target  # a budget is a ceiling
+    assert target - 0.05 < record.compressed["calibration_flops_ratio_before_hard"] <= target  # a budget is a ceiling
+    assert abs(record.compressed["calibration_flops_ratio"] - target) < 0.05  # after the hard stage: may drift, here little
     assert abs(record.ratios["flops"] - target) < 0.1  # on the test set, which the budget never saw
     kept = record.compressed["kept_fraction_per_layer"]
     assert kept[-1] < 0.8 and kept == sorted(kept, reverse=True)  # pruned tokens never come back

@@ -101,7 +101,7 @@ class LTPMethod:
             thresholds = selector.thresholds().detach()
             no_pruning = -float(thresholds.max()) - 1e-6  # every threshold ≤ 0
             all_pruned = longest / cfg.score_length - float(thresholds.min()) + 1e-6  # every threshold above any score
-            with_shift(bisect(with_shift, target, no_pruning, all_pruned))
+            before_hard = with_shift(bisect(with_shift, target, no_pruning, all_pruned))
             stages["calibrate"] = time.perf_counter() - start
             selector.hard = True
         else:
@@ -111,13 +111,13 @@ class LTPMethod:
                 model.encoder.token_selector = TopKTokens(topk_keep_rates(layers, 1.0 - rate_drop))
                 return ratio()
 
-            with_rate(bisect(with_rate, target, 0.0, 1.0 - MIN_KEEP_RATE))
+            before_hard = with_rate(bisect(with_rate, target, 0.0, 1.0 - MIN_KEEP_RATE))
             stages["calibrate"] = time.perf_counter() - start
         start = time.perf_counter()
         self._fit(model, ctx, cfg.hard_epochs, TokenPruningModule(model, dm.num_labels, dm.metric, cfg.hard_lr), "hard")
         stages["hard"] = time.perf_counter() - start
         model.eval()
-        return MethodResult(model, stats=self._stats(model, dm, ctx, ratio()), stages=stages, artifacts=self._artifacts(ctx))
+        return MethodResult(model, stats=self._stats(model, dm, ctx, before_hard, ratio()), stages=stages, artifacts=self._artifacts(ctx))
 
     def _fit(self, model: nn.Module, ctx: MethodContext, epochs: float, module: TokenPruningModule, stage: str) -> None:
         """One stage's training; its state is kept to the end, so an attempt stopped later skips it (the calibration
@@ -126,12 +126,17 @@ class LTPMethod:
             return
         fit(module, model, ctx.datamodule, epochs, ctx.run.trainer, ctx.make_trainer, ctx.resume_state(f"ltp-{stage}"), f"LTP's {stage} stage")
 
-    def _stats(self, model: TransformerClassifier, dm: Any, ctx: MethodContext, calibration_ratio: float) -> dict[str, Any]:
+    def _stats(
+        self, model: TransformerClassifier, dm: Any, ctx: MethodContext, before_hard: float, calibration_ratio: float
+    ) -> dict[str, Any]:
+        """The kept tokens, and the FLOPs ratio on the calibration examples as calibrated and after the hard stage
+        (LTP's scores move as the hard stage trains the weights, its thresholds fixed: the ratio drifts from the budget)."""
         kept = kept_fraction_per_layer(model, dm.test_dataloader())
         selector = model.encoder.token_selector
         stats: dict[str, Any] = {
             "selector": self.cfg.selector,
             "kept_fraction_per_layer": kept,
+            "calibration_flops_ratio_before_hard": before_hard,
             "calibration_flops_ratio": calibration_ratio,
         }
         if isinstance(selector, LearnedThresholds):
