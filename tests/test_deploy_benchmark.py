@@ -52,6 +52,8 @@ def test_a_variant_list_builds_only_what_those_need_and_their_rows_leave_missing
     assert all(r["speedup_vs_dense"] is None and r["dense_accuracy"] is None for r in rows)
     assert [r["speedup_vs_peer"] is None for r in rows] == [False, False] and rows[0]["speedup_vs_peer"] == 1.0
     assert markdown(rows).count("| – |") == 2
+    (signed,) = build_variants(dense, batches[:2], batches[:2], batches[2:], tmp_path / "s8", threads=1, variants=["fisher_w8a8"], int8_weights=True)
+    assert signed.engine.name == "onnxruntime_qdq_s8"
 
 
 def test_a_trained_ltp_row_trains_ltp_on_the_fisher_model_and_exports_what_it_learned(tmp_path: Path) -> None:

@@ -356,6 +356,12 @@ def test_cli_gather_tokens_on_a_model_without_a_selector_is_one_line_and_exit_2(
     assert err.startswith("trimlab-export: error:") and "needs a token-pruned model" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_int8_weights_on_a_model_without_quantized_weights_is_one_line_and_exit_2(saved_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(saved_run), "--format", "onnx", "--int8-weights"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trimlab-export: error: int8 weights:") and len(err.strip().splitlines()) == 1
+
+
 def test_cli_gathers_the_tokens_of_a_saved_sait_run(compose_cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from trimlab.models.build import build_model
     from trimlab.saved_model import save_model

@@ -128,6 +128,36 @@ def test_onnx_runtime_predicts_as_the_simulated_pwlq_model(pwlq_file: Path) -> N
     assert (exported - simulated).abs().max() <= 0.025 * simulated.abs().max()
 
 
+def test_int8_weights_hold_the_same_codes_signed_and_compute_the_same_graph(qdq_file: Path, tmp_path: Path) -> None:
+    """Unfused (each node as written, no integer kernel) the int8 file computes what the uint8 one does; the
+    kernels themselves differ by CPU (VNNI or not), so their speed and exactness are benchmarks' business."""
+    signed = export_model(uniform_w8a8(), text_batch(2, 8, seed=1), tmp_path / "int8.onnx", "onnx", int8_weights=True)
+    initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(signed)).graph.initializer}
+    for name, layer in quantized_linears(uniform_w8a8()).items():
+        codes = initializers[f"model.{name}.weight_t{CODES_SUFFIX}"]
+        assert codes.dtype == np.int8
+        np.testing.assert_array_equal(codes.astype(np.int16) + 2 ** (layer.quantized_weight.bits - 1), weight_codes(layer.quantized_weight).T.numpy())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for batch in TEST_INPUTS[:2]:
+        outputs = [
+            ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]).run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
+            for f in (qdq_file, signed)
+        ]
+        np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6, atol=1e-6)
+    fused = ort.SessionOptions()
+    fused.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(signed), fused, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(fused.optimized_model_filepath).graph.node].count("MatMulIntegerToFloat") == len(quantized_linears(uniform_w8a8()))
+
+
+def test_int8_weights_are_refused_where_no_integer_weights_are_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only a quantized model's onnx"):
+        export_model(text_model(), text_batch(2, 8, seed=1), tmp_path / "model.onnx", "onnx", int8_weights=True)
+    with pytest.raises(ValueError, match="only a quantized model's onnx"):
+        export_model(uniform_w8a8(), text_batch(2, 8, seed=1), tmp_path / "model.onnx", "onnx_float", int8_weights=True)
+
+
 @pytest.mark.parametrize(
     "build,match",
     [

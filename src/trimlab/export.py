@@ -87,7 +87,9 @@ class LogitsGraph(nn.Module):
         return out.logits
 
 
-def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str, gather_tokens: bool = False) -> Path:
+def export_model(
+    model: nn.Module, example_batch: Mapping[str, Tensor], path: Path, fmt: str, gather_tokens: bool = False, int8_weights: bool = False
+) -> Path:
     """Write ``model`` (a trimlab classifier) as ``fmt`` (``onnx``, ``onnx_float`` or ``torchscript``) to ``path``.
 
     ``onnx`` writes a quantized model's Linear layers as QDQ (:mod:`trimlab.qdq`)
@@ -96,19 +98,23 @@ def export_model(model: nn.Module, example_batch: Mapping[str, Tensor], path: Pa
     order, with a dynamic batch size and, for text, a dynamic sequence length,
     and returns the logits. With ``gather_tokens`` (a token-pruned model only)
     it takes one example (the example batch's first) and removes the dropped
-    tokens; it also returns ``kept_tokens``. Check the result with :func:`max_logit_difference`.
+    tokens; it also returns ``kept_tokens``. ``int8_weights``: a QDQ graph's weight codes
+    as int8, not uint8 — ONNX Runtime's fast kernel on CPUs with VNNI, saturating on
+    those without (:mod:`trimlab.qdq`). Check the result with :func:`max_logit_difference`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if gather_tokens and getattr(getattr(model, "encoder", None), "token_selector", None) is None:
         raise ValueError("gathering kept tokens needs a token-pruned model (LTP, SaiT); export this one without it")
+    if int8_weights and not (fmt == "onnx" and quantized_linears(model)):
+        raise ValueError("int8 weights: only a quantized model's onnx (QDQ) export has integer weights; leave the option out")
     path = Path(path)
     codes: dict[str, Tensor] = {}
     if fmt == "onnx" and quantized_linears(model):
         refusal = qdq_refusal(model)
         if refusal is not None:
             raise ValueError(f"no QDQ export: {refusal}; --format onnx_float writes the simulated float graph")
-        model, layer_codes = qdq_model(model)
+        model, layer_codes = qdq_model(model, int8_weights)
         codes = {f"model.{name}.weight_t": value for name, value in layer_codes.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     inputs = {k: v[:1] if gather_tokens else v for k, v in example_batch.items() if k != "labels"}
@@ -387,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="token-pruned models: remove dropped tokens in the graph (batch size 1) instead of masking them",
     )
     parser.add_argument(
+        "--int8-weights",
+        action="store_true",
+        help="quantized models, onnx: weight codes as int8 (ONNX Runtime's fast kernel on CPUs with VNNI; "
+        "saturates on AVX2 CPUs without it) instead of uint8 (exact on every x86 CPU)",
+    )
+    parser.add_argument(
         "--output", type=Path, help="the file to write (default: <run folder>/model.onnx or model.pt; <folder>.onnx beside a save_model folder)"
     )
     args = parser.parse_args(argv)
@@ -398,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output(args.output, args.format, folder)
         model = read_model(folder)
         batch = synthetic_batch(model, *input_shape(json.loads((folder / STRUCTURE_FILE).read_text())))
-        path = export_model(model, batch, args.output or default_output(folder, args.format), args.format, args.gather_tokens)
+        path = export_model(model, batch, args.output or default_output(folder, args.format), args.format, args.gather_tokens, args.int8_weights)
         examples = _one_by_one(batch) if args.gather_tokens else [batch]
         difference = max(max_logit_difference(path, model, example) for example in examples)
         agreement = min(prediction_agreement(path, model, example) for example in examples)
