@@ -13,7 +13,7 @@ from trimlab import files
 
 from trimlab.config import ConfigError
 from trimlab.results.collect import collect
-from trimlab.results.record import RECORD_FILE, RunRecord, locations, read_record, run_id, write_record
+from trimlab.results.record import RECORD_FILE, RunRecord, cpu_int8_flags, environment, locations, read_record, run_id, write_record
 from trimlab.files import fingerprint
 from trimlab.models.build import build_model
 from trimlab.models.text import hub_commit
@@ -250,3 +250,11 @@ def test_a_paper_table_finds_runs_on_a_local_copy_given_with_with(tmp_path, monk
     assert local[1] != hub[1] and local[1] == elsewhere[1]  # the user's data, wherever it lies
     (cell, seed), _ = local
     assert cell.overrides[-1] == f"dataset.data_dir={data}"  # so --run-missing runs on it too
+
+
+def test_the_environment_names_the_cpu_features_that_pick_the_int8_kernels() -> None:
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
+    assert cpu_int8_flags(x86) == ["avx2", "avx512f", "avx512_vnni"]
+    assert cpu_int8_flags("Features\t: fp asimd asimddp\n") == ["asimddp"]  # ARM's int8 dot product
+    assert cpu_int8_flags("model name\t: a CPU\n") == []
+    assert isinstance(environment()["cpu_flags"], list) and "onnxruntime" in environment()["versions"]

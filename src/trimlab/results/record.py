@@ -189,7 +189,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     versions = {}
-    for pkg in ("trimlab", "torch", "lightning", "transformers", "timm", "hydra-core"):
+    for pkg in ("trimlab", "torch", "lightning", "transformers", "timm", "hydra-core", "onnxruntime"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -199,6 +199,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": _cpu_name(),
+        "cpu_flags": cpu_int8_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
@@ -225,6 +226,24 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+"""The CPU features that decide which int8 kernels run, and how fast (VNNI: exact uint8 × int8 sums)."""
+
+
+def cpu_int8_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of :data:`INT8_FLAGS` this CPU has (Linux's ``/proc/cpuinfo``; empty where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in INT8_FLAGS if flag in present]
+    return []
 
 
 def _git_commit() -> str:
