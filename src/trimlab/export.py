@@ -106,11 +106,12 @@ def export_model(
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if gather_tokens and getattr(getattr(model, "encoder", None), "token_selector", None) is None:
         raise ValueError("gathering kept tokens needs a token-pruned model (LTP, SaiT); export this one without it")
-    if int8_weights and not (fmt == "onnx" and quantized_linears(model)):
+    qdq = fmt == "onnx" and bool(quantized_linears(model))
+    if int8_weights and not qdq:
         raise ValueError("int8 weights: only a quantized model's onnx (QDQ) export has integer weights; leave the option out")
     path = Path(path)
     codes: dict[str, Tensor] = {}
-    if fmt == "onnx" and quantized_linears(model):
+    if qdq:
         refusal = qdq_refusal(model)
         if refusal is not None:
             raise ValueError(f"no QDQ export: {refusal}; --format onnx_float writes the simulated float graph")
