@@ -194,12 +194,13 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = ""
+    cpuinfo = _cpuinfo()
     return {
         "versions": versions,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "cpu_flags": cpu_int8_flags(),
+        "processor": _cpu_name(cpuinfo),
+        "cpu_flags": cpu_int8_flags(cpuinfo),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
@@ -218,13 +219,18 @@ def source_digest(package: Path = Path(__file__).parents[1]) -> str:
     return digest.hexdigest()
 
 
-def _cpu_name() -> str:
+def _cpuinfo() -> str:
+    """Linux's ``/proc/cpuinfo`` ("" where it cannot be read)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def _cpu_name(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor()
 
 
@@ -232,13 +238,8 @@ INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp
 """The CPU features that decide which int8 kernels run, and how fast (VNNI: exact uint8 × int8 sums)."""
 
 
-def cpu_int8_flags(cpuinfo: str | None = None) -> list[str]:
-    """Which of :data:`INT8_FLAGS` this CPU has (Linux's ``/proc/cpuinfo``; empty where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
+def cpu_int8_flags(cpuinfo: str) -> list[str]:
+    """Which of :data:`INT8_FLAGS` the CPU that ``cpuinfo`` (Linux's ``/proc/cpuinfo``) describes has."""
     for line in cpuinfo.splitlines():
         if line.startswith(("flags", "Features")):
             present = set(line.split(":", 1)[1].split())
